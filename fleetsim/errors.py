@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every failure a user can cause (bad input, missing files, a broker that is down) is raised as a
+``FleetsimError``; the CLI prints its one line and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FleetsimError(Exception):
+    """An error whose message says what is wrong and how to fix it, in one line."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what = what
+        self.fix = fix
+        super().__init__(what if fix is None else f"{what}; {fix}")
+
+
+class PkiError(FleetsimError):
+    """The PKI directory is missing, incomplete or asked to do something it cannot."""
+
+
+class ScenarioError(FleetsimError):
+    """A scenario file is unreadable or invalid."""
+
+
+class BrokerError(FleetsimError):
+    """A broker cannot be started, reached or configured."""

@@ -1,0 +1,296 @@
+"""A fleet-scale certificate authority on disk: root, issuing CA, broker certificate, devices, CRL."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from fleetsim.errors import PkiError
+from fleetsim.pki import certs, issuance, keys
+from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory
+from fleetsim.pki.keys import KeyType
+from fleetsim.pki.layout import Layout, locked, write_file
+
+PARALLEL_THRESHOLD = 256  # below this, a process pool costs more than it saves
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.PEM)
+
+
+def _key_type(text: str | KeyType) -> KeyType:
+    try:
+        return text if isinstance(text, KeyType) else KeyType.parse(text)
+    except ValueError as exc:
+        raise PkiError(str(exc)) from None
+
+
+class Pki:
+    """One PKI directory. Create with :meth:`init`, open with :meth:`open`; every change is saved at once."""
+
+    def __init__(self, root: Path, inventory: Inventory) -> None:
+        self.layout = Layout(root)
+        self.inventory = inventory
+
+    # -- creating and opening ------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        root: Path | str,
+        *,
+        org: str = "fleetsim",
+        trust_domain: str = "fleetsim.local",
+        server_names: Sequence[str] = (),
+        crl_url: str | None = None,
+        ca_key_type: str | KeyType = KeyType.ECDSA_P256,
+        server_key_type: str | KeyType | None = None,
+    ) -> Pki:
+        """Create root CA, issuing CA, broker certificate and an empty CRL, all or nothing."""
+        root = Path(root).absolute()
+        if Layout(root).is_pki():
+            raise PkiError(f"{root} is already a PKI", "issue devices into it, or pick a new directory")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise PkiError(f"{root} exists and is not empty", "pick a new or empty directory")
+        ca_type = _key_type(ca_key_type)
+        srv_type = _key_type(server_key_type or ca_type)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            pki = cls._build(staging, org, trust_domain, list(server_names), crl_url or Layout(root).crl.as_uri(),
+                             ca_type, srv_type)
+            staging.chmod(0o755)  # keys stay 0600 in a 0700 private/; brokers running as another user read the rest
+            if root.exists():
+                root.rmdir()
+            os.rename(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        pki.layout = Layout(root)
+        return pki
+
+    @classmethod
+    def _build(cls, staging: Path, org: str, trust_domain: str, server_names: list[str], crl_url: str,
+               ca_type: KeyType, srv_type: KeyType) -> Pki:
+        layout = Layout(staging)
+        layout.private.mkdir(mode=0o700)
+        root_key = keys.generate(ca_type)
+        root_cert = certs.root_ca(root_key, org)
+        root_issuer = certs.Issuer(root_cert, root_key)
+        ca_key = keys.generate(ca_type)
+        ca_cert = certs.issuing_ca(ca_key, root_issuer, org)
+        issuer = certs.Issuer(ca_cert, ca_key)
+        rogue_key = keys.generate(ca_type)
+        rogue_cert = certs.root_ca(rogue_key, f"{org} Rogue")
+        srv_key = keys.generate(srv_type)
+        srv_cert = certs.server(srv_key, issuer, org, server_names, crl_url=crl_url)
+
+        write_file(layout.root_key, keys.to_pem(root_key), private=True)
+        write_file(layout.issuing_key, keys.to_pem(ca_key), private=True)
+        write_file(layout.rogue_key, keys.to_pem(rogue_key), private=True)
+        write_file(layout.root_ca, _pem(root_cert))
+        write_file(layout.issuing_ca, _pem(ca_cert))
+        write_file(layout.ca_chain, _pem(ca_cert) + _pem(root_cert))
+        write_file(layout.rogue_ca, _pem(rogue_cert))
+        write_file(layout.server_key, keys.to_pem(srv_key), private=True)
+        write_file(layout.server_cert, _pem(srv_cert) + _pem(ca_cert))
+        layout.devices.mkdir()
+        pki = cls(staging, Inventory(org=org, trust_domain=trust_domain, crl_url=crl_url))
+        pki._write_crl(issuer)
+        return pki
+
+    @classmethod
+    def open(cls, root: Path | str) -> Pki:
+        """Open an existing PKI, with a clear error if ``root`` is not one."""
+        root = Path(root).absolute()
+        layout = Layout(root)
+        if not root.is_dir():
+            raise PkiError(f"no PKI at {root}", f"create one with `fleetsim pki init {root}`")
+        if not layout.is_pki():
+            raise PkiError(f"{root} is not a fleetsim PKI (no inventory.json or issuing CA key)",
+                           f"create one with `fleetsim pki init DIR` in a new directory")
+        try:
+            inventory = Inventory.from_json(json.loads(layout.inventory.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PkiError(f"{layout.inventory} is corrupt ({exc})", "restore it or create a new PKI") from None
+        return cls(root, inventory)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    def _issuer(self, cert_path: Path | None = None, key_path: Path | None = None) -> certs.Issuer:
+        cert_path = cert_path or self.layout.issuing_ca
+        key_path = key_path or self.layout.issuing_key
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = keys.from_pem(key_path.read_bytes())
+        except FileNotFoundError as exc:
+            raise PkiError(f"{exc.filename} is missing", "the PKI is incomplete; create a new one") from None
+        except ValueError as exc:
+            raise PkiError(f"corrupt PEM in {cert_path} or {key_path} ({exc})",
+                           "restore it or create a new PKI") from None
+        return certs.Issuer(cert, key)
+
+    def devices(self, **filters: str | None) -> list[Device]:
+        """Devices matching ``status``, ``lot``, ``model`` and ``fault`` filters (see Inventory.select)."""
+        return self.inventory.select(**filters)
+
+    def device(self, device_id: str) -> Device:
+        try:
+            return self.inventory.devices[device_id]
+        except KeyError:
+            raise PkiError(f"no device {device_id!r} in {self.root}", "see `fleetsim pki list`") from None
+
+    def identity(self, device_id: str) -> tuple[bytes, bytes]:
+        """A device's certificate chain and key, as PEM bytes, read fresh (it may have been re-enrolled)."""
+        return self.layout.device_cert(device_id).read_bytes(), self.layout.device_key(device_id).read_bytes()
+
+    # -- changing ----------------------------------------------------------------------------------------
+    def issue(
+        self,
+        count: int,
+        *,
+        prefix: str = "dev",
+        model: str = "generic",
+        lot: str = "lot-1",
+        key_type: str | KeyType = KeyType.ECDSA_P256,
+        days: int = 365,
+        fault: Fault | str | None = None,
+        workers: int | None = None,
+    ) -> list[Device]:
+        """Issue ``count`` new device identities in parallel; existing ones are not touched."""
+        if count <= 0:
+            raise PkiError(f"count must be positive, not {count}")
+        if days <= 0:
+            raise PkiError(f"days must be positive, not {days}")
+        kt = _key_type(key_type)
+        flt = Fault(fault) if fault else None
+        with locked(self.layout):
+            self._reload()
+            ids = self.inventory.next_ids(prefix, count)
+            issued = self._run_jobs(ids, model=model, lot=lot, key_type=kt, days=days, fault=flt,
+                                    workers=workers)
+            for d in issued:
+                self.inventory.devices[d.id] = d
+            self._save()
+        return issued
+
+    def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1, **spec: object) -> list[Device]:
+        fault = spec.get("fault")
+        if fault is Fault.UNKNOWN_CA:
+            cert_path, key_path = self.layout.rogue_ca, self.layout.rogue_key
+        else:
+            cert_path, key_path = self.layout.issuing_ca, self.layout.issuing_key
+        self._issuer(cert_path, key_path)  # fail early, with a clear line, on a corrupt CA
+        workers = workers or os.cpu_count() or 1
+        if len(ids) < PARALLEL_THRESHOLD:
+            workers = 1
+        n_chunks = workers * 4 if workers > 1 else 1
+        size = math.ceil(len(ids) / n_chunks)
+        jobs = [
+            issuance.IssueJob(
+                root=self.root, issuer_cert_pem=cert_path.read_bytes(), issuer_key_pem=key_path.read_bytes(),
+                org=self.inventory.org, trust_domain=self.inventory.trust_domain, crl_url=self.inventory.crl_url,
+                ids=tuple(ids[i:i + size]), generation=generation, **spec,  # type: ignore[arg-type]
+            )
+            for i in range(0, len(ids), size)
+        ]
+        if workers == 1:
+            return [d for job in jobs for d in issuance.run(job)]
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            return [d for batch in pool.map(issuance.run, jobs) for d in batch]
+
+    def revoke(
+        self,
+        *,
+        device_ids: Iterable[str] = (),
+        lot: str | None = None,
+        fraction: float | None = None,
+        seed: int | None = None,
+        reason: str = "keyCompromise",
+    ) -> list[Device]:
+        """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once."""
+        if reason not in REASONS:
+            raise PkiError(f"unknown revocation reason {reason!r}", f"choose one of: {', '.join(REASONS)}")
+        with locked(self.layout):
+            self._reload()
+            targets = self._targets(list(device_ids), lot, fraction, seed)
+            now = certs.utcnow()
+            revoked = [self.inventory.revoke(t, now, reason) for t in targets]
+            self._write_crl(self._issuer())
+        return revoked
+
+    def _targets(self, ids: list[str], lot: str | None, fraction: float | None, seed: int | None) -> list[str]:
+        if not ids and lot is None and fraction is None:
+            raise PkiError("nothing to revoke", "name devices with --device, a --lot, or a --fraction")
+        unknown = [i for i in ids if i not in self.inventory.devices]
+        if unknown:
+            raise PkiError(f"unknown device(s): {', '.join(unknown[:5])}", "see `fleetsim pki list`")
+        targets = list(ids)
+        if lot is not None:
+            in_lot = [d.id for d in self.inventory.select(lot=lot)]
+            if not in_lot:
+                raise PkiError(f"no device in lot {lot!r}", "see `fleetsim pki list`")
+            targets += in_lot
+        if fraction is not None:
+            if not 0 < fraction <= 1:
+                raise PkiError(f"fraction must be in (0, 1], not {fraction}")
+            pool = sorted(d.id for d in self.inventory.select(status="valid"))
+            targets += random.Random(seed).sample(pool, round(len(pool) * fraction))
+        return list(dict.fromkeys(targets))
+
+    def reenroll(self, device_ids: Iterable[str], *, key_type: str | KeyType | None = None,
+                 days: int = 365, workers: int | None = None) -> list[Device]:
+        """Give devices a new key and certificate under the same id; their old serials stay revoked."""
+        ids = list(device_ids)
+        with locked(self.layout):
+            self._reload()
+            groups: dict[tuple[str, str, str, int], list[str]] = {}
+            for i in ids:
+                d = self.device(i)
+                kt = (_key_type(key_type) if key_type else KeyType(d.key_type)).value
+                groups.setdefault((d.model, d.lot, kt, d.generation + 1), []).append(i)
+            out: list[Device] = []
+            for (model, lot, kt, gen), group in groups.items():
+                out += self._run_jobs(group, model=model, lot=lot, key_type=KeyType(kt), days=days, fault=None,
+                                      workers=workers, generation=gen)
+            for d in out:
+                self.inventory.devices[d.id] = d
+            self._save()
+        return out
+
+    def write_crl(self) -> Path:
+        """(Re)write the CRL with a higher number and a strictly later thisUpdate."""
+        with locked(self.layout):
+            self._reload()
+            self._write_crl(self._issuer())
+        return self.layout.crl
+
+    def _write_crl(self, issuer: certs.Issuer) -> None:
+        inv = self.inventory
+        this_update = inv.next_crl_time(certs.utcnow())
+        entries = [certs.Revocation(r.serial, r.when, REASONS[r.reason]) for r in inv.revoked]
+        crl = certs.crl(issuer, entries, number=inv.crl_number + 1, this_update=this_update)
+        write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
+        self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
+        self._save()
+
+    def _reload(self) -> None:
+        self.inventory = Pki.open(self.root).inventory
+
+    def _save(self) -> None:
+        write_file(self.layout.inventory, json.dumps(self.inventory.to_json(), indent=1).encode())

@@ -1,0 +1,210 @@
+"""Certificate and CRL builders: pure functions from keys and names to signed objects, no I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleetsim.pki.keys import PrivateKey, signing_hash
+
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A CA that signs: its certificate and private key."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+
+@dataclass(frozen=True)
+class Revocation:
+    serial: int
+    when: dt.datetime
+    reason: x509.ReasonFlags
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def spiffe_uri(trust_domain: str, device_id: str) -> str:
+    """The URI SAN naming a device, the convention amqtt's certificate auth plugin reads."""
+    return f"spiffe://{trust_domain}/device/{device_id}"
+
+
+def _name(cn: str, org: str, unit: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]
+    if unit:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attrs)
+
+
+def _leaf_key_usage(key: PrivateKey, *, server: bool) -> x509.KeyUsage:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=isinstance(key, rsa.RSAPrivateKey) and server,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=False,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _crl_dp(url: str | None) -> list[x509.Extension[x509.ExtensionType]]:
+    if not url:
+        return []
+    point = x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+    return [x509.Extension(x509.CRLDistributionPoints([point]).oid, False, x509.CRLDistributionPoints([point]))]
+
+
+def root_ca(key: PrivateKey, org: str, *, days: int = 3650) -> x509.Certificate:
+    """A self-signed root: pathlen 1 allows exactly the issuing CA below it."""
+    now = utcnow()
+    name = _name(f"{org} Root CA", org)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, signing_hash(key))
+    )
+
+
+def _signed_by(
+    builder: x509.CertificateBuilder, issuer: Issuer, public_key: object, extensions: Iterable[x509.Extension]
+) -> x509.Certificate:
+    builder = builder.issuer_name(issuer.cert.subject).public_key(public_key)  # type: ignore[arg-type]
+    builder = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False  # type: ignore[arg-type]
+    )
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+        critical=False,
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(issuer.key, signing_hash(issuer.key))
+
+
+def _validity(
+    builder: x509.CertificateBuilder, not_before: dt.datetime, not_after: dt.datetime
+) -> x509.CertificateBuilder:
+    return (
+        builder.serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+
+
+def issuing_ca(key: PrivateKey, root: Issuer, org: str, *, days: int = 1825) -> x509.Certificate:
+    """The intermediate that signs devices, the server and the CRL: pathlen 0, no CA below it."""
+    now = utcnow()
+    builder = _validity(x509.CertificateBuilder().subject_name(_name(f"{org} Issuing CA", org)), now - CLOCK_SKEW,
+                        now + dt.timedelta(days=days))
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    builder = builder.add_extension(_ca_key_usage(), critical=True)
+    return _signed_by(builder, root, key.public_key(), [])
+
+
+def server(
+    key: PrivateKey, issuer: Issuer, org: str, names: Sequence[str], *, days: int = 825, crl_url: str | None = None
+) -> x509.Certificate:
+    """The broker's certificate: serverAuth, SANs for loopback plus ``names``."""
+    now = utcnow()
+    sans: list[x509.GeneralName] = []
+    for n in ["localhost", "127.0.0.1", "::1", *names]:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    builder = _validity(x509.CertificateBuilder().subject_name(_name(names[0] if names else "localhost", org)),
+                        now - CLOCK_SKEW, now + dt.timedelta(days=days))
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    builder = builder.add_extension(_leaf_key_usage(key, server=True), critical=True)
+    builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    builder = builder.add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(sans))), critical=False)
+    return _signed_by(builder, issuer, key.public_key(), _crl_dp(crl_url))
+
+
+def device(
+    key: PrivateKey,
+    issuer: Issuer,
+    *,
+    org: str,
+    trust_domain: str,
+    device_id: str,
+    model: str,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    crl_url: str | None = None,
+) -> x509.Certificate:
+    """A device's client certificate: CN and SPIFFE URI SAN both name the device (its MQTT client id)."""
+    builder = _validity(x509.CertificateBuilder().subject_name(_name(device_id, org, model)), not_before, not_after)
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    builder = builder.add_extension(_leaf_key_usage(key, server=False), critical=True)
+    builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    builder = builder.add_extension(
+        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_uri(trust_domain, device_id))]),
+        critical=False,
+    )
+    return _signed_by(builder, issuer, key.public_key(), _crl_dp(crl_url))
+
+
+def crl(
+    issuer: Issuer, revoked: Iterable[Revocation], *, number: int, this_update: dt.datetime, days: int = 7
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``issuer``; callers keep ``number`` and ``this_update`` strictly increasing."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(this_update)
+        .next_update(this_update + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    for r in revoked:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(r.serial)
+            .revocation_date(r.when)
+            .add_extension(x509.CRLReason(r.reason), critical=False)
+            .build()
+        )
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(issuer.key, signing_hash(issuer.key))

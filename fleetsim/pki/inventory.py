@@ -1,0 +1,170 @@
+"""The PKI's inventory: who was issued what, what was revoked. Pure data, (de)serialised as JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from cryptography import x509
+
+
+class Fault(StrEnum):
+    """Identities broken on purpose, for fault injection. Each is labelled in the inventory."""
+
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    UNKNOWN_CA = "unknown-ca"
+    WRONG_KEY = "wrong-key"
+    CN_MISMATCH = "cn-mismatch"
+    WEAK_KEY = "weak-key"
+
+
+REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device identity. ``id`` is its MQTT client id; ``serial`` is its current certificate's."""
+
+    id: str
+    serial: int
+    model: str
+    lot: str
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    fault: Fault | None = None
+    revoked_at: dt.datetime | None = None
+    revocation_reason: str | None = None
+    generation: int = 1  # bumped by each re-enrolment
+
+    @property
+    def status(self) -> str:
+        return "revoked" if self.revoked_at else "valid"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["serial"] = format(self.serial, "x")
+        d["status"] = self.status
+        for k in ("not_before", "not_after", "revoked_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        d["fault"] = self.fault.value if self.fault else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Device:
+        d = {k: v for k, v in d.items() if k != "status"}
+        d["serial"] = int(d["serial"], 16)
+        for k in ("not_before", "not_after", "revoked_at"):
+            d[k] = dt.datetime.fromisoformat(d[k]) if d.get(k) else None
+        d["fault"] = Fault(d["fault"]) if d.get("fault") else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RevokedSerial:
+    """A CRL entry. Kept apart from Device so a re-enrolled device's old serials stay revoked."""
+
+    serial: int
+    device_id: str
+    when: dt.datetime
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"serial": format(self.serial, "x"), "device_id": self.device_id,
+                "when": self.when.isoformat(), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RevokedSerial:
+        return cls(int(d["serial"], 16), d["device_id"], dt.datetime.fromisoformat(d["when"]), d["reason"])
+
+
+@dataclass
+class Inventory:
+    """Everything the PKI remembers besides its key and certificate files."""
+
+    org: str
+    trust_domain: str
+    crl_url: str | None
+    crl_number: int = 0
+    crl_this_update: dt.datetime | None = None
+    devices: dict[str, Device] = field(default_factory=dict)
+    revoked: list[RevokedSerial] = field(default_factory=list)
+
+    def select(
+        self, *, status: str | None = None, lot: str | None = None, model: str | None = None,
+        fault: str | None = None,
+    ) -> list[Device]:
+        """Devices matching every filter given; ``fault="none"`` selects healthy identities."""
+        out = []
+        for d in self.devices.values():
+            if status and d.status != status:
+                continue
+            if lot and d.lot != lot:
+                continue
+            if model and d.model != model:
+                continue
+            if fault and (d.fault.value if d.fault else "none") != fault:
+                continue
+            out.append(d)
+        return out
+
+    def next_ids(self, prefix: str, count: int) -> list[str]:
+        """``count`` fresh ids ``<prefix>-NNNNN`` after the highest already issued with that prefix."""
+        start = 0
+        head = f"{prefix}-"
+        for did in self.devices:
+            tail = did[len(head):]
+            if did.startswith(head) and tail.isdigit():
+                start = max(start, int(tail))
+        width = max(5, len(str(start + count)))
+        return [f"{prefix}-{n:0{width}d}" for n in range(start + 1, start + count + 1)]
+
+    def revoke(self, device_id: str, when: dt.datetime, reason: str) -> Device:
+        d = self.devices[device_id]
+        if d.revoked_at is None:
+            d = replace(d, revoked_at=when, revocation_reason=reason)
+            self.devices[device_id] = d
+            self.revoked.append(RevokedSerial(d.serial, device_id, when, reason))
+        return d
+
+    def next_crl_time(self, now: dt.datetime) -> dt.datetime:
+        """thisUpdate for the next CRL: strictly later than the last, so CRL readers never see a tie."""
+        if self.crl_this_update and now <= self.crl_this_update:
+            return self.crl_this_update + dt.timedelta(seconds=1)
+        return now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "org": self.org,
+            "trust_domain": self.trust_domain,
+            "crl_url": self.crl_url,
+            "crl_number": self.crl_number,
+            "crl_this_update": self.crl_this_update.isoformat() if self.crl_this_update else None,
+            "devices": [d.to_json() for d in self.devices.values()],
+            "revoked": [r.to_json() for r in self.revoked],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Inventory:
+        devices = [Device.from_json(x) for x in d["devices"]]
+        return cls(
+            org=d["org"],
+            trust_domain=d["trust_domain"],
+            crl_url=d.get("crl_url"),
+            crl_number=d.get("crl_number", 0),
+            crl_this_update=dt.datetime.fromisoformat(d["crl_this_update"]) if d.get("crl_this_update") else None,
+            devices={x.id: x for x in devices},
+            revoked=[RevokedSerial.from_json(x) for x in d.get("revoked", [])],
+        )

@@ -1,0 +1,72 @@
+"""Issuing device identities in bulk: a picklable job a worker process runs, writing its own files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from fleetsim.pki import certs, keys
+from fleetsim.pki.inventory import Device, Fault
+from fleetsim.pki.keys import KeyType
+from fleetsim.pki.layout import Layout, write_file
+
+
+@dataclass(frozen=True)
+class IssueJob:
+    """Everything a worker needs to issue ``ids``; bytes, not objects, so it pickles cheaply."""
+
+    root: Path
+    issuer_cert_pem: bytes
+    issuer_key_pem: bytes
+    org: str
+    trust_domain: str
+    crl_url: str | None
+    ids: tuple[str, ...]
+    model: str
+    lot: str
+    key_type: KeyType
+    days: int
+    fault: Fault | None = None
+    generation: int = 1
+
+
+def _validity(fault: Fault | None, days: int, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    if fault is Fault.EXPIRED:
+        return now - dt.timedelta(days=days + 1), now - dt.timedelta(days=1)
+    if fault is Fault.NOT_YET_VALID:
+        return now + dt.timedelta(days=30), now + dt.timedelta(days=30 + days)
+    return now - certs.CLOCK_SKEW, now + dt.timedelta(days=days)
+
+
+def imposter_name(device_id: str) -> str:
+    """The name a cn-mismatch certificate carries instead of its device's client id."""
+    return f"{device_id}-imposter"
+
+
+def run(job: IssueJob) -> list[Device]:
+    """Issue every id in ``job``, writing ``<id>.pem`` (leaf + issuer) and ``<id>.key`` (0600)."""
+    layout = Layout(job.root)
+    issuer = certs.Issuer(x509.load_pem_x509_certificate(job.issuer_cert_pem), keys.from_pem(job.issuer_key_pem))
+    key_type = KeyType.RSA_1024 if job.fault is Fault.WEAK_KEY else job.key_type
+    now = certs.utcnow()
+    not_before, not_after = _validity(job.fault, job.days, now)
+    out = []
+    for device_id in job.ids:
+        key = keys.generate(key_type)
+        name = imposter_name(device_id) if job.fault is Fault.CN_MISMATCH else device_id
+        cert = certs.device(
+            key, issuer, org=job.org, trust_domain=job.trust_domain, device_id=name, model=job.model,
+            not_before=not_before, not_after=not_after, crl_url=job.crl_url,
+        )
+        written_key = keys.generate(key_type) if job.fault is Fault.WRONG_KEY else key
+        write_file(layout.device_key(device_id), keys.to_pem(written_key), private=True)
+        write_file(layout.device_cert(device_id), cert.public_bytes(Encoding.PEM) + job.issuer_cert_pem)
+        out.append(Device(
+            id=device_id, serial=cert.serial_number, model=job.model, lot=job.lot, key_type=key_type.value,
+            not_before=not_before, not_after=not_after, fault=job.fault, generation=job.generation,
+        ))
+    return out
