@@ -1,0 +1,1 @@
+"""Brokers that require client certificates: the embedded amqtt broker (default) and Mosquitto."""

@@ -1,0 +1,43 @@
+"""What the simulator needs from any broker it drives, whichever kind it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+TlsVersion = Literal["1.2", "1.3", "any"]
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """Knobs common to the brokers fleetsim starts. Loopback by default: load stays on this machine."""
+
+    host: str = "127.0.0.1"
+    port: int = 8883  # 0 picks a free port (tests)
+    tls_version: TlsVersion = "any"
+    session_tickets: bool = False  # off by default: a resumed TLS 1.3 session skips the CRL check
+    drop_revoked: bool = True  # embedded only: end live sessions whose certificate the new CRL revokes
+    password_file: Path | None = None  # optional username/password auth on top, for overhead comparisons
+    plain_port: int | None = None  # optional plain-TCP listener, for the no-auth/no-TLS baseline
+    require_certificate: bool = True  # False only for the server-only-TLS baseline, on purpose
+
+
+class BrokerHandle(Protocol):
+    """A running broker, as the engine and the tests see it."""
+
+    kind: str  # "embedded" | "mosquitto" | "external"
+    host: str
+    port: int
+
+    def reload_crl(self) -> None:
+        """Make new connections see the PKI's current crl.pem now."""
+
+    def stats(self) -> dict[str, Any]:
+        """Broker-side counters: accepted, rejected by reason, handshake times, cpu_seconds."""
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (a timed event in scenarios)."""
+
+    def stop(self) -> None:
+        """Stop and release the port; safe to call twice."""
