@@ -1,0 +1,60 @@
+"""Start the broker a scenario names, whichever kind, behind the one BrokerHandle face."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetsim.broker.handle import BrokerHandle, BrokerOptions
+from fleetsim.errors import BrokerError
+
+
+@dataclass
+class ExternalBroker:
+    """A broker fleetsim did not start: it can be measured from the device side only."""
+
+    host: str
+    port: int
+    kind: str = "external"
+
+    def reload_crl(self) -> None:
+        """Nothing to do: an external broker reloads its CRL on its own terms."""
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def restart(self) -> None:
+        raise BrokerError(f"cannot restart the external broker at {self.host}:{self.port}",
+                          "drop restart-broker events when --broker is HOST:PORT")
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def __enter__(self) -> ExternalBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def parse_address(target: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) with a clear error."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise BrokerError(f"broker {target!r} is not embedded, mosquitto or HOST:PORT", "e.g. --broker 127.0.0.1:8883")
+    return host.strip("[]"), int(port)
+
+
+def start_broker(target: str, pki_dir: Path, options: BrokerOptions) -> BrokerHandle:
+    """Start the embedded broker or Mosquitto from the PKI, or name an external one."""
+    if target == "embedded":
+        from fleetsim.broker.embedded import start_embedded
+
+        return start_embedded(pki_dir, options)
+    if target == "mosquitto":
+        from fleetsim.broker.mosquitto import start_mosquitto
+
+        return start_mosquitto(pki_dir, options)
+    host, port = parse_address(target)
+    return ExternalBroker(host, port)

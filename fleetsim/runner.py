@@ -1,0 +1,250 @@
+"""Run a scenario: PKI, broker, worker processes, timed events, live progress, and the results directory.
+
+The engine's shard runner (fleetsim.engine.shard.run_shard) does the device work; this module only orchestrates:
+it owns the processes, the clock, the events and the files, and it always writes what was measured, also after
+Ctrl-C or a broker that died.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import resource
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from fleetsim import progress, provision, results, stats
+from fleetsim.broker.handle import BrokerHandle, BrokerOptions
+from fleetsim.broker.launch import start_broker
+from fleetsim.engine.identity import Identity
+from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec, run_shard
+from fleetsim.errors import FleetsimError
+from fleetsim.events import EventRunner
+from fleetsim.pki import Layout, Pki
+from fleetsim.scenario import Scenario
+
+FDS_PER_WORKER_SPARE = 64
+START_DELAY_S = 1.0  # lets every worker be up before the shared t0
+COLLECT_GRACE_S = 20.0
+
+
+@dataclass
+class Outcome:
+    """What the workers brought back."""
+
+    results: dict[int, ShardResult] = field(default_factory=dict)
+    interrupted: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    missing: list[int] = field(default_factory=list)
+
+
+def raise_fd_limit(devices: int, workers: int) -> None:
+    """Raise the open-files limit as far as allowed; say clearly when the fleet cannot fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    per_worker = -(-devices // workers) + FDS_PER_WORKER_SPARE
+    if per_worker > hard:
+        need = -(-devices // (hard - FDS_PER_WORKER_SPARE))
+        raise FleetsimError(f"{devices:,} devices on {workers} workers need {per_worker:,} open files per worker, "
+                            f"the limit is {hard:,}", f"use --workers {need} or more, or raise `ulimit -Hn`")
+
+
+def open_pki(pki_dir: Path, console: Console) -> Pki:
+    """The PKI at ``pki_dir``, created for the user on first use."""
+    if Layout(pki_dir).is_pki():
+        return Pki.open(pki_dir)
+    console.print(f"creating a PKI in {pki_dir}")
+    return Pki.init(pki_dir)
+
+
+def broker_options(scenario: Scenario) -> BrokerOptions:
+    b = scenario.broker
+    return BrokerOptions(port=0, tls_version=b.tls_version, session_tickets=b.session_resumption,  # type: ignore[arg-type]
+                         require_certificate=b.auth == "mtls")
+
+
+def make_shards(scenario: Scenario, fleet: list[provision.Provisioned], broker: BrokerHandle, pki: Pki,
+                workers: int, t0: float) -> list[ShardSpec]:
+    """Deal devices round-robin, so every worker sees every group and every fault."""
+    ca_pem = pki.layout.ca_chain.read_bytes()
+    specs = [
+        DeviceSpec(id=p.device_id, model=p.slot.model, site=p.slot.site, key_type=p.slot.key_type,
+                   fault=p.slot.fault, group=p.slot.group)
+        for p in fleet
+    ]
+    return [
+        ShardSpec(index=i, devices=tuple(specs[i::workers]), host=broker.host, port=broker.port,
+                  server_hostname="localhost", ca_pem=ca_pem, t0=t0, pki_dir=pki.root)
+        for i in range(workers)
+        if specs[i::workers]
+    ]
+
+
+def identities(pki: Pki, shard: ShardSpec) -> dict[str, Identity]:
+    out = {}
+    for d in shard.devices:
+        cert, key = pki.identity(d.id)
+        out[d.id] = Identity(cert_pem=cert, key_pem=key, key_type=d.key_type)
+    return out
+
+
+def _worker(scenario: Scenario, shard: ShardSpec, ids: dict[str, Identity], progress_q: Any, result_q: Any,
+            stop: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
+    result = run_shard(scenario, shard, ids, progress=lambda snap: progress_q.put((shard.index, snap)), stop=stop)
+    result_q.put((shard.index, result))
+
+
+def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, console: Console,
+              fleet: Mapping[str, str]) -> Outcome:
+    """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
+    ctx = mp.get_context("fork")
+    progress_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(scenario, s, identities(pki, s), progress_q, result_q, stop),
+                         name=f"fleetsim-shard-{s.index}", daemon=True) for s in shards]
+    for p in procs:
+        p.start()
+    events = EventRunner(scenario.events, pki, broker, dict(fleet), scenario.seed)
+    out = Outcome()
+    t0 = shards[0].t0
+    deadline = t0 + scenario.duration + scenario.connect_timeout + COLLECT_GRACE_S
+    snapshots: dict[int, Mapping[str, Any]] = {}
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while len(out.results) < len(shards):
+            try:
+                _collect(result_q, progress_q, snapshots, out)
+                now = time.time()
+                if now >= t0:
+                    out.events += events.fire_due(now - t0)
+                live.update(progress.render(progress.merge(snapshots), elapsed=max(0.0, now - t0),
+                                            duration=scenario.duration, devices=scenario.devices,
+                                            events=len(out.events)))
+                if not any(p.is_alive() for p in procs):
+                    _collect(result_q, progress_q, snapshots, out, wait=1.0)
+                    if len(out.results) < len(shards):
+                        out.interrupted = out.interrupted or "a worker died before returning its results"
+                    break
+                if now > deadline:
+                    out.interrupted = out.interrupted or "workers did not finish in time"
+                    break
+            except KeyboardInterrupt:
+                out.interrupted = "interrupted (Ctrl-C)"
+                stop.set()
+                deadline = min(deadline, time.time() + COLLECT_GRACE_S)
+            except FleetsimError as exc:
+                out.interrupted = f"event failed: {exc}"
+                stop.set()
+    out.wall_s = time.time() - t0
+    out.missing = sorted({s.index for s in shards} - set(out.results))
+    for p in procs:
+        p.join(timeout=2)
+        if p.is_alive():
+            p.terminate()
+    return out
+
+
+def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, Any]], out: Outcome,
+             wait: float = 0.25) -> None:
+    while True:
+        try:
+            index, snap = progress_q.get_nowait()
+        except queue.Empty:
+            break
+        snapshots[index] = snap
+    try:
+        while True:
+            index, result = result_q.get(timeout=wait)
+            out.results[index] = result
+            wait = 0.0
+    except queue.Empty:
+        pass
+
+
+def merge_results(parts: Mapping[int, ShardResult]) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, Any]]:
+    """Concatenate attempts, add up per-second series and message counters across shards."""
+    attempts: dict[str, list[Any]] = {}
+    per_second: dict[int, dict[str, float]] = {}
+    messages: dict[str, Any] = {"published": 0, "acknowledged": 0, "lost": 0, "ack_ms": [], "by_kind": {}}
+    for part in parts.values():
+        for k, v in part.attempts.items():
+            attempts.setdefault(k, []).extend(v)
+        cols = part.series
+        for i, second in enumerate(cols.get("second", [])):
+            row = per_second.setdefault(int(second), {})
+            for k, v in cols.items():
+                if k != "second":
+                    row[k] = row.get(k, 0) + v[i]
+        for k, v in part.messages.items():
+            if isinstance(v, list):
+                messages.setdefault(k, []).extend(v)
+            elif isinstance(v, dict):
+                inner = messages.setdefault(k, {})
+                for kk, vv in v.items():
+                    inner[kk] = inner.get(kk, 0) + vv
+            else:
+                messages[k] = messages.get(k, 0) + v
+    seconds = sorted(per_second)
+    keys = sorted({k for row in per_second.values() for k in row})
+    series: dict[str, list[Any]] = {"second": seconds}
+    series.update({k: [per_second[s].get(k, 0) for s in seconds] for k in keys})
+    return attempts, series, messages
+
+
+def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
+    """The whole job of `fleetsim run`; returns the results directory and the summary."""
+    workers = max(1, min(scenario.workers or os.cpu_count() or 1, scenario.devices))
+    raise_fd_limit(scenario.devices, workers)
+    pki = open_pki(pki_dir, console)
+    with console.status("provisioning device identities"):
+        fleet = provision.provision(pki, provision.plan(scenario))
+    run_dir = results.new_run_dir(out_dir, scenario.name)
+    (run_dir / "scenario.toml").write_text(scenario.to_toml())
+    results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers})
+    healthy = {p.device_id: p.slot.lot for p in fleet if p.slot.fault is None}
+    with console.status(f"starting the {scenario.broker.target} broker"):
+        broker = start_broker(scenario.broker.target, pki.root, broker_options(scenario))
+    try:
+        shards = make_shards(scenario, fleet, broker, pki, workers, time.time() + START_DELAY_S)
+        console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
+                      f"{broker.host}:{broker.port}, {scenario.duration:g} s")
+        outcome = supervise(scenario, shards, pki, broker, console, healthy)
+        broker_stats = _safe_stats(broker)
+    finally:
+        broker.stop()
+    summary = _write(run_dir, scenario, outcome, broker_stats)
+    return run_dir, summary
+
+
+def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:
+    try:
+        return broker.stats()
+    except Exception as exc:  # a dead broker still lets the run write what the devices measured
+        return {"error": str(exc)}
+
+
+def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: dict[str, Any]) -> dict[str, Any]:
+    attempts, series, messages = merge_results(outcome.results)
+    results.write_table(run_dir / "attempts.parquet", attempts)
+    results.write_table(run_dir / "series.parquet", series)
+    results.write_json(run_dir / "events.json", outcome.events)
+    results.write_json(run_dir / "broker.json", broker_stats)
+    summary = stats.summarise(attempts, series, messages, devices=scenario.devices, wall_s=outcome.wall_s,
+                              broker={k: v for k, v in broker_stats.items() if not isinstance(v, list | dict)})
+    summary["scenario"] = scenario.name
+    summary["events"] = outcome.events
+    if outcome.interrupted:
+        summary["interrupted"] = outcome.interrupted
+    if outcome.missing:
+        summary["shards_missing"] = outcome.missing
+    results.write_json(run_dir / results.SUMMARY, summary)
+    return summary
