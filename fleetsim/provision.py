@@ -10,6 +10,7 @@ missing, so the second run of a scenario starts at once.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetsim.pki import Device, Fault, Pki
-from fleetsim.scenario import Scenario
+from fleetsim.scenario import Scenario, assign_faults
 
 REVOKED = "revoked"
 FAULT_KEYS = {f.value.replace("-", "_"): f.value for f in Fault} | {REVOKED: REVOKED}
@@ -50,14 +51,12 @@ def plan(scenario: Scenario) -> list[Slot]:
         for i, g in enumerate(scenario.fleet)
         for _ in range(g.count)
     ]
-    order = np.random.default_rng(scenario.seed).permutation(len(slots))
-    start = 0
-    for key in sorted(scenario.faults):
-        n = round(scenario.faults[key] * len(slots))
-        for idx in order[start:start + n]:
-            s = slots[idx]
-            slots[idx] = Slot(s.group, s.model, s.site, s.lot, s.key_type, FAULT_KEYS[key])
-        start += n
+    bounds = np.cumsum([0, *(g.count for g in scenario.fleet)])
+    by_group = [[str(n) for n in range(a, b)] for a, b in itertools.pairwise(bounds)]
+    for name, members in assign_faults(scenario, by_group).items():
+        for n in members:
+            s = slots[int(n)]
+            slots[int(n)] = Slot(s.group, s.model, s.site, s.lot, s.key_type, FAULT_KEYS[name])
     return slots
 
 

@@ -1,0 +1,697 @@
+"""Scenarios: a TOML file that says which fleet connects to which broker, how, and what goes wrong.
+
+Everything is validated up front, so a run never fails half-way on a typo: each problem is a one-line
+``ScenarioError`` naming the file, the field (``fleet[0].count``; array tables count from 0), the problem and the
+fix. The schema is documented in the shipped ``scenarios/*.toml`` and in docs/notes (scenario-schema).
+
+    sc = load("scenarios/ward.toml")
+    sc = sc.with_overrides(devices=1000, duration=60)
+    offsets = arrival_times(sc.arrival, sc.devices, numpy.random.default_rng(sc.seed))
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleetsim.errors import ScenarioError
+from fleetsim.pki import KeyType
+from fleetsim.telemetry import MODELS
+
+MAX_DEVICES = 50_000
+MAX_DURATION = 3600.0
+MAX_WORKERS = 256
+TARGETS = ("embedded", "mosquitto")
+TLS_VERSIONS = ("1.2", "1.3", "any")
+AUTHS = ("mtls", "tls", "password", "none")
+MQTT_VERSIONS = ("3.1.1", "5")
+PATTERNS = ("linear", "poisson", "burst")
+ACTIONS = ("restart-broker", "revoke", "reenroll", "reload-crl")
+# Scenario fault names -> the PKI's Fault value (None: a valid identity revoked before the run).
+FAULTS: dict[str, str | None] = {
+    "expired": "expired",
+    "not_yet_valid": "not-yet-valid",
+    "unknown_ca": "unknown-ca",
+    "wrong_key": "wrong-key",
+    "cn_mismatch": "cn-mismatch",
+    "weak_key": "weak-key",
+    "revoked": None,
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FleetGroup:
+    """Devices of one model, lot, key type and site."""
+
+    model: str
+    count: int
+    lot: str = "lot-1"
+    key_type: str = "ecdsa-p256"
+    site: str = "site-1"
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """Which broker the fleet targets and how it authenticates devices."""
+
+    target: str = "embedded"
+    tls_version: str = "any"
+    session_resumption: bool = False
+    auth: str = "mtls"
+    allow_remote: bool = False
+
+    @property
+    def kind(self) -> str:
+        """ "embedded", "mosquitto" or "external" (any HOST:PORT)."""
+        return self.target if self.target in TARGETS else "external"
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of an external broker, None for the ones fleetsim starts."""
+        if self.kind != "external":
+            return None
+        return _split_hostport(self.target)
+
+
+@dataclass(frozen=True)
+class MqttSpec:
+    version: str = "3.1.1"
+    keepalive: int = 60
+    clean_session: bool = True
+    qos_telemetry: int = 0
+    qos_alarm: int = 1
+
+
+@dataclass(frozen=True)
+class Arrival:
+    pattern: str = "linear"
+    rate: float = 100.0
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Per connected device, probability per second of dropping; 0 means no churn."""
+
+    rate: float = 0.0
+    downtime: tuple[float, float] = (1.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Exponential backoff with full jitter; max_attempts 0 = unlimited within the duration."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    max_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A timed event; revoke takes fraction or lot, reenroll re-issues the previous revoke's devices."""
+
+    at: float
+    action: str
+    fraction: float | None = None
+    lot: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int
+    duration: float
+    connect_timeout: float
+    workers: int
+    broker: BrokerSpec
+    mqtt: MqttSpec
+    arrival: Arrival
+    churn: Churn
+    reconnect: Reconnect
+    fleet: tuple[FleetGroup, ...]
+    faults: dict[str, float]
+    events: tuple[Event, ...]
+    source: str = field(default="<scenario>", compare=False)
+
+    @property
+    def devices(self) -> int:
+        return sum(g.count for g in self.fleet)
+
+    def with_overrides(
+        self,
+        devices: int | None = None,
+        duration: float | None = None,
+        workers: int | None = None,
+        broker: str | None = None,
+    ) -> Scenario:
+        """The same scenario with CLI overrides, validated like the file.
+
+        ``devices`` scales every group proportionally (largest remainder, groups left empty are dropped);
+        a shorter ``duration`` drops the events it no longer reaches.
+        """
+        data = self.to_dict()
+        where = _Where(f"{self.source} (with overrides)", "")
+        if devices is not None:
+            _check_int(where, "--devices", devices, 1, MAX_DEVICES)
+            data["fleet"] = _scale_fleet(data["fleet"], devices)
+        if duration is not None:
+            _check_number(where, "--duration", duration, 0.0, MAX_DURATION, low_open=True)
+            data["duration"] = duration
+            data["events"] = [e for e in data["events"] if e["at"] < duration]
+        if workers is not None:
+            _check_int(where, "--workers", workers, 0, MAX_WORKERS)
+            data["workers"] = workers
+        if broker is not None:
+            data["broker"]["target"] = broker
+        return _build(data, where.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, TOML-ready (None fields left out); parse(to_toml()) gives back an equal Scenario."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "duration": self.duration,
+            "connect_timeout": self.connect_timeout,
+            "workers": self.workers,
+            "broker": _fields(self.broker),
+            "mqtt": _fields(self.mqtt),
+            "arrival": _fields(self.arrival),
+            "churn": {"rate": self.churn.rate, "downtime": list(self.churn.downtime)},
+            "reconnect": _fields(self.reconnect),
+            "fleet": [_fields(g) for g in self.fleet],
+            "faults": dict(self.faults),
+            "events": [{k: v for k, v in _fields(e).items() if v is not None} for e in self.events],
+        }
+
+    def to_toml(self) -> str:
+        """The scenario as run, for the results directory."""
+        return _dump_toml(self.to_dict())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{p}: no such scenario file", _missing_fix(p)) from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{p}: is a directory, not a scenario file", "give a .toml file") from None
+    except PermissionError:
+        raise ScenarioError(
+            f"{p}: not readable (permission denied)", "check the file's permissions"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{p}: not UTF-8 text ({exc.reason})", "save the file as UTF-8") from None
+    return parse(text, str(p))
+
+
+def parse(text: str, source: str = "<scenario>") -> Scenario:
+    """Validate scenario TOML text; ``source`` names it in errors. Pure: no I/O."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        where = f"{source}:{m.group(1)}:{m.group(2)}" if m else source
+        problem = msg[: m.start()] if m else msg
+        raise ScenarioError(
+            f"{where}: invalid TOML: {problem}", "fix the syntax there (see https://toml.io)"
+        ) from None
+    return _build(data, source)
+
+
+def _missing_fix(p: Path) -> str:
+    if p.parent.is_dir():
+        names = sorted(str(q) for q in p.parent.glob("*.toml"))
+        close = difflib.get_close_matches(str(p), names, n=1)
+        if close:
+            return f"did you mean {close[0]}?"
+        if names:
+            return "scenarios here: " + ", ".join(names)
+    return "check the path; the shipped scenarios are in scenarios/, e.g. scenarios/ward.toml"
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits: the file and the table path, for error messages."""
+
+    source: str
+    path: str  # "" = top level
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str, fix: str) -> ScenarioError:
+        name = key if key.startswith("--") else self.field(key)
+        return ScenarioError(f"{self.source}: {name}: {problem}", fix)
+
+    def sub(self, path: str) -> _Where:
+        return _Where(self.source, path)
+
+
+def _table(where: _Where, data: Mapping[str, Any], key: str, allowed: Sequence[str]) -> dict[str, Any]:
+    """The sub-table ``key`` (empty if absent), with its keys checked against ``allowed``."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise where.fail(key, f"must be a table, got {_show(value)}", f"write it as a [{key}] section")
+    _check_keys(where.sub(key), value, allowed, f"[{key}]")
+    return value
+
+
+def _check_keys(where: _Where, data: Mapping[str, Any], allowed: Sequence[str], label: str) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else "allowed keys: " + ", ".join(allowed)
+            raise ScenarioError(f"{where.source}: unknown key '{key}' in {label}", fix)
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "boolean", str: "string", int: "integer", float: "number", list: "array", dict: "table"}
+    name = kind.get(type(value), type(value).__name__)
+    text = json.dumps(value) if isinstance(value, bool | str) else repr(value)
+    if isinstance(value, dict | list):
+        return f"a {name}"
+    return text if isinstance(value, int | float) and not isinstance(value, bool) else f"{text} ({name})"
+
+
+def _check_int(where: _Where, key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        problem = "must be a positive integer" if low == 1 else f"must be an integer from {low} to {high}"
+        if low == 1 and isinstance(value, int) and not isinstance(value, bool) and value > high:
+            problem = f"must be at most {high}"
+        raise where.fail(key, f"{problem}, got {_show(value)}", f"set {where.field(key)} to {low}..{high}")
+    return value
+
+
+def _check_number(
+    where: _Where, key: str, value: Any, low: float, high: float, low_open: bool = False
+) -> float:
+    ok_type = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok_type or value > high or value < low or (low_open and value == low):
+        bound = f"more than {low:g}" if low_open else f"at least {low:g}"
+        raise where.fail(
+            key,
+            f"must be a number {bound} and at most {high:g}, got {_show(value)}",
+            f"set {where.field(key)} within those bounds",
+        )
+    return float(value)
+
+
+def _int(where: _Where, t: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    return _check_int(where, key, t.get(key, default), low, high)
+
+
+def _num(
+    where: _Where,
+    t: Mapping[str, Any],
+    key: str,
+    default: float,
+    low: float,
+    high: float,
+    low_open: bool = False,
+) -> float:
+    return _check_number(where, key, t.get(key, default), low, high, low_open)
+
+
+def _bool(where: _Where, t: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise where.fail(
+            key, f"must be true or false, got {_show(value)}", f"write {key} = true or {key} = false"
+        )
+    return value
+
+
+def _str(where: _Where, t: Mapping[str, Any], key: str, default: str, choices: Sequence[str] = ()) -> str:
+    value = t.get(key, default)
+    if not isinstance(value, str):
+        raise where.fail(key, f"must be a string, got {_show(value)}", f'quote it: {key} = "..."')
+    if choices and value not in choices:
+        raise where.fail(key, f"unknown value {value!r}", _choose(value, choices))
+    return value
+
+
+def _name(where: _Where, t: Mapping[str, Any], key: str, default: str) -> str:
+    value = _str(where, t, key, default)
+    if not _NAME_RE.match(value):
+        raise where.fail(
+            key,
+            f"{value!r} is not a valid name",
+            "use 1-64 letters, digits, '.', '_' or '-' (it becomes part of MQTT topics and file names)",
+        )
+    return value
+
+
+def _choose(value: str, choices: Sequence[str]) -> str:
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(lower), n=1)
+    hint = f"did you mean '{lower[close[0]]}'? " if close else ""
+    return f"{hint}(choose one of: {', '.join(choices)})"
+
+
+_TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers",
+        "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events")  # fmt: skip
+
+
+def _build(data: Mapping[str, Any], source: str) -> Scenario:
+    top = _Where(source, "")
+    _check_keys(top, data, _TOP, "[top level]")
+    duration = _num(top, data, "duration", 60.0, 0.0, MAX_DURATION, low_open=True)
+    broker = _broker(top, data)
+    fleet = _fleet(top, data)
+    mqtt = _mqtt(top, data, broker)
+    return Scenario(
+        name=_str(top, data, "name", Path(source).stem or "scenario"),
+        description=_str(top, data, "description", ""),
+        seed=_int(top, data, "seed", 1, 0, 2**63 - 1),
+        duration=duration,
+        connect_timeout=_num(top, data, "connect_timeout", 10.0, 0.0, 300.0, low_open=True),
+        workers=_int(top, data, "workers", 0, 0, MAX_WORKERS),
+        broker=broker,
+        mqtt=mqtt,
+        arrival=_arrival(top, data),
+        churn=_churn(top, data),
+        reconnect=_reconnect(top, data),
+        fleet=fleet,
+        faults=_faults(top, data),
+        events=_events(top, data, duration, fleet),
+        source=source,
+    )
+
+
+def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
+    keys = ("target", "tls_version", "session_resumption", "auth", "allow_remote")
+    t = _table(top, data, "broker", keys)
+    w = top.sub("broker")
+    spec = BrokerSpec(
+        target=_str(w, t, "target", "embedded"),
+        tls_version=_str(w, t, "tls_version", "any", TLS_VERSIONS),
+        session_resumption=_bool(w, t, "session_resumption", False),
+        auth=_str(w, t, "auth", "mtls", AUTHS),
+        allow_remote=_bool(w, t, "allow_remote", False),
+    )
+    if spec.target not in TARGETS:
+        _check_target(w, spec.target, spec.allow_remote)
+    return spec
+
+
+def _split_hostport(target: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", target)
+    if not m:
+        return None
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    return (host, port) if 1 <= port <= 65535 else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_target(w: _Where, target: str, allow_remote: bool) -> None:
+    address = _split_hostport(target)
+    if address is None:
+        close = difflib.get_close_matches(target, TARGETS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise w.fail(
+            "target",
+            f"{target!r} is neither embedded, mosquitto nor HOST:PORT",
+            f'{hint}write "embedded", "mosquitto" or e.g. "127.0.0.1:8883" ("[::1]:8883" for IPv6)',
+        )
+    if not allow_remote and not _is_loopback(address[0]):
+        raise w.fail(
+            "target",
+            f"{address[0]} is not a loopback address; fleetsim sends its load to this machine only by default",
+            "use 127.0.0.1/localhost/::1, or set allow_remote = true in [broker] for a broker you operate",
+        )
+
+
+def _mqtt(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> MqttSpec:
+    t = _table(top, data, "mqtt", ("version", "keepalive", "clean_session", "qos_telemetry", "qos_alarm"))
+    w = top.sub("mqtt")
+    version = t.get("version", "3.1.1")
+    if version == 5 and not isinstance(version, bool):
+        version = "5"
+    spec = MqttSpec(
+        version=_str(w, {"version": version}, "version", "3.1.1", MQTT_VERSIONS),
+        keepalive=_int(w, t, "keepalive", 60, 0, 65535),
+        clean_session=_bool(w, t, "clean_session", True),
+        qos_telemetry=_int(w, t, "qos_telemetry", 0, 0, 2),
+        qos_alarm=_int(w, t, "qos_alarm", 1, 0, 2),
+    )
+    if spec.version == "5" and broker.kind == "embedded":
+        raise w.fail(
+            "version",
+            "the embedded broker (amqtt) speaks MQTT 3.1.1 only",
+            'set version = "3.1.1", or target = "mosquitto" in [broker]',
+        )
+    return spec
+
+
+def _arrival(top: _Where, data: Mapping[str, Any]) -> Arrival:
+    t = _table(top, data, "arrival", ("pattern", "rate"))
+    w = top.sub("arrival")
+    return Arrival(
+        pattern=_str(w, t, "pattern", "linear", PATTERNS),
+        rate=_num(w, t, "rate", 100.0, 0.0, 100_000.0, low_open=True),
+    )
+
+
+def _churn(top: _Where, data: Mapping[str, Any]) -> Churn:
+    t = _table(top, data, "churn", ("rate", "downtime"))
+    w = top.sub("churn")
+    rate = _num(w, t, "rate", 0.0, 0.0, 1.0)
+    down = t.get("downtime", [1.0, 5.0])
+    if not isinstance(down, list) or len(down) != 2:
+        raise w.fail(
+            "downtime", f"must be [min, max] seconds, got {_show(down)}", "write e.g. downtime = [1.0, 5.0]"
+        )
+    low = _check_number(w, "downtime[0]", down[0], 0.0, MAX_DURATION)
+    high = _check_number(w, "downtime[1]", down[1], 0.0, MAX_DURATION)
+    if low > high:
+        raise w.fail("downtime", f"min {low:g} is more than max {high:g}", "write [min, max] with min <= max")
+    return Churn(rate=rate, downtime=(low, high))
+
+
+def _reconnect(top: _Where, data: Mapping[str, Any]) -> Reconnect:
+    t = _table(top, data, "reconnect", ("initial", "cap", "max_attempts"))
+    w = top.sub("reconnect")
+    initial = _num(w, t, "initial", 0.5, 0.0, 600.0, low_open=True)
+    cap = _num(w, t, "cap", 30.0, 0.0, 3600.0, low_open=True)
+    if cap < initial:
+        raise w.fail("cap", f"{cap:g} is less than initial {initial:g}", "make cap at least initial")
+    return Reconnect(initial=initial, cap=cap, max_attempts=_int(w, t, "max_attempts", 0, 0, 1_000_000))
+
+
+def _fleet(top: _Where, data: Mapping[str, Any]) -> tuple[FleetGroup, ...]:
+    groups = data.get("fleet")
+    if not isinstance(groups, list) or not groups:
+        raise top.fail(
+            "fleet",
+            "no device groups" if groups is None else f"must be [[fleet]] tables, got {_show(groups)}",
+            'add at least one [[fleet]] table with model = "..." and count = N',
+        )
+    fleet = tuple(_group(top.sub(f"fleet[{i}]"), g) for i, g in enumerate(groups))
+    total = sum(g.count for g in fleet)
+    if total > MAX_DEVICES:
+        raise top.fail("fleet", f"{total} devices in total, more than {MAX_DEVICES}", "lower the counts")
+    return fleet
+
+
+def _group(w: _Where, t: Any) -> FleetGroup:
+    if not isinstance(t, dict):
+        raise ScenarioError(f"{w.source}: {w.path}: must be a table, got {_show(t)}", "write it as [[fleet]]")
+    _check_keys(w, t, ("model", "count", "lot", "key_type", "site"), w.path)
+    if "model" not in t:
+        raise w.fail("model", "missing", "add model = one of: " + ", ".join(MODELS))
+    if "count" not in t:
+        raise w.fail("count", "missing", "add count = N (devices in this group)")
+    return FleetGroup(
+        model=_str(w, t, "model", "", tuple(MODELS)),
+        count=_int(w, t, "count", 1, 1, MAX_DEVICES),
+        lot=_name(w, t, "lot", "lot-1"),
+        key_type=_key_type(w, t),
+        site=_name(w, t, "site", "site-1"),
+    )
+
+
+def _key_type(w: _Where, t: Mapping[str, Any]) -> str:
+    text = _str(w, t, "key_type", KeyType.ECDSA_P256.value)
+    try:
+        kt = KeyType.parse(text)
+    except ValueError as exc:
+        raise w.fail("key_type", str(exc), "pick one of the listed key types") from None
+    if kt is KeyType.RSA_1024:
+        raise w.fail(
+            "key_type", "rsa-1024 is only for the weak-key fault", "use [faults] weak_key = fraction"
+        )
+    return kt.value
+
+
+def _faults(top: _Where, data: Mapping[str, Any]) -> dict[str, float]:
+    t = _table(top, data, "faults", tuple(FAULTS))
+    w = top.sub("faults")
+    faults = {name: _num(w, t, name, 0.0, 0.0, 1.0) for name in FAULTS if name in t}
+    total = sum(faults.values())
+    if total > 1.0 + 1e-9:
+        raise top.fail(
+            "faults", f"fractions add up to {total:g}, more than 1", "lower them so they sum to <= 1"
+        )
+    return {k: v for k, v in faults.items() if v > 0}
+
+
+def _events(
+    top: _Where, data: Mapping[str, Any], duration: float, fleet: Sequence[FleetGroup]
+) -> tuple[Event, ...]:
+    raw = data.get("events", [])
+    if not isinstance(raw, list):
+        raise top.fail(
+            "events", f"must be [[events]] tables, got {_show(raw)}", "write each event as [[events]]"
+        )
+    events = [_event(top.sub(f"events[{i}]"), e, duration, {g.lot for g in fleet}) for i, e in enumerate(raw)]
+    order = sorted(range(len(events)), key=lambda i: events[i].at)
+    revoked = False
+    for i in order:
+        if events[i].action == "revoke":
+            revoked = True
+        elif events[i].action == "reenroll" and not revoked:
+            raise top.sub(f"events[{i}]").fail(
+                "action", "reenroll has no earlier revoke event", "add a revoke event before it"
+            )
+    return tuple(events[i] for i in order)
+
+
+def _event(w: _Where, t: Any, duration: float, lots: set[str]) -> Event:
+    if not isinstance(t, dict):
+        raise ScenarioError(
+            f"{w.source}: {w.path}: must be a table, got {_show(t)}", "write it as [[events]]"
+        )
+    _check_keys(w, t, ("at", "action", "fraction", "lot"), w.path)
+    for key in ("at", "action"):
+        if key not in t:
+            raise w.fail(key, "missing", f"add {key} = ... to every [[events]] table")
+    at = _num(w, t, "at", 0.0, 0.0, MAX_DURATION)
+    if at >= duration:
+        raise w.fail(
+            "at", f"{at:g} s is not within the duration ({duration:g} s)", "make it earlier or run longer"
+        )
+    action = _str(w, t, "action", "", ACTIONS)
+    fraction = _num(w, t, "fraction", 0.0, 0.0, 1.0, low_open=True) if "fraction" in t else None
+    lot = _name(w, t, "lot", "") if "lot" in t else None
+    if action != "revoke" and (fraction is not None or lot is not None):
+        raise w.fail("action", f"{action} takes no fraction or lot", 'remove them, or use action = "revoke"')
+    if action == "revoke":
+        if (fraction is None) == (lot is None):
+            raise w.fail(
+                "action", "revoke needs exactly one of fraction or lot", 'add fraction = 0.1 or lot = "x"'
+            )
+        if lot is not None and lot not in lots:
+            raise w.fail("lot", f"no [[fleet]] group has lot {lot!r}", _choose(lot, sorted(lots)))
+    return Event(at=at, action=action, fraction=fraction, lot=lot)
+
+
+# ---------------------------------------------------------------- overrides and output
+
+
+def _scale_fleet(groups: list[dict[str, Any]], devices: int) -> list[dict[str, Any]]:
+    """Scale counts to sum to ``devices`` by largest remainder; groups that get none are dropped."""
+    total = sum(g["count"] for g in groups)
+    exact = [g["count"] * devices / total for g in groups]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(groups)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: devices - sum(counts)]:
+        counts[i] += 1
+    return [{**g, "count": c} for g, c in zip(groups, counts, strict=True) if c > 0]
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _dump_toml(data: Mapping[str, Any]) -> str:
+    """Minimal TOML writer for the scenario's shape: scalars, tables and arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list):
+            for item in value:
+                lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- timing and faults
+
+
+def arrival_times(arrival: Arrival, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Offsets (s, non-decreasing, first at 0) at which n devices first connect."""
+    if n <= 0:
+        return np.zeros(0)
+    if arrival.pattern == "burst":
+        return np.zeros(n)
+    if arrival.pattern == "linear":
+        return np.arange(n, dtype=float) / arrival.rate
+    gaps = rng.exponential(1.0 / arrival.rate, size=n - 1)
+    return np.concatenate(([0.0], np.cumsum(gaps)))
+
+
+def backoff(attempt: int, reconnect: Reconnect, rng: np.random.Generator) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based): full jitter, uniform(0, min(cap, initial*2**attempt))."""
+    ceiling = min(reconnect.cap, reconnect.initial * 2.0 ** min(max(attempt, 0), 60))
+    return float(rng.uniform(0.0, ceiling))
+
+
+def assign_faults(scenario: Scenario, device_ids_by_group: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """Which devices get which faulty identity: disjoint sets, same seed same choice.
+
+    ``device_ids_by_group`` lists the ids of each ``scenario.fleet`` group in order. Each fault takes
+    round(fraction * fleet size) devices drawn from the whole fleet; keys are the scenario's fault names
+    (see ``FAULTS`` for the PKI's names). Every fault of the scenario is a key, possibly with no devices.
+    """
+    ids = [d for group in device_ids_by_group for d in group]
+    rng = np.random.default_rng([scenario.seed, 0xFA017])
+    order = rng.permutation(len(ids))
+    out: dict[str, list[str]] = {}
+    start = 0
+    for name in FAULTS:
+        fraction = scenario.faults.get(name, 0.0)
+        if fraction <= 0:
+            continue
+        take = min(round(fraction * len(ids)), len(ids) - start)
+        out[name] = [ids[i] for i in np.sort(order[start : start + take])]
+        start += take
+    return out

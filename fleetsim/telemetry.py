@@ -1,0 +1,378 @@
+"""Plausible e-health telemetry: seeded, reproducible and cheap enough for tens of thousands of devices.
+
+Topic scheme (``topic()``)::
+
+    fleet/<site>/<model>/<device-id>/<kind>      kind = "telemetry" | "alarm"
+
+e.g. ``fleet/ward-a/pulse-oximeter/dev-000042/alarm``. A subscriber watches a whole site with
+``fleet/ward-a/#`` or every alarm with ``fleet/+/+/+/alarm``. Alarms are published at the scenario's
+``qos_alarm`` (higher), telemetry at ``qos_telemetry``.
+
+Payload (JSON, UTF-8)::
+
+    {"id": "dev-000042", "model": "pulse-oximeter", "seq": 7, "t": 35.012,
+     "values": {"spo2": 96, "pulse": 81, "pi": 3.2}, "unit": {"spo2": "%", "pulse": "bpm", "pi": "%"}}
+
+``t`` is seconds since the run started, ``seq`` counts the device's messages from 0. An alarm message has
+the same fields plus ``"alarm": {"codes": [...], "active": [...]}``; it is sent instead of the sample at which
+a condition starts (edge-triggered, so a device in a long episode does not flood the broker).
+
+Physiology: each device draws its own baselines from a population, then every channel follows an AR(1)
+process around its baseline; rare episodes (tachycardia, desaturation, fever, hypo/hyperglycaemia,
+hypertension, occlusion) shift the mean for a while, which is what crosses the alarm thresholds. Noise is
+drawn in small blocks with numpy so a message costs microseconds, and a few hundred bytes per device.
+
+Cadences keep total rates sane: 5,000 mixed devices publish a few hundred messages per second.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_BLOCK = 32  # samples of noise drawn at once per device: amortises numpy's call cost, bounds memory
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One measured quantity: population baseline, within-device variation and alarm limits."""
+
+    name: str
+    unit: str
+    mean: float  # population mean of the per-device baseline
+    spread: float  # population s.d. of the baseline
+    sd: float  # stationary s.d. around the baseline within a device
+    phi: float  # AR(1) coefficient per sample: closer to 1 = slower drift
+    low: float  # physical clip range
+    high: float
+    decimals: int = 0
+    alarm_low: float = -INF  # alarm when value < alarm_low
+    alarm_high: float = INF  # alarm when value > alarm_high
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A clinical episode: shifts channel means for ``length`` samples, starting with ``onset`` per sample."""
+
+    name: str
+    shift: dict[str, float]
+    onset: float
+    length: int
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """What one kind of device measures, how often it publishes, and when it alarms."""
+
+    name: str
+    interval: float  # seconds between publishes
+    payload_bytes: int  # typical JSON payload size, measured
+    channels: tuple[Channel, ...]
+    episodes: tuple[Episode, ...] = ()
+    description: str = ""
+
+    @property
+    def unit(self) -> dict[str, str]:
+        return {c.name: c.unit for c in self.channels}
+
+    @property
+    def thresholds(self) -> dict[str, tuple[float, float]]:
+        """channel -> (alarm below, alarm above); +-inf where there is no limit."""
+        return {
+            c.name: (c.alarm_low, c.alarm_high)
+            for c in self.channels
+            if (c.alarm_low, c.alarm_high) != (-INF, INF)
+        }
+
+
+def _hr(name: str = "hr") -> Channel:
+    return Channel(name, "bpm", 76, 9, 5, 0.9, 25, 220, 0, alarm_low=45, alarm_high=120)
+
+
+_TACHY = Episode("tachycardia", {"hr": 55}, 0.003, 12)
+MODELS: dict[str, DeviceModel] = {
+    m.name: m
+    for m in (
+        DeviceModel(
+            "heart-rate-monitor",
+            5.0,
+            150,
+            (_hr(), Channel("rr", "ms", 790, 60, 30, 0.8, 270, 2400)),
+            (_TACHY, Episode("bradycardia", {"hr": -35}, 0.001, 12)),
+            "Chest-strap heart-rate monitor: heart rate and R-R interval.",
+        ),
+        DeviceModel(
+            "pulse-oximeter",
+            5.0,
+            170,
+            (
+                Channel("spo2", "%", 97, 1.2, 1.0, 0.85, 60, 100, 0, alarm_low=90),
+                _hr("pulse"),
+                Channel("pi", "%", 3.5, 1.5, 0.4, 0.8, 0.2, 20, 1),
+            ),
+            (
+                Episode("desaturation", {"spo2": -9}, 0.003, 12),
+                Episode("tachycardia", {"pulse": 55}, 0.002, 12),
+            ),
+            "Finger pulse oximeter: SpO2, pulse rate and perfusion index.",
+        ),
+        DeviceModel(
+            "glucose-monitor",
+            60.0,
+            190,
+            (Channel("glucose", "mg/dL", 125, 25, 18, 0.95, 40, 400, 0, alarm_low=70, alarm_high=250),),
+            (
+                Episode("hypoglycaemia", {"glucose": -70}, 0.01, 20),
+                Episode("hyperglycaemia", {"glucose": 150}, 0.01, 30),
+            ),
+            "Continuous glucose monitor: interstitial glucose and its trend.",
+        ),
+        DeviceModel(
+            "bp-cuff",
+            300.0,
+            190,
+            (
+                Channel("sys", "mmHg", 124, 11, 8, 0.6, 60, 260, 0, alarm_low=90, alarm_high=180),
+                Channel("dia", "mmHg", 79, 8, 5, 0.6, 30, 160, 0, alarm_high=110),
+                _hr("pulse"),
+            ),
+            (Episode("hypertensive-crisis", {"sys": 60, "dia": 30}, 0.02, 3),),
+            "Automatic blood-pressure cuff: systolic, diastolic, mean arterial pressure and pulse.",
+        ),
+        DeviceModel(
+            "thermometer",
+            60.0,
+            130,
+            (Channel("temp", "degC", 36.9, 0.3, 0.15, 0.95, 32, 43, 2, alarm_low=35.0, alarm_high=38.5),),
+            (Episode("fever", {"temp": 2.2}, 0.005, 40),),
+            "Wearable thermometer: core body temperature estimate.",
+        ),
+        DeviceModel(
+            "infusion-pump",
+            10.0,
+            230,
+            (Channel("pressure", "mmHg", 120, 20, 8, 0.7, 0, 1000, 0, alarm_high=500),),
+            (Episode("occlusion", {"pressure": 650}, 0.002, 6),),
+            "Volumetric infusion pump: status, rate, volume infused, line pressure; occlusion alarm.",
+        ),
+        DeviceModel(
+            "ecg-patch",
+            1.0,
+            840,
+            (_hr(),),
+            (_TACHY,),
+            "Single-lead ECG patch: 1 s of 250 Hz int16 samples (base64, little-endian, uV) per message.",
+        ),
+    )
+}
+
+ECG_HZ = 250
+_PUMP_RATES = np.array([5.0, 10.0, 20.0, 25.0, 50.0, 75.0, 100.0, 125.0, 250.0])
+
+
+def topic(site: str, model: str, device_id: str, kind: str) -> str:
+    """The MQTT topic a device publishes ``kind`` ("telemetry" or "alarm") on."""
+    return f"fleet/{site}/{model}/{device_id}/{kind}"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One publish: ``kind`` is "telemetry" or "alarm" (alarms go at the higher QoS)."""
+
+    kind: str
+    payload: bytes
+    t: float
+    seq: int
+
+
+def _ecg_template() -> np.ndarray:
+    """One heartbeat (PQRST as Gaussians), 512 points over the phase 0..1, in microvolts."""
+    x = np.linspace(0.0, 1.0, 512, endpoint=False)
+    waves = (
+        (0.2, 0.025, 120),
+        (0.34, 0.008, -150),
+        (0.36, 0.010, 1100),
+        (0.38, 0.008, -250),
+        (0.6, 0.04, 300),
+    )
+    return sum((a * np.exp(-((x - c) ** 2) / (2 * w * w)) for c, w, a in waves), np.zeros_like(x))
+
+
+_ECG = _ecg_template()
+
+
+@dataclass
+class _Pump:
+    rate: float  # ml/h
+    vtbi: float  # volume to be infused, ml
+    infused: float = 0.0
+    status: str = "running"
+
+
+@dataclass
+class TelemetryStream:
+    """The messages of one device, reproducible from (seed, device_id)."""
+
+    model_name: str
+    device_id: str
+    seed: int
+    model: DeviceModel = field(init=False)
+    interval: float = field(init=False)
+    phase: float = field(init=False)  # seconds before the first publish, spreads devices over an interval
+
+    def __post_init__(self) -> None:
+        if self.model_name not in MODELS:
+            raise ValueError(f"unknown device model {self.model_name!r} (choose one of: {', '.join(MODELS)})")
+        self.model = MODELS[self.model_name]
+        self.interval = self.model.interval
+        self._rng = np.random.default_rng([self.seed, zlib.crc32(self.device_id.encode())])
+        chans = self.model.channels
+        self._base = np.array([c.mean + c.spread * self._rng.standard_normal() for c in chans])
+        self._sd = np.array([c.sd for c in chans])
+        self._phi = np.array([c.phi for c in chans])
+        self._innov = self._sd * np.sqrt(1 - self._phi**2)
+        self._lo = np.array([c.low for c in chans])
+        self._hi = np.array([c.high for c in chans])
+        self._base = np.clip(self._base, self._lo, self._hi)
+        self._x = self._base + self._sd * self._rng.standard_normal(len(chans))
+        self._shift = np.zeros(len(chans))
+        self._episode_left = 0
+        self._noise = np.empty((0, len(chans)))
+        self._coins = np.empty(0)
+        self._i = _BLOCK
+        self._seq = 0
+        self._last_t: float | None = None
+        self._active: frozenset[str] = frozenset()
+        self._prev: dict[str, float] = {}
+        self.phase = float(self._rng.uniform(0.0, self.interval))
+        self._pump = _Pump(
+            float(self._rng.choice(_PUMP_RATES)), float(self._rng.choice([100.0, 250.0, 500.0, 1000.0]))
+        )
+        self._ecg_phase = float(self._rng.random())
+
+    def next_message(self, t: float) -> Message:
+        """The device's next publish at run time ``t`` (s): a telemetry sample, or an alarm if one starts now."""
+        dt = 0.0 if self._last_t is None else max(t - self._last_t, 0.0)
+        self._last_t = t
+        values = self._step()
+        extra = self._extras(values, dt)
+        codes = self._alarms(values)
+        new = codes - self._active
+        self._active = codes
+        doc: dict[str, object] = {
+            "id": self.device_id, "model": self.model_name, "seq": self._seq, "t": round(t, 3),
+            "values": values, "unit": self.model.unit,
+        }  # fmt: skip
+        doc.update(extra)
+        kind = "telemetry"
+        if new:
+            kind = "alarm"
+            doc["alarm"] = {"codes": sorted(new), "active": sorted(codes)}
+        msg = Message(kind, json.dumps(doc, separators=(",", ":")).encode(), t, self._seq)
+        self._seq += 1
+        return msg
+
+    def _step(self) -> dict[str, float]:
+        """Advance every channel one AR(1) step around its (episode-shifted) baseline."""
+        if self._i >= _BLOCK:
+            self._noise = self._rng.standard_normal((_BLOCK, len(self._base)))
+            self._coins = self._rng.random(_BLOCK)
+            self._i = 0
+        eps, coin = self._noise[self._i], float(self._coins[self._i])
+        self._i += 1
+        self._episode(coin)
+        mu = self._base + self._shift
+        self._x = np.clip(mu + self._phi * (self._x - mu) + self._innov * eps, self._lo, self._hi)
+        out: dict[str, float] = {}
+        for c, v in zip(self.model.channels, self._x.tolist(), strict=True):
+            out[c.name] = round(v, c.decimals) if c.decimals else round(v)
+        return out
+
+    def _episode(self, coin: float) -> None:
+        if self._episode_left > 0:
+            self._episode_left -= 1
+            if self._episode_left == 0:
+                self._shift[:] = 0.0
+            return
+        for ep in self.model.episodes:
+            if coin < ep.onset:
+                names = [c.name for c in self.model.channels]
+                for name, amount in ep.shift.items():
+                    self._shift[names.index(name)] = amount
+                self._episode_left = ep.length
+                return
+            coin -= ep.onset
+
+    def _alarms(self, values: dict[str, float]) -> frozenset[str]:
+        codes = set()
+        for c in self.model.channels:
+            v = values[c.name]
+            if v < c.alarm_low:
+                codes.add(f"{c.name}-low")
+            elif v > c.alarm_high:
+                codes.add(f"{c.name}-high")
+        if self.model_name == "infusion-pump":
+            if "pressure-high" in codes:
+                codes.discard("pressure-high")
+                codes.add("occlusion")
+            if self._pump.status == "complete":
+                codes.add("infusion-complete")
+        return frozenset(codes)
+
+    def _extras(self, values: dict[str, float], dt: float) -> dict[str, object]:
+        """Model-specific fields beyond the AR(1) channels."""
+        name = self.model_name
+        if name == "glucose-monitor":
+            return {"trend": self._trend(values["glucose"], dt)}
+        if name == "bp-cuff":
+            values["map"] = round(values["dia"] + (values["sys"] - values["dia"]) / 3)
+            return {"unit": {**self.model.unit, "map": "mmHg"}}
+        if name == "infusion-pump":
+            return self._pump_fields(values, dt)
+        if name == "ecg-patch":
+            return self._ecg_fields(float(values["hr"]))
+        return {}
+
+    def _trend(self, glucose: float, dt: float) -> dict[str, object]:
+        prev = self._prev.get("glucose", glucose)
+        self._prev["glucose"] = glucose
+        rate = (glucose - prev) / (dt / 60.0) if dt > 0 else 0.0
+        arrow = ("falling-fast" if rate < -2 else "falling" if rate < -1 else "flat" if rate <= 1
+                 else "rising" if rate <= 2 else "rising-fast")  # fmt: skip
+        return {"rate": round(rate, 1), "unit": "mg/dL/min", "arrow": arrow}
+
+    def _pump_fields(self, values: dict[str, float], dt: float) -> dict[str, object]:
+        pump = self._pump
+        occluded = values["pressure"] > MODELS["infusion-pump"].channels[0].alarm_high
+        if pump.status != "complete":
+            if not occluded:
+                pump.infused = min(pump.vtbi, pump.infused + pump.rate * dt / 3600.0)
+            pump.status = "complete" if pump.infused >= pump.vtbi else "occluded" if occluded else "running"
+        values["rate"] = pump.rate if pump.status == "running" else 0.0
+        values["infused"] = round(pump.infused, 2)
+        values["vtbi"] = pump.vtbi
+        return {
+            "status": pump.status,
+            "unit": {**self.model.unit, "rate": "ml/h", "infused": "ml", "vtbi": "ml"},
+        }
+
+    def _ecg_fields(self, hr: float) -> dict[str, object]:
+        beats = self._ecg_phase + np.arange(ECG_HZ) * (hr / 60.0 / ECG_HZ)
+        self._ecg_phase = float((self._ecg_phase + hr / 60.0) % 1.0)
+        idx = ((beats % 1.0) * len(_ECG)).astype(np.intp)
+        uv = _ECG[idx] + 20.0 * self._rng.standard_normal(ECG_HZ)
+        raw = np.clip(uv, -32768, 32767).astype("<i2").tobytes()
+        return {
+            "ecg": {
+                "hz": ECG_HZ,
+                "format": "int16le-base64",
+                "unit": "uV",
+                "data": base64.b64encode(raw).decode(),
+            }
+        }

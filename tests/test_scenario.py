@@ -1,0 +1,202 @@
+"""Scenario parsing and validation: pure logic, no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetsim.errors import ScenarioError
+from fleetsim.scenario import (
+    Arrival,
+    Reconnect,
+    arrival_times,
+    assign_faults,
+    backoff,
+    load,
+    parse,
+)
+
+SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
+MINIMAL = '[[fleet]]\nmodel = "thermometer"\ncount = 10\n'
+
+
+def error(text: str, source: str = "x.toml") -> str:
+    with pytest.raises(ScenarioError) as info:
+        parse(text, source)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_shipped_scenarios_load_and_round_trip(path: Path) -> None:
+    sc = load(path)
+    assert sc.devices > 0 and sc.name == path.stem
+    assert parse(sc.to_toml(), str(path)) == sc
+
+
+def test_shipped_set_and_demo_bounds() -> None:
+    names = {p.stem for p in SCENARIOS}
+    assert {"ward", "hospital", "reconnect-storm", "faulty-fleet", "revocation-drill"} <= names
+    ward = load(SCENARIOS[[p.stem for p in SCENARIOS].index("ward")])
+    assert 250 <= ward.devices <= 350 and ward.duration < 60 and ward.broker.kind == "embedded"
+
+
+def test_defaults() -> None:
+    sc = parse(MINIMAL, "scenarios/mini.toml")
+    assert sc.name == "mini" and sc.devices == 10 and sc.broker.kind == "embedded"
+    assert sc.broker.address is None and sc.mqtt.qos_alarm == 1 and sc.churn.rate == 0
+    g = sc.fleet[0]
+    assert (g.lot, g.key_type, g.site) == ("lot-1", "ecdsa-p256", "site-1")
+    assert sc.faults == {} and sc.events == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[fleet]]\nmodel = "thermometer"\ncount = -3\n', "x.toml: fleet[0].count: must be a positive integer, got -3"),
+        ("duraton = 5\n" + MINIMAL, "x.toml: unknown key 'duraton' in [top level]; did you mean 'duration'?"),
+        ("[broker]\ntarjet = 'embedded'\n" + MINIMAL, "unknown key 'tarjet' in [broker]; did you mean 'target'?"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nsitee = "a"\n', "unknown key 'sitee' in fleet[0]"),
+        ("duration = 7200\n" + MINIMAL, "duration: must be a number more than 0 and at most 3600, got 7200"),
+        ("duration = '10'\n" + MINIMAL, 'duration: must be a number more than 0 and at most 3600, got "10" (string)'),
+        ("seed = true\n" + MINIMAL, "seed: must be an integer from 0 to"),
+        ('[[fleet]]\nmodel = "heart-rate"\ncount = 1\n', "fleet[0].model: unknown value 'heart-rate'; did you mean"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nkey_type = "dsa"\n', "fleet[0].key_type: unknown key type"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nkey_type = "rsa-1024"\n', "weak_key"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nsite = "a/b"\n', "fleet[0].site: 'a/b' is not a valid name"),
+        ('[[fleet]]\nmodel = "thermometer"\n', "fleet[0].count: missing"),
+        ("seed = 1\n", "x.toml: fleet: no device groups"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 50001\n', "fleet[0].count: must be at most 50000, got 50001"),
+        (MINIMAL.replace("10", "30000") * 2, "fleet: 60000 devices in total, more than 50000"),
+        ("[broker]\ntarget = 'mosquito'\n" + MINIMAL, "did you mean 'mosquitto'?"),
+        ("[broker]\ntarget = '10.1.2.3:8883'\n" + MINIMAL, "broker.target: 10.1.2.3 is not a loopback address"),
+        ("[broker]\ntarget = 'example.org:8883'\n" + MINIMAL, "allow_remote = true"),
+        ("[broker]\ntls_version = '1.1'\n" + MINIMAL, "broker.tls_version: unknown value '1.1'"),
+        ("[broker]\nauth = 'mTLS'\n" + MINIMAL, "did you mean 'mtls'?"),
+        ("[mqtt]\nversion = '5'\n" + MINIMAL, "mqtt.version: the embedded broker (amqtt) speaks MQTT 3.1.1 only"),
+        ("[mqtt]\nqos_alarm = 3\n" + MINIMAL, "mqtt.qos_alarm: must be an integer from 0 to 2, got 3"),
+        ("[arrival]\npattern = 'ramp'\n" + MINIMAL, "arrival.pattern: unknown value 'ramp'"),
+        ("[arrival]\nrate = 0\n" + MINIMAL, "arrival.rate: must be a number more than 0"),
+        ("[churn]\ndowntime = [5, 1]\n" + MINIMAL, "churn.downtime: min 5 is more than max 1"),
+        ("[churn]\ndowntime = 3\n" + MINIMAL, "churn.downtime: must be [min, max] seconds"),
+        ("[reconnect]\ninitial = 5\ncap = 1\n" + MINIMAL, "reconnect.cap: 1 is less than initial 5"),
+        ("[faults]\nexpired = 0.6\nrevoked = 0.6\n" + MINIMAL, "faults: fractions add up to 1.2, more than 1"),
+        ("[faults]\nexpird = 0.1\n" + MINIMAL, "unknown key 'expird' in [faults]; did you mean 'expired'?"),
+        ("broker = 'embedded'\n" + MINIMAL, "x.toml: broker: must be a table"),
+        ("duration = 10\n" + MINIMAL + "[[events]]\nat = 20\naction = 'reload-crl'\n", "events[0].at: 20 s is not"),
+        (MINIMAL + "[[events]]\nat = 1\naction = 'revoke'\n", "revoke needs exactly one of fraction or lot"),
+        (MINIMAL + "[[events]]\nat = 1\naction = 'revoke'\nlot = 'nope'\n", "events[0].lot: no [[fleet]] group"),
+        (MINIMAL + "[[events]]\nat = 1\naction = 'reenroll'\n", "reenroll has no earlier revoke event"),
+        (MINIMAL + "[[events]]\nat = 1\naction = 'restart-broker'\nfraction = 0.1\n", "takes no fraction or lot"),
+        (MINIMAL + "[[events]]\nat = 1\naction = 'explode'\n", "events[0].action: unknown value 'explode'"),
+        (MINIMAL + "[[events]]\naction = 'reload-crl'\n", "events[0].at: missing"),
+    ],
+)
+def test_errors_are_precise_one_liners(text: str, expected: str) -> None:
+    message = error(text)
+    assert message.startswith("x.toml")
+    assert expected in message
+    assert ";" in message  # every error carries a fix
+
+
+def test_invalid_toml_gives_line_and_column() -> None:
+    message = error('name = "a"\nduration = = 3\n')
+    assert message.startswith("x.toml:2:12: invalid TOML:") and "(at line" not in message
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "ward.toml").write_text(MINIMAL)
+    with pytest.raises(ScenarioError, match=r"no such scenario file; did you mean .*ward\.toml\?"):
+        load(tmp_path / "wrad.toml")
+    with pytest.raises(ScenarioError, match="is a directory"):
+        load(tmp_path)
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load(tmp_path / "bin.toml")
+
+
+def test_remote_and_loopback_targets() -> None:
+    for target, address in [("127.0.0.1:1883", ("127.0.0.1", 1883)), ("[::1]:8883", ("::1", 8883)),
+                            ("localhost:8883", ("localhost", 8883))]:  # fmt: skip
+        sc = parse(f"[broker]\ntarget = '{target}'\n" + MINIMAL, "x.toml")
+        assert sc.broker.kind == "external" and sc.broker.address == address
+    sc = parse("[broker]\ntarget = '10.0.0.5:8883'\nallow_remote = true\n" + MINIMAL, "x.toml")
+    assert sc.broker.address == ("10.0.0.5", 8883)
+    assert "not a loopback" in error("[broker]\ntarget = '[2001:db8::1]:8883'\n" + MINIMAL)
+    assert "neither embedded" in error("[broker]\ntarget = '127.0.0.1:70000'\n" + MINIMAL)
+
+
+def test_events_sorted_and_revoke_reenroll() -> None:
+    text = MINIMAL + "[[events]]\nat = 30\naction = 'reenroll'\n[[events]]\nat = 20\naction = 'revoke'\nfraction = 0.1\n"
+    sc = parse(text, "x.toml")
+    assert [(e.at, e.action, e.fraction) for e in sc.events] == [(20, "revoke", 0.1), (30, "reenroll", None)]
+
+
+def test_overrides_scale_and_revalidate() -> None:
+    sc = parse(
+        "duration = 60\n[[fleet]]\nmodel = 'thermometer'\ncount = 30\n[[fleet]]\nmodel = 'bp-cuff'\ncount = 10\n"
+        "[[events]]\nat = 40\naction = 'reload-crl'\n",
+        "x.toml",
+    )
+    big = sc.with_overrides(devices=1001, duration=20, workers=2, broker="mosquitto")
+    assert big.devices == 1001 and [g.count for g in big.fleet] == [751, 250]
+    assert big.duration == 20 and big.events == () and big.workers == 2 and big.broker.kind == "mosquitto"
+    assert [g.count for g in sc.with_overrides(devices=1).fleet] == [1]
+    assert sc.with_overrides() == sc
+    with pytest.raises(ScenarioError, match=r"--devices: must be at most 50000"):
+        sc.with_overrides(devices=60_000)
+    with pytest.raises(ScenarioError, match=r"--duration: must be a number"):
+        sc.with_overrides(duration=0)
+    with pytest.raises(ScenarioError, match=r"\(with overrides\): broker.target: 192.0.2.1 is not a loopback"):
+        sc.with_overrides(broker="192.0.2.1:8883")
+
+
+def test_to_toml_escapes_strings() -> None:
+    sc = parse('description = "quote \\" backslash \\\\ tab \\t é"\n' + MINIMAL, "x.toml")
+    assert parse(sc.to_toml(), "y.toml").description == sc.description
+
+
+def test_arrival_patterns() -> None:
+    rng = np.random.default_rng(1)
+    linear = arrival_times(Arrival("linear", 50), 300, rng)
+    assert len(linear) == 300 and linear[0] == 0 and np.all(np.diff(linear) > 0)
+    assert linear[-1] == pytest.approx(299 / 50)
+    poisson = arrival_times(Arrival("poisson", 200), 5000, np.random.default_rng(2))
+    assert len(poisson) == 5000 and poisson[0] == 0 and np.all(np.diff(poisson) >= 0)
+    assert 5000 / poisson[-1] == pytest.approx(200, rel=0.05)
+    again = arrival_times(Arrival("poisson", 200), 5000, np.random.default_rng(2))
+    assert np.array_equal(poisson, again)
+    burst = arrival_times(Arrival("burst", 1), 1000, rng)
+    assert len(burst) == 1000 and not burst.any()
+    assert len(arrival_times(Arrival("linear", 1), 0, rng)) == 0
+
+
+def test_backoff_full_jitter_bounds() -> None:
+    rc = Reconnect(initial=0.5, cap=8.0, max_attempts=0)
+    rng = np.random.default_rng(3)
+    for attempt in range(12):
+        ceiling = min(8.0, 0.5 * 2**attempt)
+        draws = [backoff(attempt, rc, rng) for _ in range(300)]
+        assert all(0 <= d <= ceiling for d in draws)
+        assert max(draws) > 0.8 * ceiling and min(draws) < 0.2 * ceiling
+    assert 0 <= backoff(10_000, rc, rng) <= 8.0
+
+
+def test_assign_faults_reproducible_and_disjoint() -> None:
+    sc = parse(
+        "seed = 9\n[[fleet]]\nmodel = 'thermometer'\ncount = 600\n[[fleet]]\nmodel = 'bp-cuff'\ncount = 400\n"
+        "[faults]\nexpired = 0.05\ncn_mismatch = 0.03\nrevoked = 0.04\nweak_key = 0.0\n",
+        "x.toml",
+    )
+    ids = [[f"t-{i}" for i in range(600)], [f"b-{i}" for i in range(400)]]
+    out = assign_faults(sc, ids)
+    assert {k: len(v) for k, v in out.items()} == {"expired": 50, "cn_mismatch": 30, "revoked": 40}
+    chosen = [d for v in out.values() for d in v]
+    assert len(set(chosen)) == len(chosen) == 120
+    assert {d[0] for d in chosen} == {"t", "b"}  # drawn from the whole fleet
+    assert assign_faults(sc, ids) == out
+    other = assign_faults(parse(sc.to_toml().replace("seed = 9", "seed = 10"), "x.toml"), ids)
+    assert other != out
