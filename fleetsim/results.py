@@ -41,7 +41,7 @@ def new_run_dir(out: Path, name: str) -> Path:
 
 def machine_facts() -> dict[str, Any]:
     """What a reader needs to compare two runs: versions and the machine's size."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("fleetsim", "paho-mqtt", "amqtt", "cryptography", "numpy", "pyarrow", "uvloop"):
         try:
             versions[pkg] = metadata.version(pkg)

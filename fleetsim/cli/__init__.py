@@ -10,6 +10,11 @@ from rich.console import Console
 from fleetsim import __version__
 from fleetsim.errors import FleetsimError
 
+try:  # typer >= 0.2x vendors its own click; older ones use click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click import ClickException, UsageError  # type: ignore[no-redef]
+
 app = typer.Typer(
     name="fleetsim",
     help="Simulate fleets of mutual-TLS MQTT e-health devices and measure what certificates cost a broker.",
@@ -45,26 +50,31 @@ def _register() -> None:
         module.register(app)
 
 
+def usage_line(exc: UsageError) -> str:
+    """click's usage errors span usage, hint and message; a user needs the message and where to look."""
+    where = exc.ctx.command_path if exc.ctx else "fleetsim"
+    return f"{exc.format_message().rstrip('.')}; see `{where} --help`"
+
+
 def main() -> None:
-    """Entry point: run the app, turning FleetsimError into one clear line and a non-zero exit."""
+    """Entry point: every error a user can cause becomes one line and a non-zero exit, never a traceback."""
     _register()
     try:
         app(standalone_mode=False)
     except FleetsimError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except UsageError as exc:
+        _fail(usage_line(exc), 2)
+    except ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
+        _fail("aborted", 130)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _fail(line: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True)
+    sys.exit(code)

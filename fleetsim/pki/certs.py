@@ -111,7 +111,7 @@ def _signed_by(
         x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False  # type: ignore[arg-type]
     )
     builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
         critical=False,
     )
     for ext in extensions:
@@ -159,6 +159,63 @@ def server(
     return _signed_by(builder, issuer, key.public_key(), _crl_dp(crl_url))
 
 
+def _naive_utc(when: dt.datetime) -> dt.datetime:
+    """What CertificateBuilder's setters store; its constructor, used here for speed, expects it as given."""
+    return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _encoded(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    """An extension pre-encoded to DER: the builder copies its bytes instead of re-encoding it per certificate.
+    The certificate is byte-for-byte the same; readers parse it back to the typed extension."""
+    return x509.Extension(value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes()))
+
+
+class DeviceSigner:
+    """Signs device certificates for one issuer, computing what all of them share (issuer name, AKI,
+    fixed extensions, digest) once: at fleet scale the per-device Python work is what bulk issuance costs."""
+
+    def __init__(self, issuer: Issuer, *, org: str, trust_domain: str, crl_url: str | None = None) -> None:
+        self.issuer = issuer
+        self.trust_domain = trust_domain
+        self._issuer_name = issuer.cert.subject
+        self._org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)
+        self._units: dict[str, x509.NameAttribute] = {}
+        self._hash = signing_hash(issuer.key)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+        fixed: list[x509.ExtensionType] = [
+            x509.BasicConstraints(ca=False, path_length=None),
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=False, content_commitment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ]
+        self._head = [_encoded(e, critical=isinstance(e, x509.BasicConstraints | x509.KeyUsage)) for e in fixed]
+        self._tail = [_encoded(aki, critical=False), *(_encoded(e.value, critical=False) for e in _crl_dp(crl_url))]
+
+    def _subject(self, device_id: str, model: str) -> x509.Name:
+        unit = self._units.get(model)
+        if unit is None:
+            unit = self._units[model] = x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, model)
+        return x509.Name([self._org, unit, x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+
+    def sign(
+        self, key: PrivateKey, device_id: str, model: str, not_before: dt.datetime, not_after: dt.datetime
+    ) -> x509.Certificate:
+        """A device's client certificate: CN and SPIFFE URI SAN both name the device (its MQTT client id)."""
+        public_key = key.public_key()
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_uri(self.trust_domain, device_id))])
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        extensions = [*self._head, x509.Extension(san.oid, False, san), x509.Extension(ski.oid, False, ski),
+                      *self._tail]
+        builder = x509.CertificateBuilder(
+            self._issuer_name, self._subject(device_id, model), public_key,
+            x509.random_serial_number(), _naive_utc(not_before), _naive_utc(not_after), extensions,
+        )
+        return builder.sign(self.issuer.key, self._hash)
+
+
 def device(
     key: PrivateKey,
     issuer: Issuer,
@@ -171,16 +228,9 @@ def device(
     not_after: dt.datetime,
     crl_url: str | None = None,
 ) -> x509.Certificate:
-    """A device's client certificate: CN and SPIFFE URI SAN both name the device (its MQTT client id)."""
-    builder = _validity(x509.CertificateBuilder().subject_name(_name(device_id, org, model)), not_before, not_after)
-    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    builder = builder.add_extension(_leaf_key_usage(key, server=False), critical=True)
-    builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    builder = builder.add_extension(
-        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_uri(trust_domain, device_id))]),
-        critical=False,
-    )
-    return _signed_by(builder, issuer, key.public_key(), _crl_dp(crl_url))
+    """One device certificate; bulk issuance keeps a :class:`DeviceSigner` instead."""
+    signer = DeviceSigner(issuer, org=org, trust_domain=trust_domain, crl_url=crl_url)
+    return signer.sign(key, device_id, model, not_before, not_after)
 
 
 def crl(
@@ -194,7 +244,7 @@ def crl(
         .next_update(this_update + dt.timedelta(days=days))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
     )

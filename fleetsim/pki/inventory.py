@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +32,9 @@ REASONS: dict[str, x509.ReasonFlags] = {
 }
 
 
+CRL_BACKDATE = dt.timedelta(seconds=60)
+
+
 @dataclass(frozen=True)
 class Device:
     """One device identity. ``id`` is its MQTT client id; ``serial`` is its current certificate's."""
@@ -53,13 +56,14 @@ class Device:
         return "revoked" if self.revoked_at else "valid"
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["serial"] = format(self.serial, "x")
-        d["status"] = self.status
-        for k in ("not_before", "not_after", "revoked_at"):
-            d[k] = d[k].isoformat() if d[k] else None
-        d["fault"] = self.fault.value if self.fault else None
-        return d
+        # Spelled out rather than dataclasses.asdict (which deep-copies): this runs once per device per save.
+        return {
+            "id": self.id, "serial": format(self.serial, "x"), "model": self.model, "lot": self.lot,
+            "key_type": self.key_type, "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(), "fault": self.fault.value if self.fault else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revocation_reason": self.revocation_reason, "generation": self.generation, "status": self.status,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Device:
@@ -139,10 +143,14 @@ class Inventory:
         return d
 
     def next_crl_time(self, now: dt.datetime) -> dt.datetime:
-        """thisUpdate for the next CRL: strictly later than the last, so CRL readers never see a tie."""
-        if self.crl_this_update and now <= self.crl_this_update:
+        """thisUpdate for the next CRL: strictly later than the last (CRL readers must never see a tie) yet not in
+        the future (OpenSSL rejects a CRL that is "not yet valid"). CRL times have whole seconds, so each CRL is
+        backdated by CRL_BACKDATE: that leaves room for a burst of CRLs in one second. Past the room, the result
+        is after ``now`` and the caller waits for it."""
+        candidate = now - CRL_BACKDATE
+        if self.crl_this_update and candidate <= self.crl_this_update:
             return self.crl_this_update + dt.timedelta(seconds=1)
-        return now
+        return candidate
 
     def to_json(self) -> dict[str, Any]:
         return {

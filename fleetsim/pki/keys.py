@@ -46,7 +46,7 @@ def generate(key_type: KeyType) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signing_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """The digest a CA key signs with: none for Ed25519, SHA-384 for P-384, SHA-256 otherwise."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None

@@ -97,7 +97,7 @@ def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
 def locked(layout: Layout) -> Iterator[None]:
     """Serialise changes to one PKI across processes."""
     layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.root / ".lock", "w") as f:
+    with open(layout.root / ".lock", "a") as f:  # "a": taking the lock changes no mtime
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -1,0 +1,104 @@
+"""`fleetsim broker run DIR` (a broker that requires client certificates) and `fleetsim broker stats`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import typer
+
+from fleetsim.broker.handle import BrokerOptions, TlsVersion
+from fleetsim.errors import BrokerError
+
+app = typer.Typer(help="Run a broker that requires client certificates from a fleetsim PKI.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    pki_dir: Path = typer.Argument(..., help="PKI directory made by `fleetsim pki init`."),
+    kind: str = typer.Option("embedded", "--kind", help="embedded (amqtt, in this process) or mosquitto."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8883, "--port", min=0, max=65535, help="mTLS port; 0 picks a free one."),
+    tls_version: str = typer.Option("any", "--tls-version", help="1.2, 1.3 or any."),
+    tickets: bool = typer.Option(False, "--tickets/--no-tickets", help="TLS session tickets (resumption skips the CRL)."),
+    drop_revoked: bool = typer.Option(True, "--drop-revoked/--keep-revoked",
+                                      help="End live sessions whose certificate a new CRL revokes (embedded)."),
+    password_file: Path | None = typer.Option(None, "--password-file", help="mosquitto_passwd file: also require a password."),
+    plain_port: int | None = typer.Option(None, "--plain-port", min=0, max=65535,
+                                          help="Also listen on plain TCP (no TLS, baseline for comparisons)."),
+    stats_port: int = typer.Option(0, "--stats-port", min=0, max=65535,
+                                   help="Loopback port of GET /stats (embedded); 0 picks a free one."),
+) -> None:
+    """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
+    if tls_version not in ("1.2", "1.3", "any"):
+        raise BrokerError(f"unknown TLS version {tls_version!r}", "use --tls-version 1.2, 1.3 or any")
+    version: TlsVersion = tls_version  # type: ignore[assignment]
+    options = BrokerOptions(host=host, port=port, tls_version=version, session_tickets=tickets,
+                            drop_revoked=drop_revoked, password_file=password_file, plain_port=plain_port)
+    if kind == "embedded":
+        asyncio.run(_run_embedded(pki_dir, options, stats_port))
+    elif kind == "mosquitto":
+        _run_mosquitto(pki_dir, options)
+    else:
+        raise BrokerError(f"unknown broker kind {kind!r}", "use --kind embedded or --kind mosquitto")
+
+
+def _where(kind: str, host: str, port: int, plain_port: int | None, extra: str = "") -> str:
+    plain = f", plain mqtt://{host}:{plain_port}" if plain_port is not None else ""
+    return f"{kind} broker listening on mqtts://{host}:{port} (client certificates required{plain}{extra}); Ctrl-C stops"
+
+
+async def _run_embedded(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None:
+    from fleetsim.broker.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(pki_dir, options, stats_port=stats_port)
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_crl)
+    stats = f", stats http://127.0.0.1:{broker.stats_port}/stats"
+    typer.echo(_where("embedded", broker.host, broker.port, broker.plain_port, stats), err=False)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()
+
+
+def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
+    from fleetsim.broker.mosquitto import start_mosquitto
+
+    handle = start_mosquitto(pki_dir, options)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: handle.reload_crl())
+    typer.echo(_where("mosquitto", handle.host, handle.port, options.plain_port))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        handle.stop()
+
+
+@app.command("stats")
+def stats(target: str = typer.Argument(..., help="Stats port or URL of a running embedded broker.")) -> None:
+    """Print a running embedded broker's counters as JSON."""
+    url = f"http://127.0.0.1:{target}/stats" if target.isdigit() else target
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            data = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise BrokerError(f"no broker stats at {url}: {exc}", "pass the stats port `broker run` printed") from None
+    typer.echo(json.dumps(data, indent=2))
+
+
+def register(root: typer.Typer) -> None:
+    """Add the `broker` sub-app to the fleetsim command line."""
+    root.add_typer(app, name="broker")

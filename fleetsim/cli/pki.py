@@ -1,0 +1,195 @@
+"""``fleetsim pki``: create a fleet's PKI, issue, revoke and re-enrol device identities, list them.
+
+Every bad input ends as one ``FleetsimError`` line, printed by ``fleetsim.cli.main``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from cryptography import x509
+from rich.console import Console
+from rich.table import Table
+
+from fleetsim.errors import PkiError
+from fleetsim.pki import REASONS, Fault, KeyType, Pki
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False, soft_wrap=True)  # soft wrap: paths stay whole when piped
+
+STATUSES = ("valid", "revoked")
+TABLE_LIMIT = 100  # rows a table shows when --limit is not given; --json lists everything
+
+
+app = typer.Typer(help="Create and manage a fleet's PKI: CAs, broker and device identities, CRL.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _os_errors(fn: F) -> F:
+    """A file system refusal (permissions, full disk) is the user's to fix: say so in one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise PkiError(f"cannot write or read{where}: {exc.strerror or exc}",
+                           "check the path and its permissions") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _choice(value: str | None, choices: list[str], what: str) -> None:
+    if value is not None and value not in choices:
+        raise PkiError(f"unknown {what} {value!r}", f"choose one of: {', '.join(choices)}")
+
+
+def _key_types() -> list[str]:
+    return [k.value for k in KeyType if k is not KeyType.RSA_1024]
+
+
+DirArg = typer.Argument(..., metavar="DIR", help="The PKI directory.", show_default=False)
+
+
+@app.command()
+@_os_errors
+def init(
+    directory: Path = DirArg,
+    org: str = typer.Option("fleetsim", "--org", help="Organisation in every subject name."),
+    trust_domain: str = typer.Option("fleetsim.local", "--trust-domain", help="SPIFFE trust domain of device URIs."),
+    server_name: list[str] = typer.Option([], "--server-name", help="Extra broker SAN (DNS name or IP); repeatable."),
+    crl_url: str | None = typer.Option(None, "--crl-url", help="CRL distribution point (file: or http:); "
+                                       "default: file: URL of DIR/crl.pem."),
+    ca_key_type: str = typer.Option("ecdsa-p256", "--ca-key-type", help=f"One of {', '.join(_key_types())}."),
+    server_key_type: str | None = typer.Option(None, "--server-key-type", help="Default: the CA key type."),
+) -> None:
+    """Create root CA, issuing CA, rogue CA, broker certificate and an empty CRL in a new DIR."""
+    pki = Pki.init(directory, org=org, trust_domain=trust_domain, server_names=server_name, crl_url=crl_url,
+                   ca_key_type=ca_key_type, server_key_type=server_key_type)
+    out.print(f"created PKI in {pki.root} (trust domain {pki.inventory.trust_domain}, CRL {pki.inventory.crl_url})")
+    out.print(f"  broker: --cafile {pki.layout.ca_chain} --cert {pki.layout.server_cert} "
+              f"--key {pki.layout.server_key} --crlfile {pki.layout.crl}")
+
+
+@app.command()
+@_os_errors
+def issue(
+    directory: Path = DirArg,
+    count: int = typer.Option(..., "--count", "-n", help="How many new device identities."),
+    prefix: str = typer.Option("dev", "--prefix", help="Ids are PREFIX-00001, ... after the highest issued."),
+    model: str = typer.Option("generic", "--model", help="Device model (subject OU)."),
+    lot: str = typer.Option("lot-1", "--lot", help="Manufacturing lot, for revoking by lot."),
+    key_type: str = typer.Option("ecdsa-p256", "--key-type", help=f"One of {', '.join(_key_types())}."),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+    fault: str | None = typer.Option(None, "--fault", help=f"Break them on purpose: {', '.join(Fault)}."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes (default: all cores)."),
+) -> None:
+    """Issue COUNT new device identities; existing files are not touched."""
+    if workers is not None and workers <= 0:
+        raise PkiError(f"workers must be positive, not {workers}")
+    pki = Pki.open(directory)
+    t0 = time.perf_counter()
+    devices = pki.issue(count, prefix=prefix, model=model, lot=lot, key_type=key_type, days=days, fault=fault,
+                        workers=workers)
+    elapsed = time.perf_counter() - t0
+    label = f" with fault {fault}" if fault else ""
+    out.print(f"issued {len(devices):,} {devices[0].key_type} identities{label} "
+              f"({devices[0].id} .. {devices[-1].id}) in {elapsed:.2f} s: {len(devices) / elapsed:,.0f}/s")
+
+
+@app.command()
+@_os_errors
+def revoke(
+    directory: Path = DirArg,
+    device: list[str] = typer.Option([], "--device", "-d", help="Device id; repeatable."),
+    lot: str | None = typer.Option(None, "--lot", help="Revoke every device of this lot."),
+    fraction: float | None = typer.Option(None, "--fraction", help="Revoke this fraction of valid devices."),
+    seed: int | None = typer.Option(None, "--seed", help="Makes --fraction reproducible."),
+    reason: str = typer.Option("keyCompromise", "--reason", help=f"One of {', '.join(REASONS)}."),
+) -> None:
+    """Revoke devices and rewrite the CRL."""
+    pki = Pki.open(directory)
+    revoked = pki.revoke(device_ids=device, lot=lot, fraction=fraction, seed=seed, reason=reason)
+    inv = pki.inventory
+    out.print(f"revoked {len(revoked):,} device(s) ({reason}); CRL #{inv.crl_number} lists "
+              f"{len(inv.revoked):,} serial(s): {pki.layout.crl}")
+
+
+@app.command()
+@_os_errors
+def reenroll(
+    directory: Path = DirArg,
+    device: list[str] = typer.Option([], "--device", "-d", help="Device id; repeatable."),
+    lot: str | None = typer.Option(None, "--lot", help="Re-enrol every device of this lot."),
+    key_type: str | None = typer.Option(None, "--key-type", help="Default: each device's current key type."),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+) -> None:
+    """Give devices a new key and certificate under the same id; old serials stay on the CRL."""
+    pki = Pki.open(directory)
+    ids = list(device)
+    if lot is not None:
+        in_lot = [d.id for d in pki.devices(lot=lot)]
+        if not in_lot:
+            raise PkiError(f"no device in lot {lot!r}", "see `fleetsim pki list`")
+        ids += in_lot
+    if not ids:
+        raise PkiError("nothing to re-enrol", "name devices with --device or a --lot")
+    if days <= 0:
+        raise PkiError(f"days must be positive, not {days}")
+    devices = pki.reenroll(list(dict.fromkeys(ids)), key_type=key_type, days=days)
+    out.print(f"re-enrolled {len(devices):,} device(s) with new keys and serials")
+
+
+@app.command()
+@_os_errors
+def crl(directory: Path = DirArg) -> None:
+    """Rewrite the CRL (higher number, later thisUpdate) and show it."""
+    pki = Pki.open(directory)
+    path = pki.write_crl()
+    try:
+        parsed = x509.load_pem_x509_crl(path.read_bytes())
+    except ValueError as exc:
+        raise PkiError(f"corrupt CRL {path} ({exc})", "rewrite it with `fleetsim pki crl`") from None
+    number = parsed.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    out.print(f"{path}: number {number}, thisUpdate {parsed.last_update_utc.isoformat()}, "
+              f"nextUpdate {parsed.next_update_utc.isoformat() if parsed.next_update_utc else '-'}, "
+              f"{len(parsed)} revoked serial(s)")
+
+
+@app.command("list")
+@_os_errors
+def list_(
+    directory: Path = DirArg,
+    status: str | None = typer.Option(None, "--status", help="valid or revoked."),
+    lot: str | None = typer.Option(None, "--lot"),
+    model: str | None = typer.Option(None, "--model"),
+    fault: str | None = typer.Option(None, "--fault", help=f"none, {', '.join(Fault)}."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    limit: int | None = typer.Option(None, "--limit", help=f"At most this many (table default {TABLE_LIMIT})."),
+) -> None:
+    """The inventory: a table, or JSON lines for scripts."""
+    _choice(status, list(STATUSES), "status")
+    _choice(fault, ["none", *Fault], "fault")
+    if limit is not None and limit < 0:
+        raise PkiError(f"limit must not be negative, not {limit}")
+    devices = Pki.open(directory).devices(status=status, lot=lot, model=model, fault=fault)
+    if as_json:
+        for d in devices[:limit]:
+            typer.echo(json.dumps(d.to_json()))
+        return
+    shown = devices[: TABLE_LIMIT if limit is None else limit]
+    table = Table("id", "serial", "model", "lot", "key", "not after", "fault", "status", "gen")
+    for d in shown:
+        table.add_row(d.id, format(d.serial, "x")[:16], d.model, d.lot, d.key_type, d.not_after.date().isoformat(),
+                      d.fault.value if d.fault else "", d.status, str(d.generation))
+    wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: whole ids, not "dev-00…"
+    wide.print(table)
+    more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""
+    out.print(f"{len(devices):,} device(s){more}")

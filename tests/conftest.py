@@ -1,0 +1,55 @@
+"""Shared fixtures. Key material is issued at test time into pytest's temporary directories, never the repo.
+
+``pki`` (session): one PKI made once per test run, with
+  * a healthy fleet: ``HEALTHY`` ecdsa-p256 devices ``dev-00001``.. in lot ``lot-1``, model ``generic``;
+  * one device per fault, id ``<fault>-00001`` (e.g. ``expired-00001``), lot ``faults``.
+Find them with ``pki.devices(fault="none")`` / ``pki.devices(fault="expired")`` or the helpers below.
+It is shared: do not revoke, re-enrol or issue into it. A test that changes a PKI uses ``make_pki``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fleetsim.pki import Device, Fault, Pki
+
+HEALTHY = 8
+
+
+def fault_id(fault: Fault | str) -> str:
+    """The id of the session PKI's device carrying ``fault``."""
+    return f"{Fault(fault).value}-00001"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A ready PKI (see the module docstring), read-only for tests."""
+    p = Pki.init(tmp_path_factory.mktemp("pki") / "pki", server_names=("broker.test",))
+    p.issue(HEALTHY, workers=1)
+    for fault in Fault:
+        p.issue(1, prefix=fault.value, lot="faults", fault=fault, workers=1)
+    return p
+
+
+@pytest.fixture(scope="session")
+def healthy_devices(pki: Pki) -> list[Device]:
+    return pki.devices(fault="none")
+
+
+@pytest.fixture(scope="session")
+def faulty_devices(pki: Pki) -> dict[Fault, Device]:
+    return {f: pki.device(fault_id(f)) for f in Fault}
+
+
+@pytest.fixture
+def make_pki(tmp_path: Path) -> Callable[..., Pki]:
+    """A factory of fresh PKIs in this test's tmp_path, for tests that revoke, re-enrol or issue."""
+    counter = iter(range(1_000))
+
+    def make(**init_options: object) -> Pki:
+        return Pki.init(tmp_path / f"pki-{next(counter)}", **init_options)  # type: ignore[arg-type]
+
+    return make
