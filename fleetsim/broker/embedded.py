@@ -1,0 +1,356 @@
+"""fleetsim's embedded broker: amqtt behind a TLS server that REQUIRES client certificates.
+
+Why its own TLS server: amqtt's TLS listener only asks for client certificates (CERT_OPTIONAL) and knows
+no CRL, and asyncio's TLS server drops the alert of a failed handshake. Here (see ``tls_server``) plain
+TCP is accepted, TLS is driven over memory BIOs with CERT_REQUIRED + VERIFY_CRL_CHECK_LEAF, the alert
+("certificate revoked", "unknown ca", ...) reaches the device, and established connections are handed to
+amqtt through its external listener (``Broker.external_connected``).
+
+Admission (``embedded_auth``): the client id must be one the certificate names (CN or SPIFFE device id),
+the certificate's serial must not be on the current CRL (a resumed TLS session skips the handshake's
+check), and with ``password_file`` the username/password must match; otherwise CONNACK 5.
+
+CRL hot reload: DIR/crl.pem is polled (inode/size/mtime every 0.2 s); ``reload_crl()`` and SIGHUP (in
+``broker run`` and the process handle) do it at once. A fresh server context serves the next handshakes;
+with ``drop_revoked`` live sessions whose serial the new CRL lists are closed. Healthy sessions stay.
+
+Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint:
+``GET http://127.0.0.1:<stats_port>/stats`` (same dict) and ``POST .../reload-crl``. Keys: accepted
+(TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
+reason ("certificate revoked", "peer did not return a certificate", ...) or "client id mismatch",
+"revoked at connect", "bad username or password"; handshake_ms {count, mean, p50, p90, p99, max,
+histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
+
+    async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
+        broker.port; broker.reload_crl(); broker.stats()
+
+For a broker in its own process (CPU measured apart from the simulator): ``start_embedded`` in
+``fleetsim.broker.embedded_process``; this module is that process's entry point
+(``python -m fleetsim.broker.embedded DIR --options-json '{...}'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.broker import Broker
+
+from fleetsim.broker import embedded_pki
+from fleetsim.broker.embedded_auth import (
+    CURRENT_GATE,
+    Connect,
+    PasswordFile,
+    Peer,
+    Verdict,
+    cert_identities,
+    cert_serial,
+    connack,
+    parse_connect,
+)
+from fleetsim.broker.embedded_http import start_json_server
+from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
+from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.metrics import BrokerMetrics
+from fleetsim.broker.tls_server import (
+    PrefixReader,
+    TlsConnection,
+    TlsReader,
+    TlsWriter,
+    read_first_packet,
+    set_nodelay,
+)
+from fleetsim.errors import BrokerError
+from fleetsim.pki.layout import Layout
+
+__all__ = ["EmbeddedBroker", "EmbeddedProcess", "start_embedded"]
+
+log = logging.getLogger("fleetsim.broker.embedded")
+
+MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
+PLAIN_LISTENER = "plain"
+AUTH_PLUGIN = "fleetsim.broker.embedded_auth.FleetsimAuthPlugin"
+NOT_AUTHORIZED = 5
+BAD_USERNAME_PASSWORD = 4
+CONNECT_TIMEOUT_S = 30.0
+BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
+
+
+def _amqtt_config(plain: bool) -> dict[str, Any]:
+    listeners: dict[str, Any] = {MTLS_LISTENER: {"type": "external", "bind": "fleetsim-mtls"}}
+    if plain:
+        listeners[PLAIN_LISTENER] = {"type": "external", "bind": "fleetsim-plain"}
+    return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}}}
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> BrokerError:
+    if exc.errno == errno.EADDRINUSE:
+        return BrokerError(f"port {host}:{port} is in use",
+                           "stop what listens there or choose another --port (0 picks a free one)")
+    return BrokerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", "check --host and --port")
+
+
+class EmbeddedBroker:
+    """amqtt with required client certificates, CRL hot reload and broker-side counters (asyncio API)."""
+
+    kind = "embedded"
+
+    def __init__(self, pki_dir: Path | str, options: BrokerOptions | None = None, *,
+                 stats_port: int | None = None, crl_poll_s: float = 0.2,
+                 trust_domain: str | None = None) -> None:
+        self.layout = Layout(Path(pki_dir))
+        self.options = options or BrokerOptions()
+        self.host = self.options.host
+        self.port = self.options.port
+        self.plain_port: int | None = None
+        self.stats_port: int | None = None
+        self._want_stats_port = stats_port
+        self._crl_poll_s = crl_poll_s
+        self._trust_domain = trust_domain
+        self.metrics = BrokerMetrics()
+        self._context = None  # type: Any
+        self._revoked: frozenset[int] = frozenset()
+        self._crl_stamp: embedded_pki.FileStamp | None = None
+        self._passwords: PasswordFile | None = None
+        self._amqtt: Broker | None = None
+        self._servers: list[asyncio.Server] = []
+        self._live: dict[TlsConnection, Peer] = {}
+        self._all: set[TlsConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the PKI, start amqtt, listen. Raises BrokerError (one line) on any bad configuration."""
+        opts = self.options
+        embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
+        self._context = embedded_pki.build_context(self.layout, opts)
+        if opts.require_certificate:
+            self._revoked = embedded_pki.revoked_serials(self.layout.crl)
+            self._crl_stamp = embedded_pki.FileStamp.of(self.layout.crl)
+        self.metrics.revoked_serials = len(self._revoked)
+        self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
+        self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
+        await self._amqtt.start()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop()
+            raise
+        if opts.require_certificate and self._crl_poll_s > 0:
+            self._watcher = asyncio.create_task(self._watch_crl())
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        try:
+            server = await loop.create_server(self._new_connection, opts.host, opts.port,
+                                              reuse_address=True, backlog=BACKLOG)
+        except OSError as exc:
+            raise _listen_error(opts.host, opts.port, exc) from None
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        if opts.plain_port is not None:
+            try:
+                plain = await asyncio.start_server(self._plain_connected, opts.host, opts.plain_port,
+                                                   reuse_address=True, backlog=BACKLOG)
+            except OSError as exc:
+                raise _listen_error(opts.host, opts.plain_port, exc) from None
+            self._servers.append(plain)
+            self.plain_port = plain.sockets[0].getsockname()[1]
+        if self._want_stats_port is not None:
+            try:
+                stats = await start_json_server("127.0.0.1", self._want_stats_port, {
+                    ("GET", "/stats"): self.stats,
+                    ("POST", "/reload-crl"): self._reload_and_stats,
+                })
+            except OSError as exc:
+                raise _listen_error("127.0.0.1", self._want_stats_port, exc) from None
+            self._servers.append(stats)
+            self.stats_port = stats.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening, end every session, shut amqtt down. Safe to call twice."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for conn in list(self._all):
+            conn.close()
+        if self._amqtt is not None:
+            amqtt, self._amqtt = self._amqtt, None
+            with contextlib.suppress(Exception):
+                await amqtt.shutdown()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2)
+            for task in pending:
+                task.cancel()
+        for conn in list(self._all):
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)
+
+    # --- CRL ---------------------------------------------------------------------------------------------------
+    def reload_crl(self) -> None:
+        """Serve the next handshakes from the current crl.pem; drop live revoked sessions (drop_revoked)."""
+        if not self.options.require_certificate:
+            return
+        started = time.perf_counter()
+        stamp = embedded_pki.FileStamp.of(self.layout.crl)
+        try:
+            context = embedded_pki.build_context(self.layout, self.options)
+            revoked = embedded_pki.revoked_serials(self.layout.crl)
+        except BrokerError as exc:
+            self.metrics.crl_reload_errors += 1
+            log.warning("CRL reload failed, keeping the previous one: %s", exc)
+            return
+        self._context, self._revoked, self._crl_stamp = context, revoked, stamp
+        self.metrics.crl_reloads += 1
+        self.metrics.revoked_serials = len(revoked)
+        self.metrics.crl_reload_ms = round((time.perf_counter() - started) * 1000, 3)
+        if self.options.drop_revoked:
+            self._drop_revoked()
+
+    def _drop_revoked(self) -> None:
+        for conn, peer in list(self._live.items()):
+            if peer.serial is not None and peer.serial in self._revoked:
+                log.warning("dropping live session of revoked certificate serial %x (%s)",
+                            peer.serial, ",".join(sorted(peer.identities)))
+                self.metrics.dropped_revoked += 1
+                del self._live[conn]
+                self.metrics.current_connections = len(self._live)
+                conn.close()
+
+    def _reload_and_stats(self) -> dict[str, Any]:
+        self.reload_crl()
+        return self.stats()
+
+    async def _watch_crl(self) -> None:
+        while True:
+            await asyncio.sleep(self._crl_poll_s)
+            stamp = embedded_pki.FileStamp.of(self.layout.crl)
+            if stamp is not None and stamp != self._crl_stamp:
+                self.reload_crl()
+
+    # --- connections -------------------------------------------------------------------------------------------
+    def _new_connection(self) -> TlsConnection:
+        conn = TlsConnection(lambda: self._context, self)
+        self._all.add(conn)
+        return conn
+
+    def established(self, conn: TlsConnection) -> None:
+        """TlsHooks: a handshake completed; hand the connection to amqtt in its own task."""
+        self.metrics.accepted += 1
+        if conn.handshake_ms is not None:
+            self.metrics.handshake(conn.handshake_ms)
+        peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain),
+                    cert_serial(conn.peer_cert), conn.peername[0] if conn.peername else "?")
+        self._live[conn] = peer
+        self.metrics.current_connections = len(self._live)
+        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer))
+
+    def rejected(self, conn: TlsConnection, reason: str) -> None:
+        """TlsHooks: a handshake failed; the alert has been sent."""
+        self.metrics.reject(reason)
+        log.info("TLS handshake from %s refused: %s", conn.peername, reason)
+
+    def closed(self, conn: TlsConnection) -> None:
+        self._all.discard(conn)
+        if self._live.pop(conn, None) is not None:
+            self.metrics.current_connections = len(self._live)
+
+    async def _plain_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        set_nodelay(writer.transport)
+        self.metrics.accepted += 1
+        peer = Peer(PLAIN_LISTENER, address=str(writer.get_extra_info("peername", ("?",))[0]))
+        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer) -> None:
+        """Admit or refuse the CONNECT, then let amqtt run the session."""
+        try:
+            raw, body = await asyncio.wait_for(read_first_packet(reader), CONNECT_TIMEOUT_S)
+            if body is not None:
+                verdict = self._admit(peer, body)
+                if not verdict.ok:
+                    code = BAD_USERNAME_PASSWORD if verdict.reason == "bad username or password" else NOT_AUTHORIZED
+                    writer.write(connack(code))
+                    await writer.drain()
+                    return
+            CURRENT_GATE.set(partial(self._gate, peer))  # copied into the tasks amqtt's auth plugin runs in
+            if self._amqtt is not None:
+                await self._amqtt.external_connected(PrefixReader(raw, reader), writer, peer.listener)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("session from %s failed", peer.address)
+        finally:
+            await writer.close()
+
+    def _admit(self, peer: Peer, body: bytes) -> Verdict:
+        try:
+            connect = parse_connect(body)
+        except (ValueError, UnicodeDecodeError):
+            return Verdict(True)  # malformed: amqtt refuses it in its own words
+        verdict = self._gate(peer, connect)
+        if verdict.ok:
+            self.metrics.authorized += 1
+        else:
+            self.metrics.reject(verdict.reason)
+            log.warning("CONNECT from %s as %r refused: %s (certificate names %s)", peer.address,
+                        connect.client_id, verdict.reason, ",".join(sorted(peer.identities)) or "nothing")
+        return verdict
+
+    def _gate(self, peer: Peer, connect: Connect) -> Verdict:
+        """The admission rule; pure apart from reading the current CRL set and password file."""
+        if peer.listener == MTLS_LISTENER and self.options.require_certificate:
+            if peer.serial is not None and peer.serial in self._revoked:
+                return Verdict(False, "revoked at connect")
+            if connect.client_id not in peer.identities:
+                return Verdict(False, "client id mismatch")
+        if self._passwords is not None and not self._passwords.check(connect.username, connect.password):
+            return Verdict(False, "bad username or password")
+        return Verdict(True)
+
+    # --- counters ------------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
+        snapshot = self.metrics.snapshot()
+        snapshot.update({
+            "kind": self.kind,
+            "host": self.host,
+            "port": self.port,
+            "plain_port": self.plain_port,
+            "stats_port": self.stats_port,
+            "tls_version": self.options.tls_version,
+            "session_tickets": self.options.session_tickets,
+            "require_certificate": self.options.require_certificate,
+            "drop_revoked": self.options.drop_revoked,
+        })
+        return snapshot
+
+
+if __name__ == "__main__":
+    from fleetsim.broker.embedded_process import main
+
+    main()

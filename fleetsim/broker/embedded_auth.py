@@ -1,0 +1,190 @@
+"""Who may CONNECT to the embedded broker: identity binding, revocation at CONNECT, optional passwords.
+
+The broker reads each connection's first packet itself and refuses (CONNACK 5, "not authorized") before
+amqtt sees it: amqtt deletes or takes over the session named by the client id BEFORE it asks its auth
+plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin below
+asks the same gate again as a second line.
+
+Identity is bound from the NEW connection's own TLS object, never from ``session.ssl_object``: on a
+reconnect with a persistent session amqtt keeps the previous connection's TLS object in the session.
+The connection's facts travel to the auth plugin in a context variable set by the task that hands the
+connection to amqtt (asyncio copies the context into the tasks amqtt's plugin manager starts).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+
+from fleetsim.errors import BrokerError
+
+SPIFFE_PREFIX = "spiffe://"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What the broker knows about one connection before MQTT starts."""
+
+    listener: str  # "mtls" or "plain"
+    identities: frozenset[str] = frozenset()  # client ids the certificate allows (CN, SPIFFE device id)
+    serial: int | None = None
+    address: str = "?"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""  # rejection reason for stats and the log
+
+
+@dataclass(frozen=True)
+class Connect:
+    """The fields of an MQTT CONNECT that decide admission."""
+
+    client_id: str
+    username: str | None = None
+    password: bytes | None = None
+
+
+# The gate for the connection being authenticated: (client id, username, password) -> Verdict.
+Gate = Callable[[Connect], Verdict]
+CURRENT_GATE: ContextVar[Gate] = ContextVar("fleetsim_gate")
+
+
+def _field(body: bytes, pos: int) -> tuple[bytes, int]:
+    if pos + 2 > len(body):
+        raise ValueError("CONNECT truncated")
+    size = int.from_bytes(body[pos:pos + 2], "big")
+    end = pos + 2 + size
+    if end > len(body):
+        raise ValueError("CONNECT truncated")
+    return body[pos + 2:end], end
+
+
+def parse_connect(body: bytes) -> Connect:
+    """Client id, username and password of an MQTT 3.1/3.1.1 CONNECT body (after the fixed header)."""
+    _protocol, pos = _field(body, 0)
+    if pos + 4 > len(body):
+        raise ValueError("CONNECT truncated")
+    flags = body[pos + 1]
+    pos += 4  # level, flags, keep-alive
+    client_id, pos = _field(body, pos)
+    if flags & 0x04:  # will flag: topic and message
+        _topic, pos = _field(body, pos)
+        _message, pos = _field(body, pos)
+    username = password = None
+    if flags & 0x80:
+        raw_user, pos = _field(body, pos)
+        username = raw_user.decode("utf-8")
+    if flags & 0x40:
+        password, pos = _field(body, pos)
+    return Connect(client_id.decode("utf-8"), username, password)
+
+
+def connack(return_code: int) -> bytes:
+    """A CONNACK refusing (or accepting) without a session present: 5 = not authorized, 4 = bad password."""
+    return bytes((0x20, 0x02, 0x00, return_code))
+
+
+def cert_identities(peer_cert: dict[str, Any] | None, trust_domain: str | None = None) -> frozenset[str]:
+    """Client ids a certificate names: its subject CN and the <id> of URI SAN spiffe://<td>/device/<id>."""
+    if not peer_cert:
+        return frozenset()
+    names: set[str] = set()
+    for rdn in peer_cert.get("subject", ()):
+        names.update(value for key, value in rdn if key == "commonName")
+    for kind, value in peer_cert.get("subjectAltName", ()):
+        device = _spiffe_device(value, trust_domain) if kind == "URI" else None
+        if device:
+            names.add(device)
+    return frozenset(names)
+
+
+def _spiffe_device(uri: str, trust_domain: str | None) -> str | None:
+    if not uri.startswith(SPIFFE_PREFIX):
+        return None
+    domain, _, path = uri[len(SPIFFE_PREFIX):].partition("/")
+    kind, _, device = path.partition("/")
+    if kind != "device" or not device or "/" in device:
+        return None
+    if trust_domain is not None and domain != trust_domain:
+        return None
+    return device
+
+
+def cert_serial(peer_cert: dict[str, Any] | None) -> int | None:
+    if not peer_cert or "serialNumber" not in peer_cert:
+        return None
+    return int(peer_cert["serialNumber"], 16)
+
+
+@dataclass
+class PasswordFile:
+    """Mosquitto's password file format (mosquitto_passwd), so one file serves both broker kinds.
+
+    ``user:$7$<iterations>$<salt b64>$<pbkdf2-sha512 b64>`` (Mosquitto 2) or ``user:$6$<salt b64>$<sha512 b64>``.
+    """
+
+    path: Path
+    users: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> PasswordFile:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise BrokerError(f"cannot read password file {path}: {exc.strerror or exc}",
+                              "create it with `mosquitto_passwd -c FILE USER`") from None
+        users = {}
+        for number, line in enumerate(lines, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            user, sep, hashed = line.strip().partition(":")
+            if not sep or not hashed.startswith(("$6$", "$7$")):
+                raise BrokerError(f"{path}:{number} is not a mosquitto_passwd line",
+                                  "hash passwords with `mosquitto_passwd -U FILE`")
+            users[user] = hashed
+        return cls(path, users)
+
+    def check(self, user: str | None, password: bytes | None) -> bool:
+        hashed = self.users.get(user or "")
+        if hashed is None or password is None:
+            return False
+        return verify_mosquitto_hash(hashed, password)
+
+
+def verify_mosquitto_hash(hashed: str, password: bytes) -> bool:
+    parts = hashed.split("$")
+    try:
+        if parts[1] == "7" and len(parts) == 5:
+            iterations, salt, digest = int(parts[2]), base64.b64decode(parts[3]), base64.b64decode(parts[4])
+            computed = hashlib.pbkdf2_hmac("sha512", password, salt, iterations)
+        elif parts[1] == "6" and len(parts) == 4:
+            salt, digest = base64.b64decode(parts[2]), base64.b64decode(parts[3])
+            computed = hashlib.sha512(password + salt).digest()
+        else:
+            return False
+    except (ValueError, IndexError):
+        return False
+    return hmac.compare_digest(computed, digest)
+
+
+class FleetsimAuthPlugin(BaseAuthPlugin):
+    """amqtt auth plugin: asks the gate of the connection being authenticated; no gate, no entry."""
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        gate = CURRENT_GATE.get(None)
+        if gate is None:
+            return False
+        password = session.password
+        secret = password.encode() if isinstance(password, str) else password
+        return gate(Connect(session.client_id or "", session.username, secret)).ok

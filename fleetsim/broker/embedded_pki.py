@@ -1,0 +1,110 @@
+"""The embedded broker's TLS server context and CRL, built from a fleetsim PKI directory.
+
+Client certificates are REQUIRED (amqtt's own listener only asks for them) and checked against
+DIR/ca-chain.pem with the issuing CA's CRL (DIR/crl.pem, VERIFY_CRL_CHECK_LEAF). A reload builds a fresh
+context rather than adding the CRL to the live one: an un-revoked (removeFromCRL) serial really leaves, the
+store does not grow with every reload, and old TLS session tickets stop resuming.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from fleetsim.broker.handle import BrokerOptions
+from fleetsim.errors import BrokerError
+from fleetsim.pki.layout import Layout
+
+_VERSIONS: dict[str, tuple[ssl.TLSVersion, ssl.TLSVersion]] = {
+    "1.2": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
+    "1.3": (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3),
+    "any": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED),
+}
+TICKETS_WHEN_ON = 2
+
+
+def check_layout(layout: Layout, *, require_certificate: bool = True) -> None:
+    """Fail with one line when DIR is not a PKI the broker can serve from."""
+    if not layout.root.is_dir():
+        raise BrokerError(f"PKI directory {layout.root} does not exist", "create it with `fleetsim pki init DIR`")
+    needed = [layout.server_cert, layout.server_key]
+    if require_certificate:
+        needed += [layout.ca_chain, layout.crl]
+    missing = [p.name for p in needed if not p.exists()]
+    if missing:
+        raise BrokerError(
+            f"{layout.root} is not a fleetsim PKI (missing {', '.join(missing)})",
+            "point the broker at a directory made by `fleetsim pki init`",
+        )
+
+
+def build_context(layout: Layout, options: BrokerOptions) -> ssl.SSLContext:
+    """A server context: server identity, TLS version range, tickets, and client verification with CRL."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if options.tls_version not in _VERSIONS:
+        raise BrokerError(f"unknown TLS version {options.tls_version!r}", "use 1.2, 1.3 or any")
+    ctx.minimum_version, ctx.maximum_version = _VERSIONS[options.tls_version]
+    ctx.num_tickets = TICKETS_WHEN_ON if options.session_tickets else 0
+    if not options.session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too
+    _load_server_identity(ctx, layout)
+    if options.require_certificate:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        _load_verify(ctx, layout.ca_chain, "CA chain")
+        _load_verify(ctx, layout.crl, "CRL")
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    # else: the server-only-TLS baseline asked for on purpose (require_certificate=False): no client
+    # certificate is requested; PROTOCOL_TLS_SERVER's default verify_mode already is "do not ask".
+    return ctx
+
+
+def _load_server_identity(ctx: ssl.SSLContext, layout: Layout) -> None:
+    try:
+        ctx.load_cert_chain(layout.server_cert, layout.server_key)
+    except ssl.SSLError:  # before OSError: SSLError is one
+        raise BrokerError(
+            f"the broker's key {layout.server_key} is unreadable or does not match {layout.server_cert}",
+            "re-create the PKI's server identity (`fleetsim pki init` in a new directory)",
+        ) from None
+    except OSError as exc:
+        raise BrokerError(
+            f"cannot read the broker's certificate or key ({exc.strerror or exc}: {layout.server_key})",
+            "check the files exist and are readable by this user",
+        ) from None
+
+
+def _load_verify(ctx: ssl.SSLContext, path: Path, what: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except OSError as exc:  # ssl.SSLError included
+        raise BrokerError(f"cannot load the {what} {path}: {exc}", "check it is a PEM file from the PKI") from None
+
+
+def revoked_serials(crl_path: Path) -> frozenset[int]:
+    """Serials the CRL lists: checked again at MQTT CONNECT (resumed sessions skip the handshake's check)."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot read the CRL {crl_path}: {exc}", "check it is the PKI's crl.pem") from None
+    return frozenset(entry.serial_number for entry in crl)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """Enough of stat() to see an atomic replace or an in-place rewrite."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)

@@ -1,0 +1,195 @@
+"""The embedded broker in its own process: its CPU is measured apart from the simulator's.
+
+``start_embedded(pki_dir, options)`` runs ``python -m fleetsim.broker.embedded`` and waits for the one
+JSON line it prints: ``{"ready": ..., "port": N, "stats_port": M}`` or ``{"error": "<one line>"}``, which
+becomes a BrokerError here (port in use, not a PKI, unreadable key). The handle talks to the child over
+its loopback stats endpoint (GET /stats, POST /reload-crl); SIGTERM stops it; it exits by itself when
+its parent dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from fleetsim.broker.handle import BrokerOptions
+from fleetsim.errors import BrokerError
+
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+def options_to_json(options: BrokerOptions) -> str:
+    data = dataclasses.asdict(options)
+    if data["password_file"] is not None:
+        data["password_file"] = str(data["password_file"])
+    return json.dumps(data)
+
+
+def options_from_json(text: str) -> BrokerOptions:
+    data = json.loads(text)
+    if data.get("password_file") is not None:
+        data["password_file"] = Path(data["password_file"])
+    return BrokerOptions(**data)
+
+
+class EmbeddedProcess:
+    """A BrokerHandle (kind "embedded") for an embedded broker running in a child process."""
+
+    kind = "embedded"
+
+    def __init__(self, pki_dir: Path | str, options: BrokerOptions | None = None) -> None:
+        self.pki_dir = Path(pki_dir)
+        self.options = options or BrokerOptions()
+        self.host = self.options.host
+        self.port = self.options.port
+        self.plain_port: int | None = None
+        self.stats_port: int | None = None
+        self.restarts = 0
+        self._proc: subprocess.Popen[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> EmbeddedProcess:
+        cmd = [sys.executable, "-m", "fleetsim.broker.embedded", str(self.pki_dir),
+               "--options-json", options_to_json(self.options)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                      start_new_session=True)
+        ready = self._ready_line()
+        if "error" in ready:
+            self._reap()
+            raise BrokerError(ready["error"])
+        self.port, self.plain_port, self.stats_port = ready["port"], ready["plain_port"], ready["stats_port"]
+        return self
+
+    def _ready_line(self) -> dict[str, Any]:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
+        line = proc.stdout.readline() if readable else ""
+        if line:
+            result: dict[str, Any] = json.loads(line)
+            return result
+        self._reap()
+        if not readable:
+            raise BrokerError(f"embedded broker did not start within {READY_TIMEOUT_S:.0f} s",
+                              "see its messages above")
+        raise BrokerError(f"embedded broker exited with code {proc.returncode} before it was ready",
+                          "see its messages above")
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        if self._proc is None or self._proc.poll() is not None:
+            raise BrokerError("the embedded broker is not running", "start it again")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.stats_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                result: dict[str, Any] = json.load(response)
+        except (urllib.error.URLError, OSError) as exc:
+            raise BrokerError(f"the embedded broker (pid {self.pid}) does not answer: {exc}",
+                              "check it is still running") from None
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """Broker-side counters of the running process, plus how often this handle restarted it."""
+        result = self._call("GET", "/stats")
+        result["restarts"] = self.restarts
+        return result
+
+    def reload_crl(self) -> None:
+        self._call("POST", "/reload-crl")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port(s); counters start from zero in the new process."""
+        self.stop()
+        self.options = dataclasses.replace(self.options, port=self.port, plain_port=self.plain_port)
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        self._reap()
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self) -> EmbeddedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
+def start_embedded(pki_dir: Path | str, options: BrokerOptions | None = None) -> EmbeddedProcess:
+    """Start the embedded broker in a child process; returns once it listens (BrokerError if it cannot)."""
+    return EmbeddedProcess(pki_dir, options).start()
+
+
+# --- the child process ---------------------------------------------------------------------------------------
+async def _serve(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None:
+    from fleetsim.broker.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(pki_dir, options, stats_port=stats_port)
+    await broker.start()
+    print(json.dumps({"ready": True, "pid": os.getpid(), "host": broker.host, "port": broker.port,
+                      "plain_port": broker.plain_port, "stats_port": broker.stats_port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_crl)
+    parent = os.getppid()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if os.getppid() != parent:  # the simulator died: do not linger as an orphan
+                break
+    finally:
+        await broker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m fleetsim.broker.embedded DIR --options-json JSON``."""
+    parser = argparse.ArgumentParser(prog="python -m fleetsim.broker.embedded")
+    parser.add_argument("pki_dir", type=Path)
+    parser.add_argument("--options-json", default="{}")
+    parser.add_argument("--stats-port", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="embedded-broker: %(levelname)s %(message)s")
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    try:
+        asyncio.run(_serve(args.pki_dir, options_from_json(args.options_json), args.stats_port))
+    except BrokerError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        sys.exit(2)
