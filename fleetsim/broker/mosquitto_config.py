@@ -1,0 +1,149 @@
+"""Mosquitto configuration as text: pure functions, no I/O, so every setting is unit-testable.
+
+The runtime (``fleetsim.broker.mosquitto``) copies the PKI's files into a private directory and renders the
+config from the paths below. ``per_listener_settings true`` keeps the mTLS listener's rules (no anonymous
+clients, topic ACL tied to the certificate's CN) apart from the optional plain-TCP baseline listener.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetsim.broker.handle import BrokerOptions
+
+TLS_VERSIONS: dict[str, str | None] = {"1.2": "tlsv1.2", "1.3": "tlsv1.3", "any": None}  # None: 1.2 and 1.3
+
+# Devices publish on fleet/<site>/<model>/<device-id>/<kind>. With use_identity_as_username the username is
+# the certificate's CN, so this pattern confines each device to its own subtree, whatever client id it claims.
+DEVICE_ACL_PATTERNS: tuple[str, ...] = ("fleet/+/+/%u/#",)
+
+
+@dataclass(frozen=True)
+class RuntimeFiles:
+    """Where the broker's copies of its inputs live, all inside one private runtime directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "mosquitto.conf"
+
+    @property
+    def cafile(self) -> Path:
+        return self.root / "ca-chain.pem"
+
+    @property
+    def certfile(self) -> Path:
+        return self.root / "server-cert.pem"
+
+    @property
+    def keyfile(self) -> Path:
+        return self.root / "server-key.pem"
+
+    @property
+    def crlfile(self) -> Path:
+        return self.root / "crl.pem"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "passwords"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.root / "acl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "mosquitto.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def persistence(self) -> Path:
+        return self.root / "persistence"
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Mosquitto-only knobs that BrokerOptions does not carry."""
+
+    persistence: bool = False  # on: sessions survive restart() (persistent-session tests)
+    acl: bool = True  # tie each device's topics to its certificate CN (see DEVICE_ACL_PATTERNS)
+    acl_readers: tuple[str, ...] = ()  # CNs allowed to read all of fleet/# (an observer, a test subscriber)
+
+
+def uses_identity(options: BrokerOptions) -> bool:
+    """The certificate CN is the MQTT username unless another auth method was asked for."""
+    return options.require_certificate and options.password_file is None
+
+
+def render_acl(patterns: Sequence[str] = DEVICE_ACL_PATTERNS, readers: Sequence[str] = ()) -> str:
+    """An acl_file: per-device patterns, plus full read access for the named observer identities."""
+    lines = ["# fleetsim: each device reads and writes only its own subtree (username = certificate CN)"]
+    lines += [f"pattern readwrite {p}" for p in patterns]
+    for cn in readers:
+        lines += ["", f"user {cn}", "topic read fleet/#"]
+    return "\n".join(lines) + "\n"
+
+
+def _tls_listener(options: BrokerOptions, files: RuntimeFiles, extras: Extras) -> list[str]:
+    lines = [
+        f"listener {options.port} {options.host}",
+        "max_connections -1",
+        f"cafile {files.cafile}",
+        f"certfile {files.certfile}",
+        f"keyfile {files.keyfile}",
+        f"crlfile {files.crlfile}",
+        f"require_certificate {str(options.require_certificate).lower()}",
+    ]
+    version = TLS_VERSIONS[options.tls_version]
+    if version:
+        lines.append(f"tls_version {version}")
+    if uses_identity(options):
+        lines += ["use_identity_as_username true", "allow_anonymous false"]
+        if extras.acl:
+            lines.append(f"acl_file {files.acl_file}")
+    elif options.password_file is not None:
+        lines += [f"password_file {files.password_file}", "allow_anonymous false"]
+    else:  # server-only TLS baseline, on purpose: anyone with the CA may connect
+        lines.append("allow_anonymous true")
+    return lines
+
+
+def _plain_listener(options: BrokerOptions, files: RuntimeFiles) -> list[str]:
+    lines = [f"listener {options.plain_port} {options.host}", "max_connections -1"]
+    if options.password_file is not None:
+        lines += [f"password_file {files.password_file}", "allow_anonymous false"]
+    else:  # no-auth baseline, loopback by default
+        lines.append("allow_anonymous true")
+    return lines
+
+
+def render(options: BrokerOptions, files: RuntimeFiles, extras: Extras = Extras()) -> str:
+    """The whole mosquitto.conf for ``options``; ports must already be concrete (not 0)."""
+    if options.port == 0 or options.plain_port == 0:
+        raise ValueError("render() needs concrete ports; pick free ones first")
+    lines = [
+        "# generated by fleetsim: do not edit, it is rewritten on every start",
+        "per_listener_settings true",
+        "set_tcp_nodelay true",
+        f"persistence {str(extras.persistence).lower()}",
+    ]
+    if extras.persistence:
+        lines.append(f"persistence_location {files.persistence}/")
+    lines += [
+        f"log_dest file {files.log}",
+        *(f"log_type {t}" for t in ("error", "warning", "notice", "information")),
+        "connection_messages true",
+        "log_timestamp true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        "",
+        *_tls_listener(options, files, extras),
+    ]
+    if options.plain_port is not None:
+        lines += ["", *_plain_listener(options, files)]
+    return "\n".join(lines) + "\n"
