@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.table import Table
+from rich.text import Text
+
+IGNORED = {"shard", "t", "stopping"}
 
 
 def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
@@ -17,6 +19,8 @@ def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
                 inner = out.setdefault(key, {})
                 for k, v in value.items():
                     inner[k] = inner.get(k, 0) + v
+            elif key in IGNORED or value is None:
+                continue
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 if key.startswith("p") and key[1:2].isdigit():
                     out[key] = max(out.get(key, 0.0), value)
@@ -25,19 +29,34 @@ def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def render(state: Mapping[str, Any], *, elapsed: float, duration: float, devices: int, events: int) -> Table:
-    t = Table.grid(padding=(0, 2))
-    failures = state.get("failures", {})
-    top = ", ".join(f"{k} {v}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:4]) or "none"
-    p99 = state.get("p99_ms")
-    t.add_row(
-        f"[bold]{elapsed:5.1f}/{duration:.0f} s[/]",
-        f"connected [green]{state.get('connected', 0):,}[/]/{devices:,}",
-        f"attempts {state.get('attempts', 0):,}",
-        f"connects/s {state.get('connect_rate', 0):,.0f}",
-        f"published {state.get('published', 0):,}",
-        f"p99 {p99:,.1f} ms" if p99 else "p99 -",
-        f"events {events}",
-    )
-    t.add_row("", f"failures: [red]{top}[/]")
-    return t
+class View:
+    """Renders merged snapshots; remembers the last one to turn cumulative connects into a rate."""
+
+    def __init__(self, *, devices: int, duration: float) -> None:
+        self.devices = devices
+        self.duration = duration
+        self._last: tuple[float, int] = (0.0, 0)
+        self._rate = 0.0
+
+    def render(self, state: Mapping[str, Any], *, elapsed: float, events: int) -> Text:
+        connects = int(state.get("connects", 0))
+        last_t, last_n = self._last
+        if elapsed - last_t >= 1.0:
+            self._rate = (connects - last_n) / (elapsed - last_t) if elapsed > last_t else 0.0
+            self._last = (elapsed, connects)
+        failures = state.get("failures", {})
+        top = ", ".join(f"{k} {v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:4])
+        p99 = state.get("p99_ms")
+        line = Text.assemble(
+            (f"{min(elapsed, self.duration):5.1f}/{self.duration:g} s", "bold"),
+            "  connected ", (f"{state.get('connected', 0):,}", "green"), f"/{self.devices:,}",
+            f"  attempts {state.get('attempts', 0):,}",
+            f"  connects/s {self._rate:,.0f}",
+            f"  published {state.get('published', 0):,}",
+            f"  connect p99 {p99:,.1f} ms" if p99 else "",
+            f"  events {events}" if events else "",
+        )
+        if top:
+            line.append("\nfailures: ")
+            line.append(top, "red")
+        return line

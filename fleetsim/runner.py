@@ -119,16 +119,16 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     t0 = shards[0].t0
     deadline = t0 + scenario.duration + scenario.connect_timeout + COLLECT_GRACE_S
     snapshots: dict[int, Mapping[str, Any]] = {}
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
+    view = progress.View(devices=scenario.devices, duration=scenario.duration)
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
         while len(out.results) < len(shards):
             try:
                 _collect(result_q, progress_q, snapshots, out)
                 now = time.time()
                 if now >= t0:
                     out.events += events.fire_due(now - t0)
-                live.update(progress.render(progress.merge(snapshots), elapsed=max(0.0, now - t0),
-                                            duration=scenario.duration, devices=scenario.devices,
-                                            events=len(out.events)))
+                live.update(view.render(progress.merge(snapshots), elapsed=max(0.0, now - t0),
+                                        events=len(out.events)))
                 if not any(p.is_alive() for p in procs):
                     _collect(result_q, progress_q, snapshots, out, wait=1.0)
                     if len(out.results) < len(shards):

@@ -180,8 +180,12 @@ class TlsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.can_write_eof():
-            transport.write_eof()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # the device already hung up: nothing left to flush
+            transport.close()
+            return
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     # --- what the adapters use ----------------------------------------------------------------------------
