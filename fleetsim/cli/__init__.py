@@ -60,7 +60,7 @@ def main() -> None:
     """Entry point: every error a user can cause becomes one line and a non-zero exit, never a traceback."""
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its code
     except FleetsimError as exc:
         _fail(str(exc), exc.exit_code)
     except UsageError as exc:
@@ -73,6 +73,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(line: str, code: int) -> None:

@@ -1,0 +1,157 @@
+"""`fleetsim run` end to end: PKI, a real broker on loopback, worker processes, results on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from fleetsim.runner import run_scenario
+from fleetsim.scenario import parse
+
+pytestmark = pytest.mark.timeout(180)
+FLEETSIM = [sys.executable, "-m", "fleetsim"]
+
+# What a device sees for each fault, per broker. Mosquitto never compares the CN with the client id (its ACL
+# keeps an imposter to its own topics instead), so a cn-mismatch device connects there.
+EXPECTED = {
+    "embedded": {
+        "expired": "alert_expired", "not-yet-valid": "alert_bad_certificate", "unknown-ca": "alert_unknown_ca",
+        "revoked": "alert_revoked", "cn-mismatch": "connack_not_authorized", "wrong-key": "client_key_mismatch",
+        "weak-key": "client_key_rejected",
+    },
+    "mosquitto": {
+        "expired": "alert_expired", "not-yet-valid": "alert_bad_certificate", "unknown-ca": "alert_unknown_ca",
+        "revoked": "alert_revoked", "cn-mismatch": "connected", "wrong-key": "client_key_mismatch",
+        "weak-key": "client_key_rejected",
+    },
+}
+
+
+def fleet_toml(target: str, *, devices: int = 60, duration: float = 5, extra: str = "") -> str:
+    half = devices // 2
+    return f"""
+name = "small-{target}"
+seed = 3
+duration = {duration}
+connect_timeout = 5
+workers = 2
+[broker]
+target = "{target}"
+tls_version = "1.2"
+[mqtt]
+qos_telemetry = 1
+[arrival]
+pattern = "linear"
+rate = 100
+[[fleet]]
+model = "heart-rate-monitor"
+count = {half}
+lot = "ward-a"
+[[fleet]]
+model = "pulse-oximeter"
+count = {devices - half}
+lot = "ward-b"
+{extra}
+"""
+
+
+def run(tmp_path: Path, toml: str) -> tuple[Path, dict]:
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    return run_scenario(parse(toml, "test.toml"), pki_dir=tmp_path / "pki", out_dir=tmp_path / "out",
+                        console=console)
+
+
+@pytest.mark.parametrize("target", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def test_small_fleet_connects_publishes_and_accounts_for_every_message(tmp_path: Path, target: str) -> None:
+    run_dir, summary = run(tmp_path, fleet_toml(target))
+    assert summary["devices_connected"] == 60 and summary["outcomes"] == {"connected": 60}
+    m = summary["messages"]
+    assert m["published"] >= 40 and m["lost"] == 0 and m["acknowledged"] == m["published"]
+    attempts = pq.read_table(run_dir / "attempts.parquet").to_pydict()
+    for tcp, tls, mqtt, total in zip(attempts["tcp_ms"], attempts["tls_ms"], attempts["mqtt_ms"],
+                                     attempts["total_ms"], strict=True):
+        assert tcp + tls + mqtt == pytest.approx(total, abs=0.5)
+    for name in ("scenario.toml", "meta.json", "summary.json", "series.parquet", "events.json", "broker.json"):
+        assert (run_dir / name).is_file(), name
+    assert summary["broker"]["cpu_seconds"] > 0
+
+
+@pytest.mark.parametrize("target", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def test_each_injected_fault_lands_in_its_class(tmp_path: Path, target: str) -> None:
+    faults = "\n".join(f"{k.replace('-', '_')} = 0.05" for k in EXPECTED[target])
+    run_dir, _ = run(tmp_path, fleet_toml(target, devices=40, duration=4, extra=f"[faults]\n{faults}\n"
+                                          "[reconnect]\nmax_attempts = 1\n"))
+    attempts = pq.read_table(run_dir / "attempts.parquet").to_pydict()
+    seen: dict[str, Counter] = {}
+    for device, outcome, failure in zip(attempts["device_id"], attempts["outcome"], attempts["failure"],
+                                        strict=True):
+        kind = next((k for k in EXPECTED[target] if device.startswith(f"fault-{k}-") or
+                     (k == "weak-key" and device.startswith("fault-weak-key")) or
+                     (k == "revoked" and device.startswith("revoked-"))), None)
+        if kind:
+            seen.setdefault(kind, Counter())[failure or outcome] += 1
+    for kind, expected in EXPECTED[target].items():
+        assert kind in seen, f"no {kind} device ran"
+        assert set(seen[kind]) == {expected}, f"{kind}: {seen[kind]}"
+
+
+@pytest.mark.mosquitto
+def test_broker_restart_is_survived_without_losing_qos1(tmp_path: Path) -> None:
+    extra = """
+[mqtt]
+clean_session = false
+qos_telemetry = 1
+[reconnect]
+initial = 0.2
+cap = 1
+[[events]]
+at = 3
+action = "restart-broker"
+"""
+    toml = fleet_toml("mosquitto", devices=30, duration=8).replace("[mqtt]\nqos_telemetry = 1\n", "") + extra
+    _, summary = run(tmp_path, toml)
+    assert [e["action"] for e in summary["events"]] == ["restart-broker"]
+    assert summary["attempts"] > 30, "devices reconnected after the restart"
+    assert summary["devices_connected"] == 30
+    assert summary["messages"]["lost"] == 0
+
+
+def test_ctrl_c_ends_the_run_cleanly_and_writes_results(tmp_path: Path) -> None:
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(fleet_toml("embedded", devices=20, duration=60))
+    proc = subprocess.Popen([*FLEETSIM, "run", str(scenario), "--pki", str(tmp_path / "pki"),
+                             "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a CI shell may ignore it
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "out").glob("*/meta.json")):
+        time.sleep(0.2)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err + out
+    (run_dir,) = (tmp_path / "out").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "Ctrl-C" in summary["interrupted"]
+    assert summary["devices_connected"] == 20 and summary["wall_s"] < 30
+
+
+def test_bad_scenario_is_one_line_and_report_reads_a_run(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nduration = -1\n[[fleet]]\nmodel = "toaster"\ncount = 1\n')
+    r = subprocess.run([*FLEETSIM, "run", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "bad.toml" in r.stderr
+    r = subprocess.run([*FLEETSIM, "report", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "summary.json" in r.stderr and "Traceback" not in r.stderr
