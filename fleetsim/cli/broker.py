@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from fleetsim.broker import config as broker_config
 from fleetsim.broker.handle import BrokerOptions, TlsVersion
 from fleetsim.errors import BrokerError
 
@@ -33,8 +34,19 @@ def run(
                                           help="Also listen on plain TCP (no TLS, baseline for comparisons)."),
     stats_port: int = typer.Option(0, "--stats-port", min=0, max=65535,
                                    help="Loopback port of GET /stats (embedded); 0 picks a free one."),
+    config: Path | None = typer.Option(None, "--config", help="Settings file (see brokers/embedded.toml); flags win."),
 ) -> None:
     """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
+    if config is not None:
+        given = {"kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
+                 "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
+                 "stats_port": stats_port}
+        settings = {**broker_config.load(config), **_explicit(given)}
+        kind, host, port = settings["kind"], settings["host"], settings["port"]
+        tls_version, tickets = settings["tls_version"], settings.get("session_tickets", tickets)
+        drop_revoked = settings.get("drop_revoked", drop_revoked)
+        password_file, plain_port = settings.get("password_file"), settings.get("plain_port")
+        stats_port = settings.get("stats_port", stats_port)
     if tls_version not in ("1.2", "1.3", "any"):
         raise BrokerError(f"unknown TLS version {tls_version!r}", "use --tls-version 1.2, 1.3 or any")
     version: TlsVersion = tls_version  # type: ignore[assignment]
@@ -46,6 +58,15 @@ def run(
         _run_mosquitto(pki_dir, options)
     else:
         raise BrokerError(f"unknown broker kind {kind!r}", "use --kind embedded or --kind mosquitto")
+
+
+DEFAULTS = {"kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
+            "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0}
+
+
+def _explicit(given: dict[str, object]) -> dict[str, object]:
+    """The flags that differ from their defaults: those were typed, so they win over the config file."""
+    return {k: v for k, v in given.items() if v != DEFAULTS.get(k)}
 
 
 def _where(kind: str, host: str, port: int, plain_port: int | None, extra: str = "") -> str:

@@ -1,0 +1,28 @@
+"""Broker settings files: the shipped template loads; mistakes are one clear line."""
+
+from pathlib import Path
+
+import pytest
+
+from fleetsim.broker import config
+from fleetsim.errors import BrokerError
+
+TEMPLATE = Path(__file__).parent.parent / "brokers" / "embedded.toml"
+
+
+def test_shipped_template_loads() -> None:
+    settings = config.load(TEMPLATE)
+    assert settings["host"] == "127.0.0.1" and settings["session_tickets"] is False and settings["drop_revoked"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("prot = 1", "unknown key 'prot'; did you mean 'port'?"),
+    ('port = "x"', "port must be a int"),
+    ("port = true", "port must be a int"),
+    ("port = ", "invalid TOML"),
+])
+def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text(text)
+    with pytest.raises(BrokerError, match=message):
+        config.load(path)
