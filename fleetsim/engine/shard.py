@@ -1,0 +1,479 @@
+"""One worker's shard of devices on one asyncio loop: arrivals, connection attempts, telemetry, churn, reconnects.
+
+``run_shard`` is a plain function taking and returning picklable values, so an orchestrator can run shards in
+processes here or elsewhere. No thread per device: every device is a coroutine, every connection a plain
+non-blocking ``ssl.SSLSocket`` (~32 KB) driven by the loop, handed to paho for MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import signal
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fleetsim import scenario as sc
+from fleetsim.engine.client import MqttConnection
+from fleetsim.engine.connect import tcp_connect, tls_handshake
+from fleetsim.engine.identity import ContextFactory, Identity, IdentitySource, MemoryIdentities, PkiIdentities
+from fleetsim.engine.outcome import Failure, Phase, classify, classify_connack, describe
+from fleetsim.telemetry import TelemetryStream, topic
+
+DRAIN_S = 2.0  # after the stop, how long connected devices wait for outstanding acknowledgements
+PROGRESS_EVERY_S = 0.5
+ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
+ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms", "outcome",
+                   "failure", "detail", "tls_version", "cipher", "resumed", "key_type", "fault", "group", "shard")
+SERIES_COLUMNS = ("second", "connected", "attempts", "connects", "failures", "drops", "published", "acked")
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    id: str
+    model: str
+    site: str = "site-1"
+    key_type: str = "ecdsa-p256"
+    fault: str | None = None
+    group: int = 0
+    offset: float | None = None  # first arrival, s after t0; None: this shard draws it from scenario.arrival
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    devices: tuple[DeviceSpec, ...]
+    host: str
+    port: int
+    server_hostname: str = "localhost"
+    ca_pem: bytes = b""
+    t0: float = 0.0  # wall clock (time.time()) of the run's start, shared by all shards
+    pki_dir: Path | None = None  # set: identities are read from here on every attempt (re-enrolment shows)
+    password: str | None = None  # auth = "password": every device's password (user name = device id)
+    source_address: str | None = None  # optional local address (other 127.x.y.z give more source ports)
+
+
+@dataclass
+class ShardResult:
+    index: int
+    attempts: dict[str, list[Any]]
+    messages: dict[str, Any]
+    series: dict[str, list[Any]]
+    losses: dict[str, int] = field(default_factory=dict)  # connections lost after CONNACK, by class
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _Device:
+    __slots__ = ("attempts", "conn", "ctx", "fails", "pub_handle", "spec", "stream", "topics", "wake")
+
+    def __init__(self, spec: DeviceSpec) -> None:
+        self.spec = spec
+        self.attempts = 0
+        self.fails = 0  # consecutive failed attempts
+        self.conn: MqttConnection | None = None
+        self.ctx: ssl.SSLContext | None = None  # the context of the last TLS connection
+        self.stream: TelemetryStream | None = None
+        self.topics: dict[str, str] = {}
+        self.pub_handle: asyncio.TimerHandle | None = None
+        self.wake: asyncio.Future[str] | None = None
+
+
+class _Shard:
+    """State of one running shard; everything below runs on its loop's thread."""
+
+    def __init__(self, scenario: sc.Scenario, shard: ShardSpec, source: IdentitySource,
+                 progress: Callable[[dict[str, Any]], None] | None, stop: StopFlag | None) -> None:
+        self.sc, self.spec, self.ids = scenario, shard, source
+        self.progress, self.stop_flag = progress, stop
+        self.rng = np.random.default_rng([scenario.seed, 0x5A4D, shard.index])
+        self.pyrng = random.Random(scenario.seed * 7919 + shard.index)
+        self.auth = scenario.broker.auth
+        self.ctxs = ContextFactory(shard.ca_pem, scenario.broker.tls_version)
+        self.shared_ctx: ssl.SSLContext | None = None
+        self.devices = [_Device(d) for d in shard.devices]
+        self.cols: dict[str, list[Any]] = {c: [] for c in ATTEMPT_COLUMNS}
+        self.series: dict[str, list[Any]] = {c: [] for c in SERIES_COLUMNS}
+        self.now_counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.losses: Counter[str] = Counter()
+        self.msg: Counter[str] = Counter()
+        self.ack_ms: list[float] = []
+        self.acks_seen = 0
+        self.connect_ms: list[float] = []
+        self.connected = 0
+        self.stopping = False
+        self.stop_fut: asyncio.Future[None] | None = None
+
+    # -- timing --------------------------------------------------------------------------------------------
+    def _setup_clock(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.loop_t0 = self.loop.time() + (self.spec.t0 - time.time())
+        self.end_at = self.loop_t0 + self.sc.duration
+        self.stop_fut = self.loop.create_future()
+        self.second = 0
+
+    def run_time(self) -> float:
+        return self.loop.time() - self.loop_t0
+
+    def _offsets(self) -> list[float]:
+        n = len(self.devices)
+        total = max(self.sc.devices, n)
+        arrival = self.sc.arrival
+        if arrival.pattern != "burst":  # this shard carries n of the fleet's devices: its share of the rate
+            arrival = sc.Arrival(arrival.pattern, arrival.rate * n / total)
+        drawn = sc.arrival_times(arrival, n, self.rng)
+        return [d.spec.offset if d.spec.offset is not None else float(drawn[i]) for i, d in enumerate(self.devices)]
+
+    async def _sleep(self, delay: float) -> bool:
+        """Sleep unless the shard stops first; False when it stopped."""
+        assert self.stop_fut is not None
+        if self.stopping:
+            return False
+        if delay > 0:
+            await asyncio.wait([self.stop_fut], timeout=delay)
+        return not self.stopping
+
+    # -- one device -----------------------------------------------------------------------------------------
+    async def device_life(self, dev: _Device, offset: float) -> None:
+        if not await self._sleep(self.loop_t0 + offset - self.loop.time()):
+            return
+        rc = self.sc.reconnect
+        while not self.stopping:
+            if await self.attempt(dev):
+                dev.fails = 0
+                why = await self.connected_phase(dev)
+                if why == "stop":
+                    return
+                delay = self.pyrng.uniform(*self.sc.churn.downtime) if why == "churn" \
+                    else sc.backoff(0, rc, self.rng)
+            else:
+                dev.fails += 1
+                if rc.max_attempts and dev.fails >= rc.max_attempts:
+                    return
+                delay = sc.backoff(dev.fails - 1, rc, self.rng)
+            if not await self._sleep(delay):
+                return
+
+    def _context(self, dev: _Device) -> ssl.SSLContext | None:
+        if self.auth == "none":
+            return None
+        if self.auth != "mtls":  # server-only TLS: one context for all, no client certificate
+            if self.shared_ctx is None:
+                self.shared_ctx = self.ctxs.build(Identity(b"", b""), client_cert=False)
+            return self.shared_ctx
+        return self.ctxs.context(dev.spec.id, self.ids.get(dev.spec.id))
+
+    def _connection(self, dev: _Device) -> MqttConnection:
+        if dev.conn is None:
+            m = self.sc.mqtt
+            user = dev.spec.id if self.auth == "password" else None
+            dev.conn = MqttConnection(dev.spec.id, host=self.spec.host, port=self.spec.port, version=m.version,
+                                      keepalive=m.keepalive, clean_session=m.clean_session, on_ack=self.on_ack,
+                                      username=user, password=self.spec.password if user else None)
+        return dev.conn
+
+    async def attempt(self, dev: _Device) -> bool:
+        """One connection attempt, recorded whatever happens; True when CONNACK accepted it."""
+        dev.attempts += 1
+        row: dict[str, Any] = {"start": time.time(), "key_type": dev.spec.key_type}
+        phase, t_phase, t_start = Phase.IDENTITY, time.perf_counter(), time.perf_counter()
+        try:
+            ctx = self._context(dev)
+            conn = self._connection(dev)
+            t_start = t_phase = time.perf_counter()
+            async with asyncio.timeout(self.sc.connect_timeout):
+                phase = Phase.TCP
+                sock, row["tcp_ms"] = await tcp_connect(self.spec.host, self.spec.port,
+                                                        source=self.spec.source_address)
+                link: Any = sock
+                if ctx is not None:
+                    phase, t_phase = Phase.TLS, time.perf_counter()
+                    link, row["tls_ms"] = await self._handshake(dev, sock, ctx, conn)
+                    row.update(tls_version=link.version(), cipher=(link.cipher() or ("",))[0],
+                               resumed=link.session_reused)
+                phase, t_phase = Phase.MQTT, time.perf_counter()
+                code, row["mqtt_ms"] = await conn.connect(link, timeout=self.sc.connect_timeout)
+        except Exception as exc:  # asyncio.timeout turns its cancellation into TimeoutError
+            return self._failed(dev, row, phase, t_phase, t_start, exc)
+        row["total_ms"] = (conn.connack_at - t_start) * 1000.0  # not the later wake-up of this task
+        failure = classify_connack(code)
+        if failure is not None:
+            self._record(dev, row, failure, f"CONNACK refused, code {code}")
+            return False
+        self._record(dev, row, None, "")
+        self.connect_ms.append(row["total_ms"])
+        return True
+
+    async def _handshake(self, dev: _Device, sock: Any, ctx: ssl.SSLContext,
+                         conn: MqttConnection) -> tuple[ssl.SSLSocket, float]:
+        """TLS handshake, offering the last connection's session when resumption is on and the context is the
+        same (a session cannot cross contexts: a re-enrolled device starts afresh)."""
+        session = None
+        if self.sc.broker.session_resumption and dev.ctx is ctx:
+            session = conn.last_session
+        elif dev.ctx is not ctx:
+            conn.last_session = None
+        dev.ctx = ctx
+        return await tls_handshake(sock, ctx, self.spec.server_hostname, session)
+
+    def _failed(self, dev: _Device, row: dict[str, Any], phase: Phase, t_phase: float, t_start: float,
+                exc: BaseException) -> bool:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            exc = TimeoutError(f"no answer within {self.sc.connect_timeout:g} s")
+        now = time.perf_counter()
+        if phase is not Phase.IDENTITY:
+            key = {Phase.TCP: "tcp_ms", Phase.TLS: "tls_ms", Phase.MQTT: "mqtt_ms"}[phase]
+            row[key] = (now - t_phase) * 1000.0
+            row["total_ms"] = (now - t_start) * 1000.0
+        self._record(dev, row, classify(exc, phase), describe(exc))
+        return False
+
+    def _record(self, dev: _Device, row: dict[str, Any], failure: Failure | None, detail: str) -> None:
+        row.update(device_id=dev.spec.id, attempt=dev.attempts, outcome="failed" if failure else "connected",
+                   failure=failure.value if failure else None, detail=detail, fault=dev.spec.fault,
+                   group=dev.spec.group, shard=self.spec.index)
+        for c in ATTEMPT_COLUMNS:
+            self.cols[c].append(row.get(c))
+        self.now_counts["attempts"] += 1
+        if failure:
+            self.failures[failure.value] += 1
+            self.now_counts["failures"] += 1
+        else:
+            self.now_counts["connects"] += 1
+
+    # -- connected --------------------------------------------------------------------------------------------
+    async def connected_phase(self, dev: _Device) -> str:
+        """Publish until the connection is lost, the device churns, or the shard stops; say which."""
+        conn = dev.conn
+        assert conn is not None and conn.lost is not None
+        if dev.stream is None:
+            dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed)
+        wake: asyncio.Future[str] = self.loop.create_future()
+        dev.wake = wake
+        conn.lost.add_done_callback(lambda _f: _settle(wake, "lost"))
+        churn = None
+        if self.sc.churn.rate > 0:
+            churn = self.loop.call_later(self.pyrng.expovariate(self.sc.churn.rate), _settle, wake, "churn")
+        dev.pub_handle = self.loop.call_later(dev.stream.phase, self._publish, dev)
+        self.connected += 1
+        try:
+            why = await wake
+        finally:
+            self.connected -= 1
+            dev.wake = None
+            if churn is not None:
+                churn.cancel()
+            if dev.pub_handle is not None:
+                dev.pub_handle.cancel()
+        if why == "lost":
+            err = conn.lost.result() if conn.lost.done() else None
+            self.losses[classify(err, Phase.CONNECTED).value] += 1
+            self.now_counts["drops"] += 1
+        elif why == "churn":
+            conn.abort()
+        else:
+            await self._drain(conn)
+            await conn.disconnect(timeout=1.0)
+        return why
+
+    async def _drain(self, conn: MqttConnection) -> None:
+        deadline = self.loop.time() + DRAIN_S
+        while conn.connected and conn.unacked() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _publish(self, dev: _Device) -> None:
+        conn, stream = dev.conn, dev.stream
+        if self.stopping or conn is None or stream is None or not conn.connected:
+            return
+        msg = stream.next_message(self.run_time())
+        qos = self.sc.mqtt.qos_alarm if msg.kind == "alarm" else self.sc.mqtt.qos_telemetry
+        t = dev.topics.get(msg.kind)
+        if t is None:
+            t = dev.topics[msg.kind] = topic(dev.spec.site, dev.spec.model, dev.spec.id, msg.kind)
+        if conn.publish(t, msg.payload, qos):
+            self.msg["published"] += 1
+            self.msg[f"published_{msg.kind}"] += 1
+            self.msg[f"published_qos{qos}"] += 1
+            self.now_counts["published"] += 1
+        dev.pub_handle = self.loop.call_later(stream.interval, self._publish, dev)
+
+    def on_ack(self, qos: int, ms: float) -> None:
+        if qos == 0:
+            self.msg["sent_qos0"] += 1
+            return
+        self.msg["acknowledged"] += 1
+        self.now_counts["acked"] += 1
+        self.acks_seen += 1
+        if len(self.ack_ms) < ACK_SAMPLES_MAX:
+            self.ack_ms.append(ms)
+        else:
+            j = self.pyrng.randrange(self.acks_seen)
+            if j < ACK_SAMPLES_MAX:
+                self.ack_ms[j] = ms
+
+    # -- the shard as a whole -----------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.stop_fut is not None and not self.stop_fut.done():
+            self.stop_fut.set_result(None)
+        for dev in self.devices:
+            if dev.wake is not None and not dev.wake.done():
+                dev.wake.set_result("stop")
+
+    async def run(self) -> None:
+        self._setup_clock()
+        self._prepare_contexts()
+        tasks = [asyncio.create_task(self.device_life(d, off)) for d, off in zip(self.devices, self._offsets(),
+                                                                                  strict=True)]
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            assert self.stop_fut is not None
+            await asyncio.wait([self.stop_fut], timeout=max(0.0, self.end_at - self.loop.time()))
+        finally:
+            self.request_stop()
+            _, pending = await asyncio.wait(tasks, timeout=DRAIN_S + 1.5) if tasks else (set(), set())
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+            for dev in self.devices:
+                if dev.conn is not None:
+                    dev.conn.abort()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self._flush_second(final=True)
+
+    def _prepare_contexts(self) -> None:
+        """Build the first contexts before t0 while waiting anyway, so a burst does not pay ~1 ms per device."""
+        if self.auth != "mtls":
+            return
+        budget = self.loop_t0 - self.loop.time() - 0.05
+        t = time.perf_counter()
+        for dev in self.devices:
+            if time.perf_counter() - t > budget:
+                break
+            with contextlib.suppress(Exception):  # a bad identity fails again, recorded, at its attempt
+                self.ctxs.context(dev.spec.id, self.ids.get(dev.spec.id))
+
+    async def _ticker(self) -> None:
+        last_misc = last_progress = 0.0
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.loop.time()
+            if self.stop_flag is not None and self.stop_flag.is_set():
+                self.request_stop()
+            self._flush_second()
+            if now - last_misc >= 1.0:
+                last_misc = now
+                for dev in self.devices:
+                    if dev.conn is not None:
+                        dev.conn.tick()
+            if self.progress is not None and now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                self.progress(self.snapshot())
+
+    def _flush_second(self, final: bool = False) -> None:
+        second = math.floor(self.run_time())
+        while self.second < second or (final and any(self.now_counts.values())):
+            s = self.series
+            s["second"].append(self.second)
+            s["connected"].append(self.connected)
+            for c in SERIES_COLUMNS[2:]:
+                s[c].append(self.now_counts[c])
+            self.now_counts.clear()
+            self.second += 1
+            if final:
+                break
+
+    def snapshot(self) -> dict[str, Any]:
+        ms = np.asarray(self.connect_ms[-20_000:]) if self.connect_ms else None
+        return {
+            "shard": self.spec.index, "devices": len(self.devices), "connected": self.connected,
+            "attempts": len(self.cols["device_id"]), "connects": len(self.connect_ms),
+            "failures": dict(self.failures), "published": self.msg["published"],
+            "acknowledged": self.msg["acknowledged"],
+            "p50_ms": float(np.percentile(ms, 50)) if ms is not None else None,
+            "p99_ms": float(np.percentile(ms, 99)) if ms is not None else None,
+            "t": self.run_time(), "stopping": self.stopping,
+        }
+
+    def result(self) -> ShardResult:
+        m = self.msg
+        m["lost"] = max(0, m["published"] - m["acknowledged"] - m["sent_qos0"])
+        m["unacked_qos1plus"] = sum(d.conn.unacked() for d in self.devices if d.conn is not None)
+        by_kind = {k.removeprefix("published_"): v for k, v in m.items() if k.startswith("published_")
+                   and not k.startswith("published_qos")}
+        messages: dict[str, Any] = {k: v for k, v in m.items() if not k.startswith("published_")
+                                    or k.startswith("published_qos")}
+        messages.update(by_kind=by_kind, ack_ms=list(self.ack_ms))
+        for k in ("published", "acknowledged", "lost", "sent_qos0"):
+            messages.setdefault(k, 0)
+        return ShardResult(self.spec.index, self.cols, messages, self.series, dict(self.losses),
+                           {"devices": len(self.devices), "failures": dict(self.failures)})
+
+
+def _settle(fut: asyncio.Future[str], why: str) -> None:
+    if not fut.done():
+        fut.set_result(why)
+
+
+def _source(identities: Mapping[str, Identity] | IdentitySource, shard: ShardSpec) -> IdentitySource:
+    if not isinstance(identities, Mapping):
+        return identities
+    if shard.pki_dir is not None:
+        return PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})
+    return MemoryIdentities(identities)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # optional: faster loop, same behaviour
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_shard(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, Identity] | IdentitySource, *,
+              progress: Callable[[dict[str, Any]], None] | None = None, stop: StopFlag | None = None,
+              ) -> ShardResult:
+    """Drive ``shard``'s devices from ``shard.t0`` for ``scenario.duration`` s (or until ``stop`` is set).
+
+    Ctrl-C (when this runs in the main thread with the default handler) and a broker that dies are ends like
+    any other: connected devices disconnect, acknowledgements drain for up to DRAIN_S, and what was measured
+    is returned.
+    """
+    state = _Shard(scenario, shard, _source(identities, shard), progress, stop)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        installed = False
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            loop.add_signal_handler(signal.SIGINT, state.request_stop)
+            installed = True
+        try:
+            await state.run()
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner, contextlib.suppress(KeyboardInterrupt):
+        runner.run(main())
+    return state.result()
