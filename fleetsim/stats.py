@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-PHASES = ("tcp_ms", "tls_ms", "mqtt_ms", "total_ms")
+PHASES = ("setup_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms")
 
 
 def distribution(samples: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:

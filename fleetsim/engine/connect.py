@@ -54,24 +54,13 @@ async def tcp_connect(host: str, port: int, *, source: str | None = None) -> tup
         raise
 
 
-async def tls_handshake(
-    sock: socket.socket,
-    ctx: ssl.SSLContext,
-    server_hostname: str,
-    session: ssl.SSLSession | None = None,
-) -> tuple[ssl.SSLSocket, float]:
-    """Wrap ``sock`` and complete the client handshake without blocking; returns the socket and its time (ms).
+async def tls_handshake(tls: ssl.SSLSocket) -> tuple[ssl.SSLSocket, float]:
+    """Complete the client handshake of a wrapped socket without blocking; returns it and its time (ms).
 
     On failure the socket is closed and the ssl error raised as is, for :mod:`fleetsim.engine.outcome`.
     """
     loop = asyncio.get_running_loop()
     t = time.perf_counter()
-    try:
-        tls = ctx.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
-                              server_hostname=server_hostname, session=session)
-    except BaseException:
-        sock.close()
-        raise
     try:
         fd = tls.fileno()
         while True:

@@ -26,14 +26,21 @@ import numpy as np
 from fleetsim import scenario as sc
 from fleetsim.engine.client import MqttConnection
 from fleetsim.engine.connect import tcp_connect, tls_handshake
-from fleetsim.engine.identity import ContextFactory, Identity, IdentitySource, MemoryIdentities, PkiIdentities
+from fleetsim.engine.identity import (
+    PER_DEVICE_CONTEXTS_UP_TO,
+    ContextFactory,
+    Identity,
+    IdentitySource,
+    MemoryIdentities,
+    PkiIdentities,
+)
 from fleetsim.engine.outcome import Failure, Phase, classify, classify_connack, describe
 from fleetsim.telemetry import TelemetryStream, topic
 
 DRAIN_S = 2.0  # after the stop, how long connected devices wait for outstanding acknowledgements
 PROGRESS_EVERY_S = 0.5
 ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
-ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms", "outcome",
+ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms", "outcome",
                    "failure", "detail", "tls_version", "cipher", "resumed", "key_type", "fault", "group", "shard")
 SERIES_COLUMNS = ("second", "connected", "attempts", "connects", "failures", "drops", "published", "acked")
 
@@ -78,18 +85,45 @@ class ShardResult:
 
 
 class _Device:
-    __slots__ = ("attempts", "conn", "ctx", "fails", "pub_handle", "spec", "stream", "topics", "wake")
+    __slots__ = ("attempts", "conn", "fails", "identity", "pub_handle", "spec", "stream", "topics", "wake")
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
         self.attempts = 0
         self.fails = 0  # consecutive failed attempts
         self.conn: MqttConnection | None = None
-        self.ctx: ssl.SSLContext | None = None  # the context of the last TLS connection
+        self.identity: object = None  # version of the identity of the last TLS connection (for resumption)
         self.stream: TelemetryStream | None = None
         self.topics: dict[str, str] = {}
         self.pub_handle: asyncio.TimerHandle | None = None
         self.wake: asyncio.Future[str] | None = None
+
+
+class _PhaseClock:
+    """Splits one attempt's wall time into contiguous phases written into its row (ms)."""
+
+    __slots__ = ("last", "phase", "row", "start")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.phase = Phase.IDENTITY
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, column: str, at: float | None = None) -> None:
+        now = time.perf_counter() if at is None else at
+        self.row[column] = self.row.get(column, 0.0) + (now - self.last) * 1000.0
+        self.row["total_ms"] = (now - self.start) * 1000.0
+        self.last = now
+
+    def fail(self) -> None:
+        column = {Phase.TCP: "tcp_ms", Phase.TLS: "tls_ms", Phase.MQTT: "mqtt_ms"}.get(self.phase, "setup_ms")
+        self.lap(column)
+
+
+def _timeout_named(exc: Exception, timeout: float) -> Exception:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return TimeoutError(f"no answer within {timeout:g} s")
+    return exc
 
 
 class _Shard:
@@ -102,7 +136,8 @@ class _Shard:
         self.rng = np.random.default_rng([scenario.seed, 0x5A4D, shard.index])
         self.pyrng = random.Random(scenario.seed * 7919 + shard.index)
         self.auth = scenario.broker.auth
-        self.ctxs = ContextFactory(shard.ca_pem, scenario.broker.tls_version)
+        self.ctxs = ContextFactory(shard.ca_pem, scenario.broker.tls_version,
+                                   shared=len(shard.devices) > PER_DEVICE_CONTEXTS_UP_TO)
         self.shared_ctx: ssl.SSLContext | None = None
         self.devices = [_Device(d) for d in shard.devices]
         self.cols: dict[str, list[Any]] = {c: [] for c in ATTEMPT_COLUMNS}
@@ -168,14 +203,28 @@ class _Shard:
             if not await self._sleep(delay):
                 return
 
-    def _context(self, dev: _Device) -> ssl.SSLContext | None:
+    def _wrap(self, dev: _Device, sock: Any) -> Any:
+        """The TCP socket wrapped for TLS as this device (or as it is, without TLS); no handshake yet."""
         if self.auth == "none":
-            return None
+            return sock
         if self.auth != "mtls":  # server-only TLS: one context for all, no client certificate
             if self.shared_ctx is None:
                 self.shared_ctx = self.ctxs.build(Identity(b"", b""), client_cert=False)
-            return self.shared_ctx
-        return self.ctxs.context(dev.spec.id, self.ids.get(dev.spec.id))
+            return self.shared_ctx.wrap_socket(sock, do_handshake_on_connect=False,
+                                               server_hostname=self.spec.server_hostname)
+        ident = self.ids.get(dev.spec.id)
+        session = None
+        conn = dev.conn
+        if conn is not None and dev.identity != ident.version:  # a session cannot cross identities
+            conn.last_session = None
+        elif conn is not None and self.sc.broker.session_resumption:
+            session = conn.last_session
+        dev.identity = ident.version
+        try:
+            return self.ctxs.wrap(dev.spec.id, ident, sock, self.spec.server_hostname, session)
+        except BaseException:
+            sock.close()
+            raise
 
     def _connection(self, dev: _Device) -> MqttConnection:
         if dev.conn is None:
@@ -187,29 +236,38 @@ class _Shard:
         return dev.conn
 
     async def attempt(self, dev: _Device) -> bool:
-        """One connection attempt, recorded whatever happens; True when CONNACK accepted it."""
+        """One connection attempt, recorded whatever happens; True when CONNACK accepted it.
+
+        Phases are contiguous, so setup + tcp + tls + mqtt is the total: setup is the device's own preparation
+        (its MQTT client, its TLS identity), tcp ends when the connect completes, tls when the handshake does,
+        mqtt at CONNACK.
+        """
         dev.attempts += 1
         row: dict[str, Any] = {"start": time.time(), "key_type": dev.spec.key_type}
-        phase, t_phase, t_start = Phase.IDENTITY, time.perf_counter(), time.perf_counter()
+        clock = _PhaseClock(row)
         try:
-            ctx = self._context(dev)
             conn = self._connection(dev)
-            t_start = t_phase = time.perf_counter()
+            clock.lap("setup_ms")
             async with asyncio.timeout(self.sc.connect_timeout):
-                phase = Phase.TCP
-                sock, row["tcp_ms"] = await tcp_connect(self.spec.host, self.spec.port,
-                                                        source=self.spec.source_address)
-                link: Any = sock
-                if ctx is not None:
-                    phase, t_phase = Phase.TLS, time.perf_counter()
-                    link, row["tls_ms"] = await self._handshake(dev, sock, ctx, conn)
+                clock.phase = Phase.TCP
+                sock, _ = await tcp_connect(self.spec.host, self.spec.port, source=self.spec.source_address)
+                clock.lap("tcp_ms")
+                clock.phase = Phase.TLS
+                link = self._wrap(dev, sock)
+                clock.lap("setup_ms")
+                if link is not sock:
+                    await tls_handshake(link)
+                    clock.lap("tls_ms")
                     row.update(tls_version=link.version(), cipher=(link.cipher() or ("",))[0],
                                resumed=link.session_reused)
-                phase, t_phase = Phase.MQTT, time.perf_counter()
-                code, row["mqtt_ms"] = await conn.connect(link, timeout=self.sc.connect_timeout)
+                clock.phase = Phase.MQTT
+                code, _ = await conn.connect(link, timeout=self.sc.connect_timeout)
         except Exception as exc:  # asyncio.timeout turns its cancellation into TimeoutError
-            return self._failed(dev, row, phase, t_phase, t_start, exc)
-        row["total_ms"] = (conn.connack_at - t_start) * 1000.0  # not the later wake-up of this task
+            clock.fail()
+            exc = _timeout_named(exc, self.sc.connect_timeout)
+            self._record(dev, row, classify(exc, clock.phase), describe(exc))
+            return False
+        clock.lap("mqtt_ms", at=conn.connack_at)  # not the later wake-up of this task
         failure = classify_connack(code)
         if failure is not None:
             self._record(dev, row, failure, f"CONNACK refused, code {code}")
@@ -217,30 +275,6 @@ class _Shard:
         self._record(dev, row, None, "")
         self.connect_ms.append(row["total_ms"])
         return True
-
-    async def _handshake(self, dev: _Device, sock: Any, ctx: ssl.SSLContext,
-                         conn: MqttConnection) -> tuple[ssl.SSLSocket, float]:
-        """TLS handshake, offering the last connection's session when resumption is on and the context is the
-        same (a session cannot cross contexts: a re-enrolled device starts afresh)."""
-        session = None
-        if self.sc.broker.session_resumption and dev.ctx is ctx:
-            session = conn.last_session
-        elif dev.ctx is not ctx:
-            conn.last_session = None
-        dev.ctx = ctx
-        return await tls_handshake(sock, ctx, self.spec.server_hostname, session)
-
-    def _failed(self, dev: _Device, row: dict[str, Any], phase: Phase, t_phase: float, t_start: float,
-                exc: BaseException) -> bool:
-        if isinstance(exc, TimeoutError) and not str(exc):
-            exc = TimeoutError(f"no answer within {self.sc.connect_timeout:g} s")
-        now = time.perf_counter()
-        if phase is not Phase.IDENTITY:
-            key = {Phase.TCP: "tcp_ms", Phase.TLS: "tls_ms", Phase.MQTT: "mqtt_ms"}[phase]
-            row[key] = (now - t_phase) * 1000.0
-            row["total_ms"] = (now - t_start) * 1000.0
-        self._record(dev, row, classify(exc, phase), describe(exc))
-        return False
 
     def _record(self, dev: _Device, row: dict[str, Any], failure: Failure | None, detail: str) -> None:
         row.update(device_id=dev.spec.id, attempt=dev.attempts, outcome="failed" if failure else "connected",
@@ -362,7 +396,7 @@ class _Shard:
 
     def _prepare_contexts(self) -> None:
         """Build the first contexts before t0 while waiting anyway, so a burst does not pay ~1 ms per device."""
-        if self.auth != "mtls":
+        if self.auth != "mtls" or self.ctxs.shared:
             return
         budget = self.loop_t0 - self.loop.time() - 0.05
         t = time.perf_counter()
