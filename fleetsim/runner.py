@@ -7,21 +7,26 @@ Ctrl-C or a broker that died.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
 import resource
+import secrets
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.live import Live
 
 from fleetsim import progress, provision, results, stats
+from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
 from fleetsim.engine.identity import Identity
@@ -29,7 +34,7 @@ from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec, run_shard
 from fleetsim.errors import FleetsimError
 from fleetsim.events import EventRunner
 from fleetsim.pki import Layout, Pki
-from fleetsim.scenario import Scenario
+from fleetsim.scenario import Scenario, arrival_times
 
 FDS_PER_WORKER_SPARE = 64
 START_DELAY_S = 1.0  # lets every worker be up before the shared t0
@@ -67,24 +72,49 @@ def open_pki(pki_dir: Path, console: Console) -> Pki:
     return Pki.init(pki_dir)
 
 
-def broker_options(scenario: Scenario) -> BrokerOptions:
+@dataclass(frozen=True)
+class Auth:
+    """How devices authenticate, for the overhead comparisons: the broker's side and the devices' side."""
+
+    options: BrokerOptions
+    password: str | None = None  # every device's password when auth = "password"
+
+
+def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) -> Auth:
+    """mtls: client certificates required; tls: server-only TLS; password: server-only TLS + a password each;
+    none: plain TCP on a second listener. Verification of the broker by the device stays on in every mode."""
     b = scenario.broker
-    return BrokerOptions(port=0, tls_version=b.tls_version, session_tickets=b.session_resumption,  # type: ignore[arg-type]
-                         require_certificate=b.auth == "mtls")
+    options = BrokerOptions(port=0, tls_version=b.tls_version, session_tickets=b.session_resumption,  # type: ignore[arg-type]
+                            require_certificate=b.auth == "mtls", plain_port=0 if b.auth == "none" else None)
+    if b.auth != "password":
+        return Auth(options)
+    password = secrets.token_urlsafe(16)
+    path = secrets_dir / "passwords"
+    write_password_file(path, device_ids, password.encode())
+    return Auth(dataclasses.replace(options, password_file=path), password)
+
+
+def arrival_offsets(scenario: Scenario) -> list[float]:
+    """The whole fleet's first arrivals, drawn once, so the ramp is exact whatever the number of workers."""
+    rng = np.random.default_rng([scenario.seed, 0xA771])
+    return [float(t) for t in arrival_times(scenario.arrival, scenario.devices, rng)]
 
 
 def make_shards(scenario: Scenario, fleet: list[provision.Provisioned], broker: BrokerHandle, pki: Pki,
-                workers: int, t0: float) -> list[ShardSpec]:
-    """Deal devices round-robin, so every worker sees every group and every fault."""
+                auth: Auth, workers: int, t0: float) -> list[ShardSpec]:
+    """Deal devices round-robin, in arrival order, so every worker sees every group, fault and moment."""
     ca_pem = pki.layout.ca_chain.read_bytes()
+    order = np.random.default_rng([scenario.seed, 0x5EED]).permutation(len(fleet))  # groups arrive mixed
+    offsets = arrival_offsets(scenario)
     specs = [
         DeviceSpec(id=p.device_id, model=p.slot.model, site=p.slot.site, key_type=p.slot.key_type,
-                   fault=p.slot.fault, group=p.slot.group)
-        for p in fleet
+                   fault=p.slot.fault, group=p.slot.group, offset=offsets[rank])
+        for rank, p in enumerate(fleet[i] for i in order)
     ]
+    port = broker.plain_port if scenario.broker.auth == "none" else broker.port
     return [
-        ShardSpec(index=i, devices=tuple(specs[i::workers]), host=broker.host, port=broker.port,
-                  server_hostname="localhost", ca_pem=ca_pem, t0=t0, pki_dir=pki.root)
+        ShardSpec(index=i, devices=tuple(specs[i::workers]), host=broker.host, port=port or broker.port,
+                  server_hostname="localhost", ca_pem=ca_pem, t0=t0, pki_dir=pki.root, password=auth.password)
         for i in range(workers)
         if specs[i::workers]
     ]
@@ -211,18 +241,25 @@ def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: C
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
     results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers})
     healthy = {p.device_id: p.slot.lot for p in fleet if p.slot.fault is None}
-    with console.status(f"starting the {scenario.broker.target} broker"):
-        broker = start_broker(scenario.broker.target, pki.root, broker_options(scenario))
-    try:
-        shards = make_shards(scenario, fleet, broker, pki, workers, time.time() + START_DELAY_S)
-        console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
-                      f"{broker.host}:{broker.port}, {scenario.duration:g} s")
-        outcome = supervise(scenario, shards, pki, broker, console, healthy)
-        broker_stats = _safe_stats(broker)
-    finally:
-        broker.stop()
+    with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
+        auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
+        outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy)
     summary = _write(run_dir, scenario, outcome, broker_stats)
     return run_dir, summary
+
+
+def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
+                        workers: int, console: Console, healthy: dict[str, str]) -> tuple[Outcome, dict[str, Any]]:
+    with console.status(f"starting the {scenario.broker.target} broker"):
+        broker = start_broker(scenario.broker.target, pki.root, auth.options)
+    try:
+        shards = make_shards(scenario, fleet, broker, pki, auth, workers, time.time() + START_DELAY_S)
+        console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
+                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s")
+        outcome = supervise(scenario, shards, pki, broker, console, healthy)
+        return outcome, _safe_stats(broker)
+    finally:
+        broker.stop()
 
 
 def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:

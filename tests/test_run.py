@@ -155,3 +155,13 @@ def test_bad_scenario_is_one_line_and_report_reads_a_run(tmp_path: Path) -> None
     assert len(r.stderr.strip().splitlines()) == 1 and "bad.toml" in r.stderr
     r = subprocess.run([*FLEETSIM, "report", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "summary.json" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("target", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+@pytest.mark.parametrize("auth", ["none", "password", "tls", "mtls"])
+def test_every_auth_mode_connects_for_the_overhead_comparison(tmp_path: Path, target: str, auth: str) -> None:
+    toml = fleet_toml(target, devices=10, duration=2).replace('tls_version = "1.2"', f'auth = "{auth}"')
+    _, summary = run(tmp_path, toml)
+    assert summary["outcomes"] == {"connected": 10}
+    tls = summary["phases_ms"]["tls"]
+    assert (tls["n"] == 0) == (auth == "none")  # plain TCP has no TLS phase

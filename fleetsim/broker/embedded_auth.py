@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,21 @@ class PasswordFile:
         if hashed is None or password is None:
             return False
         return verify_mosquitto_hash(hashed, password)
+
+
+def mosquitto_hash(password: bytes, *, iterations: int = 101) -> str:
+    """A Mosquitto 2 ``$7$`` hash (PBKDF2-SHA512, 12-byte salt), as mosquitto_passwd writes it."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password, salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def write_password_file(path: Path, users: Iterable[str], password: bytes) -> None:
+    """One password for every user: the password-auth baseline of the overhead comparisons. Written 0600."""
+    lines = "".join(f"{user}:{mosquitto_hash(password)}\n" for user in users)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(lines)
 
 
 def verify_mosquitto_hash(hashed: str, password: bytes) -> bool:

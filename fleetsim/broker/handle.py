@@ -28,7 +28,11 @@ class BrokerHandle(Protocol):
 
     kind: str  # "embedded" | "mosquitto" | "external"
     host: str
-    port: int
+    port: int  # the TLS listener
+
+    @property
+    def plain_port(self) -> int | None:
+        """The plain-TCP listener's port, when one was asked for."""
 
     def reload_crl(self) -> None:
         """Make new connections see the PKI's current crl.pem now."""

@@ -17,6 +17,7 @@ class ExternalBroker:
     host: str
     port: int
     kind: str = "external"
+    plain_port: int | None = None
 
     def reload_crl(self) -> None:
         """Nothing to do: an external broker reloads its CRL on its own terms."""

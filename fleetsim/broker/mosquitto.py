@@ -167,6 +167,10 @@ class MosquittoBroker:
         self._log_rest = b""
         self.tally = LogTally()
 
+    @property
+    def plain_port(self) -> int | None:
+        return self.options.plain_port
+
     # -- setup ------------------------------------------------------------------------------------------
     def _check_pki(self) -> None:
         needed = [self.layout.ca_chain, self.layout.server_cert, self.layout.server_key, self.layout.crl]
