@@ -68,12 +68,24 @@ def overview_table(s: Mapping[str, Any]) -> Table:
     return t
 
 
+def events_table(events: list[Mapping[str, Any]]) -> Table:
+    t = Table(title="Timed events (each step's time)", title_justify="left")
+    for c in ("at (s)", "action", "what happened"):
+        t.add_column(c)
+    for e in events:
+        steps = ", ".join(f"{k} {_fmt(v)}" for k, v in e.items() if k not in ("at", "action", "fired_at_s"))
+        t.add_row(_fmt(e.get("fired_at_s")), str(e.get("action")), steps)
+    return t
+
+
 def render(summary: Mapping[str, Any]) -> Group:
     parts: list[Any] = [overview_table(summary)]
     if summary.get("phases_ms"):
         parts.append(phases_table(summary["phases_ms"]))
     if summary.get("outcomes"):
         parts.append(outcomes_table(summary["outcomes"]))
+    if summary.get("events"):
+        parts.append(events_table(summary["events"]))
     return Group(*parts)
 
 

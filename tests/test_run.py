@@ -165,3 +165,35 @@ def test_every_auth_mode_connects_for_the_overhead_comparison(tmp_path: Path, ta
     assert summary["outcomes"] == {"connected": 10}
     tls = summary["phases_ms"]["tls"]
     assert (tls["n"] == 0) == (auth == "none")  # plain TCP has no TLS phase
+
+
+def test_revocation_drill_drops_refuses_then_readmits_the_batch(tmp_path: Path) -> None:
+    extra = """
+[reconnect]
+initial = 0.2
+cap = 0.5
+[[events]]
+at = 2
+action = "revoke"
+lot = "ward-a"
+[[events]]
+at = 4
+action = "reenroll"
+"""
+    run_dir, summary = run(tmp_path, fleet_toml("embedded", devices=20, duration=7, extra=extra))
+    revoke, reenroll = summary["events"]
+    assert revoke["devices"] == 10 and reenroll["devices"] == 10
+    attempts = pq.read_table(run_dir / "attempts.parquet").to_pydict()
+    by_device: dict[str, list[str]] = {}
+    for device, outcome, failure in zip(attempts["device_id"], attempts["outcome"], attempts["failure"],
+                                        strict=True):
+        by_device.setdefault(device, []).append(failure or outcome)
+    batch = [d for d in by_device if d.startswith("ward-a-")]
+    others = [d for d in by_device if d.startswith("ward-b-")]
+    assert len(batch) == 10 and len(others) == 10
+    for d in batch:  # dropped at the revocation, refused while revoked, back after re-enrolment
+        seq = by_device[d]
+        assert seq[0] == "connected" and "alert_revoked" in seq and seq[-1] == "connected", seq
+    for d in others:  # the healthy part of the fleet never noticed
+        assert by_device[d] == ["connected"]
+    assert summary["messages"]["lost"] == 0
