@@ -35,8 +35,9 @@ def phase_summary(attempts: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, 
     """Latency distribution of each phase over the attempts that connected."""
     ok = np.asarray(attempts.get("outcome", []), dtype=object) == "connected"
     return {
-        phase.removesuffix("_ms"): distribution(np.asarray(attempts.get(phase, []), dtype=float)[ok])
+        phase.removesuffix("_ms"): distribution(np.asarray(attempts[phase], dtype=float)[ok])
         for phase in PHASES
+        if phase in attempts
     }
 
 
