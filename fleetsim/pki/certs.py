@@ -47,34 +47,22 @@ def _name(cn: str, org: str, unit: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
+def _key_usage(**granted: bool) -> x509.KeyUsage:
+    """KeyUsage with only the ``granted`` bits set (digital_signature, key_cert_sign, ...)."""
+    bits = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+            "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{b: granted.get(b, False) for b in bits})
+
+
 def _leaf_key_usage(key: PrivateKey, *, server: bool) -> x509.KeyUsage:
+    """RSA key transport needs keyEncipherment on a TLS 1.2 server; everything else only signs."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    return x509.KeyUsage(
-        digital_signature=True,
-        key_encipherment=isinstance(key, rsa.RSAPrivateKey) and server,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return _key_usage(digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey) and server)
 
 
 def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        key_encipherment=False,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
 
 
 def _crl_dp(url: str | None) -> list[x509.Extension[x509.ExtensionType]]:
