@@ -7,6 +7,7 @@ Ctrl-C or a broker that died.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -29,7 +30,7 @@ from fleetsim import progress, provision, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
-from fleetsim.engine.identity import Identity
+from fleetsim.engine.identity import PkiIdentities
 from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec, run_shard
 from fleetsim.errors import FleetsimError
 from fleetsim.events import EventRunner
@@ -120,19 +121,19 @@ def make_shards(scenario: Scenario, fleet: list[provision.Provisioned], broker: 
     ]
 
 
-def identities(pki: Pki, shard: ShardSpec) -> dict[str, Identity]:
-    out = {}
-    for d in shard.devices:
-        cert, key = pki.identity(d.id)
-        out[d.id] = Identity(cert_pem=cert, key_pem=key, key_type=d.key_type)
-    return out
-
-
-def _worker(scenario: Scenario, shard: ShardSpec, ids: dict[str, Identity], progress_q: Any, result_q: Any,
-            stop: Any) -> None:
+def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
+    _name_process(f"fsim-shard-{shard.index}")
+    assert shard.pki_dir is not None
+    ids = PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})  # fresh per attempt
     result = run_shard(scenario, shard, ids, progress=lambda snap: progress_q.put((shard.index, snap)), stop=stop)
     result_q.put((shard.index, result))
+
+
+def _name_process(name: str) -> None:
+    """What ps and psutil show (15 characters at most), so a user can tell the workers apart."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(name[:15])
 
 
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, console: Console,
@@ -140,7 +141,7 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
     ctx = mp.get_context("fork")
     progress_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(scenario, s, identities(pki, s), progress_q, result_q, stop),
+    procs = [ctx.Process(target=_worker, args=(scenario, s, progress_q, result_q, stop),
                          name=f"fleetsim-shard-{s.index}", daemon=True) for s in shards]
     for p in procs:
         p.start()
