@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.live import Live
 
@@ -31,11 +30,12 @@ from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
 from fleetsim.engine.identity import PkiIdentities
-from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec, run_shard
+from fleetsim.engine.shard import ShardResult, ShardSpec, run_shard
 from fleetsim.errors import FleetsimError
 from fleetsim.events import EventRunner
 from fleetsim.pki import Layout, Pki
-from fleetsim.scenario import Scenario, arrival_times
+from fleetsim.scenario import Scenario
+from fleetsim.shards import deal, merge_results
 
 FDS_PER_WORKER_SPARE = 64
 START_DELAY_S = 1.0  # lets every worker be up before the shared t0
@@ -93,32 +93,6 @@ def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) ->
     path = secrets_dir / "passwords"
     write_password_file(path, device_ids, password.encode())
     return Auth(dataclasses.replace(options, password_file=path), password)
-
-
-def arrival_offsets(scenario: Scenario) -> list[float]:
-    """The whole fleet's first arrivals, drawn once, so the ramp is exact whatever the number of workers."""
-    rng = np.random.default_rng([scenario.seed, 0xA771])
-    return [float(t) for t in arrival_times(scenario.arrival, scenario.devices, rng)]
-
-
-def make_shards(scenario: Scenario, fleet: list[provision.Provisioned], broker: BrokerHandle, pki: Pki,
-                auth: Auth, workers: int, t0: float) -> list[ShardSpec]:
-    """Deal devices round-robin, in arrival order, so every worker sees every group, fault and moment."""
-    ca_pem = pki.layout.ca_chain.read_bytes()
-    order = np.random.default_rng([scenario.seed, 0x5EED]).permutation(len(fleet))  # groups arrive mixed
-    offsets = arrival_offsets(scenario)
-    specs = [
-        DeviceSpec(id=p.device_id, model=p.slot.model, site=p.slot.site, key_type=p.slot.key_type,
-                   fault=p.slot.fault, group=p.slot.group, offset=offsets[rank])
-        for rank, p in enumerate(fleet[i] for i in order)
-    ]
-    port = broker.plain_port if scenario.broker.auth == "none" else broker.port
-    return [
-        ShardSpec(index=i, devices=tuple(specs[i::workers]), host=broker.host, port=port or broker.port,
-                  server_hostname="localhost", ca_pem=ca_pem, t0=t0, pki_dir=pki.root, password=auth.password)
-        for i in range(workers)
-        if specs[i::workers]
-    ]
 
 
 def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any) -> None:
@@ -201,36 +175,6 @@ def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, A
         pass
 
 
-def merge_results(parts: Mapping[int, ShardResult]) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, Any]]:
-    """Concatenate attempts, add up per-second series and message counters across shards."""
-    attempts: dict[str, list[Any]] = {}
-    per_second: dict[int, dict[str, float]] = {}
-    messages: dict[str, Any] = {"published": 0, "acknowledged": 0, "lost": 0, "ack_ms": [], "by_kind": {}}
-    for part in parts.values():
-        for k, v in part.attempts.items():
-            attempts.setdefault(k, []).extend(v)
-        cols = part.series
-        for i, second in enumerate(cols.get("second", [])):
-            row = per_second.setdefault(int(second), {})
-            for k, v in cols.items():
-                if k != "second":
-                    row[k] = row.get(k, 0) + v[i]
-        for k, v in part.messages.items():
-            if isinstance(v, list):
-                messages.setdefault(k, []).extend(v)
-            elif isinstance(v, dict):
-                inner = messages.setdefault(k, {})
-                for kk, vv in v.items():
-                    inner[kk] = inner.get(kk, 0) + vv
-            else:
-                messages[k] = messages.get(k, 0) + v
-    seconds = sorted(per_second)
-    keys = sorted({k for row in per_second.values() for k in row})
-    series: dict[str, list[Any]] = {"second": seconds}
-    series.update({k: [per_second[s].get(k, 0) for s in seconds] for k in keys})
-    return attempts, series, messages
-
-
 def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
     """The whole job of `fleetsim run`; returns the results directory and the summary."""
     workers = max(1, min(scenario.workers or os.cpu_count() or 1, scenario.devices))
@@ -254,7 +198,11 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
     with console.status(f"starting the {scenario.broker.target} broker"):
         broker = start_broker(scenario.broker.target, pki.root, auth.options)
     try:
-        shards = make_shards(scenario, fleet, broker, pki, auth, workers, time.time() + START_DELAY_S)
+        port = broker.plain_port if scenario.broker.auth == "none" else broker.port
+        template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
+                             server_hostname="localhost", ca_pem=pki.layout.ca_chain.read_bytes(),
+                             t0=time.time() + START_DELAY_S, pki_dir=pki.root, password=auth.password)
+        shards = deal(scenario, fleet, template, workers)
         console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
                       f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s")
         outcome = supervise(scenario, shards, pki, broker, console, healthy)

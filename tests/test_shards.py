@@ -1,0 +1,57 @@
+"""Dealing a fleet into shards and merging their results: pure, no network."""
+
+from fleetsim import provision
+from fleetsim.engine.shard import ShardResult, ShardSpec
+from fleetsim.scenario import parse
+from fleetsim.shards import deal, merge_results
+
+SCENARIO = """
+name = "deal"
+seed = 1
+duration = 10
+[arrival]
+pattern = "linear"
+rate = 10
+[[fleet]]
+model = "thermometer"
+count = 7
+[[fleet]]
+model = "ecg-patch"
+count = 3
+"""
+
+
+def test_deal_spreads_devices_and_keeps_the_fleet_ramp_exact() -> None:
+    sc = parse(SCENARIO, "deal.toml")
+    fleet = [provision.Provisioned(s, f"d{i}") for i, s in enumerate(provision.plan(sc))]
+    shards = deal(sc, fleet, ShardSpec(index=0, devices=(), host="127.0.0.1", port=1), workers=3)
+    assert [s.index for s in shards] == [0, 1, 2]
+    devices = [d for s in shards for d in s.devices]
+    assert sorted(d.id for d in devices) == sorted(p.device_id for p in fleet)
+    offsets = sorted(d.offset for d in devices if d.offset is not None)
+    assert offsets == [i / 10 for i in range(10)]  # 10 devices/s, one arrival every 0.1 s across all shards
+    assert {d.model for d in shards[0].devices} <= {"thermometer", "ecg-patch"}
+
+
+def test_deal_never_makes_an_empty_shard() -> None:
+    sc = parse(SCENARIO.replace("count = 3", "count = 1").replace("count = 7", "count = 1"), "deal.toml")
+    fleet = [provision.Provisioned(s, f"d{i}") for i, s in enumerate(provision.plan(sc))]
+    assert len(deal(sc, fleet, ShardSpec(index=0, devices=(), host="h", port=1), workers=8)) == 2
+
+
+def part(index: int, second: list[int], connects: list[int], published: int) -> ShardResult:
+    return ShardResult(
+        index=index,
+        attempts={"device_id": [f"s{index}"], "outcome": ["connected"]},
+        messages={"published": published, "acknowledged": published, "lost": 0, "ack_ms": [1.0],
+                  "by_kind": {"telemetry": published}},
+        series={"second": second, "connects": connects},
+    )
+
+
+def test_merge_adds_series_by_second_and_counters() -> None:
+    attempts, series, messages = merge_results({0: part(0, [0, 1], [2, 3], 5), 1: part(1, [1, 2], [4, 1], 7)})
+    assert attempts["device_id"] == ["s0", "s1"]
+    assert series == {"second": [0, 1, 2], "connects": [2, 7, 1]}
+    assert messages["published"] == 12 and messages["by_kind"] == {"telemetry": 12}
+    assert messages["ack_ms"] == [1.0, 1.0]
