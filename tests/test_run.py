@@ -197,3 +197,43 @@ action = "reenroll"
     for d in others:  # the healthy part of the fleet never noticed
         assert by_device[d] == ["connected"]
     assert summary["messages"]["lost"] == 0
+
+
+@pytest.mark.mosquitto
+def test_a_broker_that_dies_mid_run_ends_cleanly_with_results(tmp_path: Path) -> None:
+    import threading
+
+    import psutil
+
+    def kill_broker() -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            brokers = [p for p in psutil.Process().children(recursive=True) if p.name() == "mosquitto"]
+            if brokers:
+                time.sleep(2.5)
+                for p in brokers:
+                    p.kill()
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_broker, daemon=True)
+    killer.start()
+    run_dir, summary = run(tmp_path, fleet_toml("mosquitto", devices=20, duration=6,
+                                                extra="[reconnect]\ninitial = 0.2\ncap = 0.5\n"))
+    killer.join()
+    assert summary["devices_connected"] == 20
+    assert summary["outcomes"].get("tcp_refused", 0) > 0  # they kept trying, with backoff, and said why
+    assert (run_dir / "attempts.parquet").is_file() and (run_dir / "summary.json").is_file()
+
+
+def test_a_fleet_too_big_for_the_open_files_limit_is_one_line(tmp_path: Path) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard > 40_000:
+        pytest.skip("this machine's open-files limit fits any fleet on one worker")
+    r = subprocess.run([*FLEETSIM, "run", "scenarios/ward.toml", "--devices", "45000", "--workers", "1",
+                        "--pki", str(tmp_path / "pki")], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "open files" in r.stderr and "--workers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
