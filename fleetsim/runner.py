@@ -14,6 +14,7 @@ import os
 import queue
 import resource
 import secrets
+import shutil
 import signal
 import tempfile
 import time
@@ -188,15 +189,17 @@ def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: C
     healthy = {p.device_id: p.slot.lot for p in fleet if p.slot.fault is None}
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
-        outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy)
+        outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy,
+                                                    run_dir / "broker.log")
     summary = _write(run_dir, scenario, outcome, broker_stats)
     return run_dir, summary
 
 
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
-                        workers: int, console: Console, healthy: dict[str, str]) -> tuple[Outcome, dict[str, Any]]:
+                        workers: int, console: Console, healthy: dict[str, str],
+                        broker_log: Path) -> tuple[Outcome, dict[str, Any]]:
     with console.status(f"starting the {scenario.broker.target} broker"):
-        broker = start_broker(scenario.broker.target, pki.root, auth.options)
+        broker = start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
@@ -206,9 +209,18 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
                       f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s")
         outcome = supervise(scenario, shards, pki, broker, console, healthy)
-        return outcome, _safe_stats(broker)
+        broker_stats = _safe_stats(broker)
+        _keep_log(broker_stats.get("log"), broker_log)
+        return outcome, broker_stats
     finally:
         broker.stop()
+
+
+def _keep_log(source: object, target: Path) -> None:
+    """Mosquitto logs into its private runtime directory, gone at stop: keep a copy with the results."""
+    if isinstance(source, str) and Path(source).is_file() and not target.exists():
+        with contextlib.suppress(OSError):
+            shutil.copyfile(source, target)
 
 
 def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:

@@ -51,8 +51,10 @@ class EmbeddedProcess:
 
     kind = "embedded"
 
-    def __init__(self, pki_dir: Path | str, options: BrokerOptions | None = None) -> None:
+    def __init__(self, pki_dir: Path | str, options: BrokerOptions | None = None, *,
+                 log_file: Path | None = None) -> None:
         self.pki_dir = Path(pki_dir)
+        self.log_file = log_file  # where its log goes; None: this process's stderr
         self.options = options or BrokerOptions()
         self.host = self.options.host
         self.port = self.options.port
@@ -68,8 +70,10 @@ class EmbeddedProcess:
     def start(self) -> EmbeddedProcess:
         cmd = [sys.executable, "-m", "fleetsim.broker.embedded", str(self.pki_dir),
                "--options-json", options_to_json(self.options)]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(open(self.log_file, "a")) if self.log_file else None
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                          text=True, start_new_session=True)
         ready = self._ready_line()
         if "error" in ready:
             self._reap()
@@ -88,9 +92,13 @@ class EmbeddedProcess:
         self._reap()
         if not readable:
             raise BrokerError(f"embedded broker did not start within {READY_TIMEOUT_S:.0f} s",
-                              "see its messages above")
+                              f"see {self._log_hint}")
         raise BrokerError(f"embedded broker exited with code {proc.returncode} before it was ready",
-                          "see its messages above")
+                          f"see {self._log_hint}")
+
+    @property
+    def _log_hint(self) -> str:
+        return str(self.log_file) if self.log_file else "its messages above"
 
     def _call(self, method: str, path: str) -> dict[str, Any]:
         if self._proc is None or self._proc.poll() is not None:
@@ -150,9 +158,10 @@ class EmbeddedProcess:
             self.stop()
 
 
-def start_embedded(pki_dir: Path | str, options: BrokerOptions | None = None) -> EmbeddedProcess:
+def start_embedded(pki_dir: Path | str, options: BrokerOptions | None = None, *,
+                   log_file: Path | None = None) -> EmbeddedProcess:
     """Start the embedded broker in a child process; returns once it listens (BrokerError if it cannot)."""
-    return EmbeddedProcess(pki_dir, options).start()
+    return EmbeddedProcess(pki_dir, options, log_file=log_file).start()
 
 
 # --- the child process ---------------------------------------------------------------------------------------

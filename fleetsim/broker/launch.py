@@ -47,12 +47,15 @@ def parse_address(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_broker(target: str, pki_dir: Path, options: BrokerOptions) -> BrokerHandle:
-    """Start the embedded broker or Mosquitto from the PKI, or name an external one."""
+def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None) -> BrokerHandle:
+    """Start the embedded broker or Mosquitto from the PKI, or name an external one.
+
+    ``log_file`` takes the embedded broker's log (Mosquitto keeps its own, see its stats()["log"]).
+    """
     if target == "embedded":
         from fleetsim.broker.embedded import start_embedded
 
-        return start_embedded(pki_dir, options)
+        return start_embedded(pki_dir, options, log_file=log_file)
     if target == "mosquitto":
         from fleetsim.broker.mosquitto import start_mosquitto
 
