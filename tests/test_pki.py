@@ -336,3 +336,22 @@ def test_inventory_is_json_with_every_device(pki: Pki) -> None:
     d = pki.device("dev-00001")
     assert d.not_before <= dt.datetime.now(dt.UTC) < d.not_after
     assert os.access(pki.layout.ca_chain, os.R_OK)
+
+
+def test_fast_inventory_text_equals_its_json(make_pki: MakePki) -> None:
+    p = make_pki()
+    p.issue(300, workers=2)  # the pooled path, with Device.batch's shared encoding
+    p.issue(2, fault="expired", prefix="old")
+    p.revoke(device_ids=["dev-00003"])
+    inv = Pki.open(p.root).inventory
+    assert json.loads(inv.dumps()) == json.loads(json.dumps(inv.to_json()))
+
+
+def test_a_failed_issue_leaves_the_inventory_as_it_was(make_pki: MakePki) -> None:
+    p = make_pki()
+    p.issue(3)
+    before = p.layout.inventory.read_bytes()
+    p.layout.issuing_key.write_bytes(b"garbage")
+    with pytest.raises(PkiError):
+        p.issue(400, workers=2)
+    assert p.layout.inventory.read_bytes() == before

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, locked, write_file
 
 PARALLEL_THRESHOLD = 256  # below this, a process pool costs more than it saves
+CHUNK = 128  # identities per pool job: writing starts early, and the backlog left when signing ends is short
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -61,6 +62,24 @@ def _key_type(text: str | KeyType) -> KeyType:
         return text if isinstance(text, KeyType) else KeyType.parse(text)
     except ValueError as exc:
         raise PkiError(str(exc)) from None
+
+
+def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int) -> list[Device]:
+    """Workers sign, this process writes each job's files as soon as it comes back (see issuance)."""
+    ctx = multiprocessing.get_context("fork")
+    devices: list[list[Device]] = [[] for _ in jobs]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, \
+            issuance.DeviceFiles(Layout(jobs[0].root), replace=jobs[0].generation > 1) as files:
+        futures = {pool.submit(issuance.sign, job): n for n, job in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                n, signed = futures[future], future.result()
+                files.write_all(jobs[n], signed)
+                devices[n] = jobs[n].devices(signed.serials)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the batch has failed: do not sign the rest first
+            raise
+    return [d for batch in devices for d in batch]
 
 
 class Pki:
@@ -226,21 +245,19 @@ class Pki:
         workers = workers or os.cpu_count() or 1
         if len(ids) < PARALLEL_THRESHOLD:
             workers = 1
-        n_chunks = workers * 4 if workers > 1 else 1
-        size = math.ceil(len(ids) / n_chunks)
+        size = min(CHUNK, math.ceil(len(ids) / workers))
+        now, cert_pem, key_pem = certs.utcnow(), cert_path.read_bytes(), key_path.read_bytes()
         jobs = [
             issuance.IssueJob(
-                root=self.root, issuer_cert_pem=cert_path.read_bytes(), issuer_key_pem=key_path.read_bytes(),
+                root=self.root, issuer_cert_pem=cert_pem, issuer_key_pem=key_pem,
                 org=self.inventory.org, trust_domain=self.inventory.trust_domain, crl_url=self.inventory.crl_url,
-                ids=tuple(ids[i:i + size]), generation=generation, **spec,  # type: ignore[arg-type]
+                ids=tuple(ids[i:i + size]), generation=generation, now=now, **spec,  # type: ignore[arg-type]
             )
             for i in range(0, len(ids), size)
         ]
         if workers == 1:
             return [d for job in jobs for d in issuance.run(job)]
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            return [d for batch in pool.map(issuance.run, jobs) for d in batch]
+        return _sign_in_pool(jobs, workers)
 
     def revoke(
         self,
@@ -329,4 +346,4 @@ class Pki:
 
     def _save(self) -> None:
         # No indent: indenting 10,000 devices costs more than the rest of saving them.
-        write_file(self.layout.inventory, json.dumps(self.inventory.to_json(), separators=(",", ":")).encode())
+        write_file(self.layout.inventory, self.inventory.dumps().encode())
