@@ -2,23 +2,35 @@
 
     .venv/bin/python benchmarks/bench_fidelity.py [--devices 200] [--rate 20] [--reps 3] [--brokers mosquitto,embedded]
 
-Against one broker at a time (Mosquitto, then the embedded one), each repetition runs, back to back:
+Against one broker at a time (Mosquitto, then the embedded one), each repetition runs:
   * openssl: ``openssl s_time -connect HOST:PORT -cert -key -CAfile -new -verify 4 -time T``: sequential full
-    TCP + TLS handshakes with a device certificate, no session reuse. s_time prints whole seconds of wall time
-    only, so the wall time of the s_time process is measured here; per connection = wall / connections. That
-    includes socket creation and close (and ~10 ms of process start over T s), which fleetsim's figure does not:
-    a slightly generous reference, i.e. an honest upper bound on what fleetsim adds.
-  * fleetsim: ``run_scenario`` (what ``fleetsim run`` does), N devices arriving linearly at R/s, the fleet pointed
-    at that broker as HOST:PORT; per connection attempt tcp_ms + tls_ms from attempts.parquet.
-  * python: the same handshakes with CPython's ssl module, blocking, paced at the same R/s, every device its
-    own context built beforehand: the same quantity fleetsim reports (one device's TCP + TLS latency at that
-    rate), without fleetsim's event loop. s_time's 1/rate is a closed-loop throughput instead: in TLS 1.3 the
-    client is done before the server has verified its certificate, so back-to-back connections also wait for
-    the server's work on the previous one. Both references are printed; judge the gap by both.
-Same TLS settings everywhere: TLS 1.3 (the default), ECDSA P-256 device keys, broker and CA from the same PKI,
-no session tickets. Compared: fleetsim median (and mean) of tcp+tls against s_time's mean per connection;
-medians over the repetitions are printed with their ratio. Target: fleetsim adds no more than 10%.
-Loopback only; bounded by --devices (max 1000), --rate (max 100/s), --reps (max 10).
+    TCP + TLS handshakes with one device certificate, no session reuse; per connection = wall / connections
+    (s_time prints whole seconds only). It includes SSL_new, close and ~10 ms of process start over T s.
+  * fleetsim: ``run_scenario`` (what ``fleetsim run`` does), N devices arriving linearly at R/s, the fleet
+    pointed at that broker as HOST:PORT; per connection attempt tcp_ms + tls_ms from attempts.parquet.
+  * python: the same handshakes with CPython's ssl module (a thin layer over the same libssl), blocking, three
+    ways: back to back with one context (s_time's conditions), back to back with a new context per device,
+    and paced at R/s with a new context per device (fleetsim's conditions).
+
+Why s_time's figure cannot be compared with fleetsim's as it is: s_time measures something else. It is a
+closed loop with one SSL_CTX: each connection starts when the previous one ends, so in TLS 1.3 (client done
+before the server has verified its certificate) it also waits for the broker's work on the previous
+connection, and its CPUs never go idle. fleetsim, like a real fleet, connects each device once, at R/s, each
+from its own context. Neither difference is fleetsim's doing, and their size depends on the broker (seen
+here: paced is faster than back to back on Mosquitto, slower on the Python embedded broker), so it is
+measured, not assumed, with the same blocking libssl client: back to back with one context it matches
+s_time (libssl is libssl); paced with a new context per device it differs by a factor. The like-with-like
+reference is s_time moved to fleetsim's conditions: s_time x (python paced / python back to back, one
+context). The target -- fleetsim adds no more than 10% -- is judged against that; the raw fleetsim/s_time
+ratio is printed too, labelled.
+The fleet runs on one worker: with several, every shard takes its share of the rate from the same t0, so
+"20/s linear" on 2 workers is 2 simultaneous handshakes every 100 ms, which is no longer a steady low rate.
+python paced is the same quantity as fleetsim's (socket + connect, then the handshake; SSL_new excluded, as
+fleetsim puts it in setup_ms), so fleetsim / python paced is the engine's own cost.
+Same TLS settings everywhere: TLS 1.3 (the default), ECDSA P-256 device keys, broker and CA from the same
+PKI. Medians over the repetitions. Other load on the machine moves every row: run it on a quiet machine.
+Exit status 1 when the target is not met. Loopback only; bounded by --devices (max 1000), --rate (max
+100/s), --reps (max 10).
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from fleetsim.runner import run_scenario
 SCENARIO = """
 name = "fidelity"
 seed = 3
+workers = 1  # one shard: arrivals evenly spaced (see the docstring)
 duration = {duration}
 connect_timeout = 10
 [broker]
@@ -92,67 +105,98 @@ def fleetsim_round(broker: BrokerHandle, pki: Pki, n: int, rate: float, tmp: Pat
             "versions": ",".join(sorted({a["tls_version"][i] for i in ok}))}
 
 
-def python_round(host: str, port: int, layout: Layout, devs: list[str], rate: float) -> dict[str, float]:
-    """CPython's ssl, blocking, one connection every 1/rate s like fleetsim's arrivals, each device with its own
-    context built before the clock starts (a context's first handshake costs ~0.2 ms more than later ones)."""
-    ctxs = []
+def _contexts(layout: Layout, devs: list[str]) -> list[ssl.SSLContext]:
+    out = []
     for dev in devs:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verification on
         ctx.load_verify_locations(cafile=str(layout.ca_chain))
         ctx.load_cert_chain(str(layout.device_cert(dev)), str(layout.device_key(dev)))
-        ctxs.append(ctx)
-    times = []
-    next_at = time.perf_counter()
+        out.append(ctx)
+    return out
+
+
+def python_round(host: str, port: int, ctxs: list[ssl.SSLContext], rate: float | None) -> dict[str, float]:
+    """CPython's ssl (libssl underneath, as in s_time), blocking, one connection per context in turn.
+
+    ``rate``: one connection every 1/rate s like fleetsim's arrivals; None: back to back like s_time. Per
+    connection, ``hs`` is timed exactly as fleetsim's tcp_ms + tls_ms (socket + connect, then the handshake;
+    not SSL_new), ``wall`` like s_time (everything, close included: wall / connections).
+    """
+    hs = []
+    next_at = t0 = time.perf_counter()
     for ctx in ctxs:
-        time.sleep(max(0.0, next_at - time.perf_counter()))
-        next_at += 1.0 / rate
+        if rate:
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += 1.0 / rate
         t = time.perf_counter()
-        raw = socket.create_connection((host, port), timeout=10)
+        raw = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with ctx.wrap_socket(raw, server_hostname="localhost"):
-            times.append((time.perf_counter() - t) * 1000.0)
-    return {"median": statistics.median(times), "mean": statistics.fmean(times), "n": len(times)}
+        raw.connect((host, port))
+        t_tcp = time.perf_counter() - t
+        with ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False) as tls:
+            t = time.perf_counter()
+            tls.do_handshake()
+            hs.append((t_tcp + time.perf_counter() - t) * 1000.0)
+    wall = (time.perf_counter() - t0) * 1000.0 / len(ctxs)
+    return {"median": statistics.median(hs), "mean": statistics.fmean(hs), "wall": wall, "n": len(hs)}
 
 
 def bench_broker(kind: str, pki: Pki, devs: list[str], args: argparse.Namespace, tmp: Path) -> dict[str, list[Any]]:
     dev = devs[0]
-    rounds: dict[str, list[Any]] = {"openssl": [], "fleetsim": [], "python": []}
+    rounds: dict[str, list[Any]] = {k: [] for k in ("openssl", "fleetsim", "b2b_shared", "b2b_own", "paced")}
     broker = start_broker(kind, pki.root, BrokerOptions(port=0))
+    host, port = broker.host, broker.port
     try:
-        openssl_round(broker.host, broker.port, pki.layout, dev, 1)  # warm-up: caches, page faults
+        openssl_round(host, port, pki.layout, dev, 1)  # warm-up: caches, page faults
         for r in range(args.reps):
-            o = openssl_round(broker.host, broker.port, pki.layout, dev, args.stime_seconds)
+            o = openssl_round(host, port, pki.layout, dev, args.stime_seconds)
+            shared = _contexts(pki.layout, [dev])
+            bs = python_round(host, port, shared * args.devices, None)  # s_time's conditions
             time.sleep(1.0)
             f = fleetsim_round(broker, pki, args.devices, args.rate, tmp)
             time.sleep(1.0)
-            p = python_round(broker.host, broker.port, pki.layout, devs, args.rate)
-            for k, v in (("openssl", o), ("fleetsim", f), ("python", p)):
+            bo = python_round(host, port, _contexts(pki.layout, devs), None)
+            time.sleep(1.0)
+            p = python_round(host, port, _contexts(pki.layout, devs), args.rate)  # fleetsim's conditions
+            for k, v in (("openssl", o), ("fleetsim", f), ("b2b_shared", bs), ("b2b_own", bo), ("paced", p)):
                 rounds[k].append(v)
-            print(f"{kind} rep {r + 1}: s_time {o['mean']:.3f} ms/conn ({o['n']} conns) | fleetsim tcp+tls "
-                  f"median {f['median']:.3f} mean {f['mean']:.3f} ms, tls median {f['tls_median']:.3f} ms "
-                  f"({f['n']} ok, {f['failed']} failed, {f['versions']}) | python median {p['median']:.3f} "
-                  f"mean {p['mean']:.3f} ms", flush=True)
+            print(f"{kind} rep {r + 1}: s_time {o['mean']:.3f} ms/conn ({o['n']} conns) | python back to back, "
+                  f"one context: {bs['wall']:.3f} ms/conn, handshake median {bs['median']:.3f} | own contexts "
+                  f"{bo['median']:.3f} | paced {p['median']:.3f} | fleetsim tcp+tls median {f['median']:.3f} "
+                  f"(tls {f['tls_median']:.3f}; {f['n']} ok, {f['failed']} failed, {f['versions']})", flush=True)
             time.sleep(1.0)
     finally:
         broker.stop()
     return rounds
 
 
-def summary(kind: str, rounds: dict[str, list[Any]]) -> None:
-    def med(src: str, key: str) -> float:
+def summary(kind: str, rounds: dict[str, list[Any]]) -> bool:
+    """Print the comparison; True when fleetsim is within 10% of s_time under the same conditions."""
+    def med(src: str, key: str = "median") -> float:
         return statistics.median(r[key] for r in rounds[src])
 
-    ref = med("openssl", "mean")
-    fm, fmean, pm, pmean = (med("fleetsim", "median"), med("fleetsim", "mean"), med("python", "median"),
-                            med("python", "mean"))
+    ref, fm = med("openssl", "mean"), med("fleetsim")
+    bs_wall, bs, bo, paced = med("b2b_shared", "wall"), med("b2b_shared"), med("b2b_own"), med("paced")
+    conditions = paced / bs
+    like = ref * conditions
     print(f"\n{kind}: medians over {len(rounds['openssl'])} repetitions, ms per connection (TCP + TLS 1.3 mTLS)")
-    print(f"  openssl s_time -new (mean per connection):  {ref:7.3f}")
-    print(f"  fleetsim tcp_ms+tls_ms median / mean:       {fm:7.3f} / {fmean:.3f}   (tls_ms alone: "
-          f"{med('fleetsim', 'tls_median'):.3f})")
-    print(f"  python ssl, blocking, paced, median / mean: {pm:7.3f} / {pmean:.3f}")
-    print(f"  ratio fleetsim/openssl s_time: median {fm / ref:.2f}, mean {fmean / ref:.2f}   (target <= 1.10)")
-    print(f"  ratio fleetsim/python paced (same quantity: one device's TCP+TLS latency at the same rate): "
-          f"median {fm / pm:.2f}, mean {fmean / pmean:.2f}")
+    print(f"  openssl s_time -new, back to back, one context (wall / conns):       {ref:7.3f}")
+    print(f"  python ssl, same conditions (wall / conns):                          {bs_wall:7.3f}   "
+          f"-> python/s_time {bs_wall / ref:.2f} (same libssl: ~1)")
+    print(f"  python ssl handshake median: back to back, one context               {bs:7.3f}")
+    print(f"                               back to back, a new context per device  {bo:7.3f}   "
+          f"(x{bo / bs:.2f}: first handshake of each context)")
+    print(f"                               paced at the rate, new context each     {paced:7.3f}   "
+          f"(x{paced / bo:.2f}: paced, not a closed loop)")
+    print(f"  fleetsim tcp_ms+tls_ms median (paced, a new context per device):     {fm:7.3f}   "
+          f"(mean {med('fleetsim', 'mean'):.3f}, tls_ms alone {med('fleetsim', 'tls_median'):.3f})")
+    print(f"  s_time under fleetsim's conditions = s_time x {conditions:.2f} (paced / one-context python): "
+          f"{like:.3f}")
+    ok = fm / like <= 1.10
+    print(f"  ratio fleetsim / s_time, like with like: {fm / like:.2f}  (target <= 1.10: {'met' if ok else 'NOT met'})")
+    print(f"  ratio fleetsim / python paced (the engine's own cost): {fm / paced:.2f}; raw fleetsim / s_time "
+          f"(different conditions, not the target): {fm / ref:.2f}")
+    return ok
 
 
 def main() -> int:
@@ -174,9 +218,8 @@ def main() -> int:
         pki = Pki.init(Path(tmp) / "pki")
         devs = [d.id for d in pki.issue(args.devices, prefix="ref")]
         results = {k: bench_broker(k, pki, devs, args, Path(tmp) / "results") for k in kinds}
-    for k, rounds in results.items():
-        summary(k, rounds)
-    return 0
+    met = [summary(k, rounds) for k, rounds in results.items()]
+    return 0 if all(met) else 1
 
 
 if __name__ == "__main__":
