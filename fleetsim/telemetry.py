@@ -19,8 +19,9 @@ a condition starts (edge-triggered, so a device in a long episode does not flood
 
 Physiology: each device draws its own baselines from a population, then every channel follows an AR(1)
 process around its baseline; rare episodes (tachycardia, desaturation, fever, hypo/hyperglycaemia,
-hypertension, occlusion) shift the mean for a while, which is what crosses the alarm thresholds. Noise is
-drawn in small blocks with numpy so a message costs microseconds, and a few hundred bytes per device.
+hypertension, occlusion) shift the mean for a while, which is what crosses the alarm thresholds. Each
+message's noise comes from a counter-based generator (Philox) keyed by (seed, device) and counted by the
+message's seq, built on demand: a message costs some tens of microseconds, a device well under 1 KB.
 
 Cadences keep total rates sane: 5,000 mixed devices publish a few hundred messages per second.
 """
@@ -31,11 +32,10 @@ import base64
 import json
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-_BLOCK = 32  # samples of noise drawn at once per device: amortises numpy's call cost, bounds memory
 INF = math.inf
 
 
@@ -207,7 +207,7 @@ def _ecg_template() -> np.ndarray:
 _ECG = _ecg_template()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pump:
     rate: float  # ml/h
     vtbi: float  # volume to be infused, ml
@@ -215,53 +215,82 @@ class _Pump:
     status: str = "running"
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """A model's per-channel constants as arrays, shared by every device of that model."""
+
+    sd: np.ndarray
+    phi: np.ndarray
+    innov: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    shifts: tuple[np.ndarray, ...]  # mean shift of each of the model's episodes
+
+
+def _params(model: DeviceModel) -> _Params:
+    chans = model.channels
+    names = [c.name for c in chans]
+    sd, phi = np.array([c.sd for c in chans]), np.array([c.phi for c in chans])
+    shifts = []
+    for ep in model.episodes:
+        shift = np.zeros(len(chans))
+        for name, amount in ep.shift.items():
+            shift[names.index(name)] = amount
+        shifts.append(shift)
+    return _Params(sd, phi, sd * np.sqrt(1 - phi**2), np.array([c.low for c in chans]),
+                   np.array([c.high for c in chans]), tuple(shifts))
+
+
+_PARAMS = {name: _params(m) for name, m in MODELS.items()}
+_NO_ALARM: frozenset[str] = frozenset()  # shared: a fresh empty frozenset per message would cost ~200 B/device
+_INIT_COUNTER = 1 << 192  # Philox counter of the draws that set a device up; messages use seq << 64
+
+
 class TelemetryStream:
-    """The messages of one device, reproducible from (seed, device_id)."""
+    """The messages of one device, reproducible from (seed, device_id).
 
-    model_name: str
-    device_id: str
-    seed: int
-    model: DeviceModel = field(init=False)
-    interval: float = field(init=False)
-    phase: float = field(init=False)  # seconds before the first publish, spreads devices over an interval
+    Small on purpose (a fleet holds one per connected device): no random generator is kept. Philox is a
+    counter-based generator, so message ``seq`` draws its noise from key (seed, device) at counter seq << 64,
+    built on demand (~10 us); what persists per device is its baselines, its AR(1) state and a few scalars.
+    """
 
-    def __post_init__(self) -> None:
-        if self.model_name not in MODELS:
-            raise ValueError(f"unknown device model {self.model_name!r} (choose one of: {', '.join(MODELS)})")
-        self.model = MODELS[self.model_name]
+    __slots__ = ("_active", "_base", "_ecg_phase", "_episode", "_episode_left", "_glucose_prev", "_key",
+                 "_last_t", "_pump", "_seq", "_x", "device_id", "interval", "model", "model_name", "phase", "seed")
+
+    def __init__(self, model_name: str, device_id: str, seed: int) -> None:
+        if model_name not in MODELS:
+            raise ValueError(f"unknown device model {model_name!r} (choose one of: {', '.join(MODELS)})")
+        self.model_name, self.device_id, self.seed = model_name, device_id, seed
+        self.model = MODELS[model_name]
         self.interval = self.model.interval
-        self._rng = np.random.default_rng([self.seed, zlib.crc32(self.device_id.encode())])
+        self._key = (seed % (1 << 64)) << 64 | zlib.crc32(device_id.encode())
+        rng = self._rng(_INIT_COUNTER)
         chans = self.model.channels
-        self._base = np.array([c.mean + c.spread * self._rng.standard_normal() for c in chans])
-        self._sd = np.array([c.sd for c in chans])
-        self._phi = np.array([c.phi for c in chans])
-        self._innov = self._sd * np.sqrt(1 - self._phi**2)
-        self._lo = np.array([c.low for c in chans])
-        self._hi = np.array([c.high for c in chans])
-        self._base = np.clip(self._base, self._lo, self._hi)
-        self._x = self._base + self._sd * self._rng.standard_normal(len(chans))
-        self._shift = np.zeros(len(chans))
+        p = _PARAMS[model_name]
+        base = np.array([c.mean + c.spread * rng.standard_normal() for c in chans])
+        self._base = np.clip(base, p.lo, p.hi)
+        self._x = self._base + p.sd * rng.standard_normal(len(chans))
+        self._episode = -1  # index of the running episode, -1 for none
         self._episode_left = 0
-        self._noise = np.empty((0, len(chans)))
-        self._coins = np.empty(0)
-        self._i = _BLOCK
         self._seq = 0
         self._last_t: float | None = None
-        self._active: frozenset[str] = frozenset()
-        self._prev: dict[str, float] = {}
-        self.phase = float(self._rng.uniform(0.0, self.interval))
-        self._pump = _Pump(
-            float(self._rng.choice(_PUMP_RATES)), float(self._rng.choice([100.0, 250.0, 500.0, 1000.0]))
-        )
-        self._ecg_phase = float(self._rng.random())
+        self._active: frozenset[str] = _NO_ALARM
+        self._glucose_prev: float | None = None
+        self.phase = float(rng.uniform(0.0, self.interval))  # s before the first publish: spreads devices
+        rate, vtbi = float(rng.choice(_PUMP_RATES)), float(rng.choice([100.0, 250.0, 500.0, 1000.0]))
+        self._pump = _Pump(rate, vtbi) if model_name == "infusion-pump" else None
+        self._ecg_phase = float(rng.random())
+
+    def _rng(self, counter: int) -> np.random.Generator:
+        return np.random.Generator(np.random.Philox(counter=counter, key=self._key))
 
     def next_message(self, t: float) -> Message:
         """The device's next publish at run time ``t`` (s): a telemetry sample, or an alarm if one starts now."""
         dt = 0.0 if self._last_t is None else max(t - self._last_t, 0.0)
         self._last_t = t
-        values = self._step()
-        extra = self._extras(values, dt)
+        rng = self._rng(self._seq << 64)
+        values = self._step(rng)
+        extra = self._extras(values, dt, rng)
         codes = self._alarms(values)
         new = codes - self._active
         self._active = codes
@@ -278,34 +307,27 @@ class TelemetryStream:
         self._seq += 1
         return msg
 
-    def _step(self) -> dict[str, float]:
+    def _step(self, rng: np.random.Generator) -> dict[str, float]:
         """Advance every channel one AR(1) step around its (episode-shifted) baseline."""
-        if self._i >= _BLOCK:
-            self._noise = self._rng.standard_normal((_BLOCK, len(self._base)))
-            self._coins = self._rng.random(_BLOCK)
-            self._i = 0
-        eps, coin = self._noise[self._i], float(self._coins[self._i])
-        self._i += 1
-        self._episode(coin)
-        mu = self._base + self._shift
-        self._x = np.clip(mu + self._phi * (self._x - mu) + self._innov * eps, self._lo, self._hi)
+        p = _PARAMS[self.model_name]
+        eps = rng.standard_normal(len(self._base))
+        self._advance_episode(float(rng.random()))
+        mu = self._base + p.shifts[self._episode] if self._episode >= 0 else self._base
+        self._x = np.clip(mu + p.phi * (self._x - mu) + p.innov * eps, p.lo, p.hi)
         out: dict[str, float] = {}
         for c, v in zip(self.model.channels, self._x.tolist(), strict=True):
             out[c.name] = round(v, c.decimals) if c.decimals else round(v)
         return out
 
-    def _episode(self, coin: float) -> None:
+    def _advance_episode(self, coin: float) -> None:
         if self._episode_left > 0:
             self._episode_left -= 1
             if self._episode_left == 0:
-                self._shift[:] = 0.0
+                self._episode = -1
             return
-        for ep in self.model.episodes:
+        for i, ep in enumerate(self.model.episodes):
             if coin < ep.onset:
-                names = [c.name for c in self.model.channels]
-                for name, amount in ep.shift.items():
-                    self._shift[names.index(name)] = amount
-                self._episode_left = ep.length
+                self._episode, self._episode_left = i, ep.length
                 return
             coin -= ep.onset
 
@@ -321,11 +343,11 @@ class TelemetryStream:
             if "pressure-high" in codes:
                 codes.discard("pressure-high")
                 codes.add("occlusion")
-            if self._pump.status == "complete":
+            if self._pump is not None and self._pump.status == "complete":
                 codes.add("infusion-complete")
-        return frozenset(codes)
+        return frozenset(codes) if codes else _NO_ALARM
 
-    def _extras(self, values: dict[str, float], dt: float) -> dict[str, object]:
+    def _extras(self, values: dict[str, float], dt: float, rng: np.random.Generator) -> dict[str, object]:
         """Model-specific fields beyond the AR(1) channels."""
         name = self.model_name
         if name == "glucose-monitor":
@@ -336,12 +358,12 @@ class TelemetryStream:
         if name == "infusion-pump":
             return self._pump_fields(values, dt)
         if name == "ecg-patch":
-            return self._ecg_fields(float(values["hr"]))
+            return self._ecg_fields(float(values["hr"]), rng)
         return {}
 
     def _trend(self, glucose: float, dt: float) -> dict[str, object]:
-        prev = self._prev.get("glucose", glucose)
-        self._prev["glucose"] = glucose
+        prev = glucose if self._glucose_prev is None else self._glucose_prev
+        self._glucose_prev = glucose
         rate = (glucose - prev) / (dt / 60.0) if dt > 0 else 0.0
         arrow = ("falling-fast" if rate < -2 else "falling" if rate < -1 else "flat" if rate <= 1
                  else "rising" if rate <= 2 else "rising-fast")  # fmt: skip
@@ -349,6 +371,7 @@ class TelemetryStream:
 
     def _pump_fields(self, values: dict[str, float], dt: float) -> dict[str, object]:
         pump = self._pump
+        assert pump is not None
         occluded = values["pressure"] > MODELS["infusion-pump"].channels[0].alarm_high
         if pump.status != "complete":
             if not occluded:
@@ -362,11 +385,11 @@ class TelemetryStream:
             "unit": {**self.model.unit, "rate": "ml/h", "infused": "ml", "vtbi": "ml"},
         }
 
-    def _ecg_fields(self, hr: float) -> dict[str, object]:
+    def _ecg_fields(self, hr: float, rng: np.random.Generator) -> dict[str, object]:
         beats = self._ecg_phase + np.arange(ECG_HZ) * (hr / 60.0 / ECG_HZ)
         self._ecg_phase = float((self._ecg_phase + hr / 60.0) % 1.0)
         idx = ((beats % 1.0) * len(_ECG)).astype(np.intp)
-        uv = _ECG[idx] + 20.0 * self._rng.standard_normal(ECG_HZ)
+        uv = _ECG[idx] + 20.0 * rng.standard_normal(ECG_HZ)
         raw = np.clip(uv, -32768, 32767).astype("<i2").tobytes()
         return {
             "ecg": {

@@ -163,3 +163,35 @@ def test_stop_event_ends_the_shard_early(pki: Pki, broker: Any) -> None:
     assert time.monotonic() - t < 6
     assert Counter(r["outcome"] for r in rows(result)) == {"connected": 10}
     assert result.messages["lost"] == 0
+
+
+def test_one_publish_timer_fires_each_device_in_time_order_and_honours_cancels() -> None:
+    """Pure scheduling logic: the shard's single publish timer (no broker)."""
+    import asyncio
+
+    from fleetsim.engine.shard import _Device, _Publishes
+
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        fired: list[tuple[str, float]] = []
+        devs = {n: _Device(DeviceSpec(id=n, model="thermometer")) for n in "abcd"}
+        t0 = loop.time()
+
+        def fire(dev: _Device) -> None:
+            fired.append((dev.spec.id, loop.time() - t0))
+            if dev.spec.id == "a" and len(fired) < 3:
+                pubs.at(loop.time() + 0.15, dev)  # rescheduled from inside the timer: others keep their times
+
+        pubs = _Publishes(loop, fire)
+        pubs.at(t0 + 0.10, devs["a"])
+        pubs.at(t0 + 0.20, devs["b"])
+        pubs.at(t0 + 0.05, devs["c"])
+        pubs.at(t0 + 0.12, devs["d"])
+        devs["d"].pub_due = None  # cancelled
+        await asyncio.sleep(0.5)
+        return fired
+
+    fired = asyncio.run(main())
+    assert [n for n, _ in fired] == ["c", "a", "b", "a"]
+    for (_, at), want in zip(fired, (0.05, 0.10, 0.20, 0.25), strict=True):
+        assert want - 0.002 <= at < want + 0.04

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import socket
 
 import paho.mqtt.client as mqtt
@@ -125,5 +126,24 @@ def test_recv_error_kept_for_classification() -> None:
         with pytest.raises(ConnectionResetError):
             await task
         peer.close()
+
+    asyncio.run(main())
+
+
+def test_slimmed_structures_match_what_paho_does_with_them() -> None:
+    """The client swaps paho's deque and OrderedDicts for a list-based FIFO and dicts: only these ops may be used."""
+    fresh = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    assert type(fresh._out_packet).__name__ == "deque"
+    assert type(fresh._out_messages).__name__ == type(fresh._in_messages).__name__ == "OrderedDict"
+    source = inspect.getsource(mqtt.Client)
+    assert set(re.findall(r"_out_packet\.(\w+)", source)) <= {"append", "appendleft", "popleft", "clear"}
+    for table in ("_out_messages", "_in_messages"):
+        assert set(re.findall(table + r"\.(\w+)", source)) <= {"values", "pop", "clear", "get", "items", "keys"}
+        assert "move_to_end" not in source and "popitem" not in source
+
+    async def main() -> None:
+        client = MqttConnection("dev-1", host="127.0.0.1", port=1).client
+        assert len(vars(client)) < 30  # immutable paho defaults are read from the class
+        assert client._keepalive == 60 and client._client_id == b"dev-1" and client._out_packet.popleft
 
     asyncio.run(main())

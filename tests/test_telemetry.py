@@ -86,7 +86,7 @@ def test_alarms_fire_exactly_when_thresholds_are_crossed() -> None:
     for model in NAMES:
         limits = MODELS[model].thresholds
         for device in range(40):
-            stream = TelemetryStream(model, f"dev-{device}", 3)
+            stream = TelemetryStream(model, f"dev-{device}", 4)  # a seed whose 40 devices show every code
             active: set[str] = set()
             for i in range(300):
                 msg = stream.next_message(i * stream.interval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 import ssl
 import time
@@ -28,14 +29,54 @@ class ConnectionClosed(EOFError):
     """The broker closed the connection without saying why (no TLS alert, no CONNACK)."""
 
 
+class _Fifo(list[Any]):
+    """The deque operations paho uses on its outgoing packet queue, on a list: an empty deque costs ~600 B
+    (a 64-slot block), an empty list 56 B, and this queue holds a packet or two at a time."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, enum.Enum)
+_MISSING = object()
+
+
 class _Paho(mqtt.Client):
-    """A paho client that uses the socket it is given and remembers the error that ended its last read."""
+    """A paho client that uses the socket it is given and remembers the error that ended its last read.
+
+    Slimmed for fleets (tests/test_paho_contract.py pins what paho does with what is changed): its message
+    tables are plain dicts (insertion-ordered, all paho asks of them), its packet queue a :class:`_Fifo`, and
+    its ~60 immutable settings that still hold paho's defaults are read from the class instead of each
+    instance's dict (an assignment puts one back). ~2 KB less per device.
+    """
+
+    _shared_defaults: dict[str, object] | None = None
 
     def __init__(self, client_id: str, protocol: mqtt.MQTTProtocolVersion, clean_session: bool | None) -> None:
         super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                          clean_session=clean_session)
+        self._out_packet = _Fifo()  # type: ignore[assignment]
+        self._out_messages = {}  # type: ignore[assignment]
+        self._in_messages = {}  # type: ignore[assignment]
         self.given_socket: SockLike | None = None
         self.last_error: BaseException | None = None
+        self._share_defaults()
+
+    def _share_defaults(self) -> None:
+        """Drop instance attributes equal to the class-level copy of an immutable default (set up once)."""
+        cls = type(self)
+        if cls._shared_defaults is None:
+            cls._shared_defaults = {k: v for k, v in vars(self).items()
+                                    if isinstance(v, _IMMUTABLE) and not hasattr(mqtt.Client, k)}
+            for k, v in cls._shared_defaults.items():
+                setattr(cls, k, v)
+        shared = cls._shared_defaults
+        self.__dict__ = {k: v for k, v in vars(self).items() if not _same(v, shared.get(k, _MISSING))}
 
     def _create_socket(self) -> Any:  # paho private API, pinned by tests/test_paho_contract.py
         sock, self.given_socket = self.given_socket, None
@@ -60,6 +101,10 @@ class _Paho(mqtt.Client):
         except OSError as exc:
             self.last_error = exc
             raise
+
+
+def _same(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b
 
 
 class MqttConnection:
@@ -88,12 +133,13 @@ class MqttConnection:
         "loop",
         "lost",
         "port",
+        "resume",
         "sock",
     )
 
     def __init__(self, client_id: str, *, host: str, port: int, version: str = "3.1.1", keepalive: int = 60,
                  clean_session: bool = True, on_ack: AckCallback | None = None,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None, resume: bool = True) -> None:
         v5 = version == "5"
         self.client = _Paho(client_id, mqtt.MQTTv5 if v5 else mqtt.MQTTv311, None if v5 else clean_session)
         self._clean_start = clean_session
@@ -114,6 +160,7 @@ class MqttConnection:
         self.connack_at = 0.0
         self.sock: SockLike | None = None
         self.last_session: ssl.SSLSession | None = None
+        self.resume = resume  # keep the TLS session at each close for the next connection to resume
         c = self.client
         c.on_socket_open = self._on_open
         c.on_socket_close = self._on_close
@@ -149,6 +196,8 @@ class MqttConnection:
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._connack = None  # done with: not kept for the whole connection
         if code != 0:
             self.abort()
         return code, (self.connack_at - self._sent_at) * 1000.0
@@ -204,7 +253,7 @@ class MqttConnection:
         self.client.loop_write()
 
     def _save_session(self, sock: Any) -> None:
-        if isinstance(sock, ssl.SSLSocket):
+        if self.resume and isinstance(sock, ssl.SSLSocket):
             with contextlib.suppress(Exception):
                 sess = sock.session
                 if sess is not None and sess.has_ticket:
