@@ -195,14 +195,3 @@ def test_one_publish_timer_fires_each_device_in_time_order_and_honours_cancels()
     assert [n for n, _ in fired] == ["c", "a", "b", "a"]
     for (_, at), want in zip(fired, (0.05, 0.10, 0.20, 0.25), strict=True):
         assert want - 0.002 <= at < want + 0.04
-
-
-def test_heap_is_trimmed_once_after_each_burst_of_attempts() -> None:
-    from fleetsim.engine.shard import _HeapSettler
-
-    settler = _HeapSettler()
-    calls: list[int] = []
-    settler.trim = calls.append  # type: ignore[assignment]
-    for attempts in [0, 150, 400, 400, 400, 400, 400, 420, 420, 420, 420, 700, 700, 700]:
-        settler.tick(attempts)
-    assert len(calls) == 2  # after the first burst, not after the small one, and after the third

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import heapq
 import math
@@ -176,37 +174,6 @@ def _timeout_named(exc: Exception, timeout: float) -> Exception:
     if isinstance(exc, TimeoutError) and not str(exc):
         return TimeoutError(f"no answer within {timeout:g} s")
     return exc
-
-
-class _HeapSettler:
-    """After a burst of connection attempts, hand the heap it freed (handshake buffers, contexts of failed
-    attempts) back to the OS: glibc keeps freed memory otherwise, and RSS per connected device would count it."""
-
-    QUIET_S = 2  # seconds without a new attempt that end a burst
-    BURST = 100  # attempts that make one worth trimming after
-
-    def __init__(self) -> None:
-        self.seen = self.trimmed_at = 0
-        self.quiet = 0
-        self.trim = _malloc_trim()
-
-    def tick(self, attempts: int) -> None:
-        """Called once a second with the shard's attempt count so far."""
-        self.quiet = self.quiet + 1 if attempts == self.seen else 0
-        self.seen = attempts
-        if self.trim is not None and self.quiet == self.QUIET_S and attempts - self.trimmed_at >= self.BURST:
-            self.trimmed_at = attempts
-            self.trim(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None on another C library."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[assignment]
-    except (OSError, AttributeError):
-        return None
-    return trim
 
 
 class _Shard:
@@ -491,7 +458,6 @@ class _Shard:
 
     async def _ticker(self) -> None:
         last_misc = last_progress = 0.0
-        settled = _HeapSettler()
         while True:
             await asyncio.sleep(0.1)
             now = self.loop.time()
@@ -503,7 +469,6 @@ class _Shard:
                 for dev in self.devices:
                     if dev.conn is not None:
                         dev.conn.tick()
-                settled.tick(len(self.cols["device_id"]))
             if self.progress is not None and now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 self.progress(self.snapshot())
