@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import multiprocessing as mp
 import os
 import socket
 import ssl
@@ -39,6 +38,7 @@ from typing import Any
 
 import psutil
 import pyarrow.parquet as pq
+from _common import in_child
 from rich.console import Console
 
 from fleetsim import scenario as sc
@@ -106,17 +106,6 @@ def _floor_round(host: str, port: int, layout: Layout, ids: list[str], broker_pi
     n = len(ids)
     return {"ctx": (rss_ctx - rss0) / n, "sock": (rss_sock - rss_ctx) / n, "floor": (rss_sock - rss0) / n,
             "broker": (broker1 - broker0) / n}
-
-
-def in_child(fn: Any, *args: Any) -> dict[str, float]:
-    """Run ``fn`` in a fresh forked process, so its RSS growth is its own."""
-    ctx = mp.get_context("fork")
-    q = ctx.SimpleQueue()
-    p = ctx.Process(target=lambda: q.put(fn(*args)))
-    p.start()
-    out: dict[str, float] = q.get()
-    p.join()
-    return out
 
 
 # ---------------------------------------------------------------- fleet: memory sampler

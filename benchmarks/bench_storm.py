@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import in_child
 
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
@@ -122,17 +122,6 @@ def bare_round(pki: Pki, broker: Any, ids: list[str], idents: dict[str, Identity
     factory = ContextFactory(pki.layout.ca_chain.read_bytes())
     ctxs = [factory.build(idents[i]) for i in ids]
     return asyncio.run(_bare(broker.host, broker.port, ctxs))
-
-
-def in_child(fn: Any, *args: Any) -> dict[str, float]:
-    """Run one round in a fresh process: its RSS says what that round alone costs."""
-    ctx = mp.get_context("fork")  # fork: the arguments (a live broker handle) are not pickled
-    q = ctx.SimpleQueue()
-    p = ctx.Process(target=lambda: q.put(fn(*args)))
-    p.start()
-    out: dict[str, float] = q.get()
-    p.join()
-    return out
 
 
 def main() -> None:
