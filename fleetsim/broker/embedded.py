@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 import time
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -157,31 +158,25 @@ class EmbeddedBroker:
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         opts = self.options
-        try:
-            server = await loop.create_server(self._new_connection, opts.host, opts.port,
-                                              reuse_address=True, backlog=BACKLOG)
-        except OSError as exc:
-            raise _listen_error(opts.host, opts.port, exc) from None
-        self._servers.append(server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = await self._listen_on(opts.host, opts.port, loop.create_server(
+            self._new_connection, opts.host, opts.port, reuse_address=True, backlog=BACKLOG))
         if opts.plain_port is not None:
-            try:
-                plain = await asyncio.start_server(self._plain_connected, opts.host, opts.plain_port,
-                                                   reuse_address=True, backlog=BACKLOG)
-            except OSError as exc:
-                raise _listen_error(opts.host, opts.plain_port, exc) from None
-            self._servers.append(plain)
-            self.plain_port = plain.sockets[0].getsockname()[1]
+            self.plain_port = await self._listen_on(opts.host, opts.plain_port, asyncio.start_server(
+                self._plain_connected, opts.host, opts.plain_port, reuse_address=True, backlog=BACKLOG))
         if self._want_stats_port is not None:
-            try:
-                stats = await start_json_server("127.0.0.1", self._want_stats_port, {
-                    ("GET", "/stats"): self.stats,
-                    ("POST", "/reload-crl"): self._reload_and_stats,
-                })
-            except OSError as exc:
-                raise _listen_error("127.0.0.1", self._want_stats_port, exc) from None
-            self._servers.append(stats)
-            self.stats_port = stats.sockets[0].getsockname()[1]
+            self.stats_port = await self._listen_on("127.0.0.1", self._want_stats_port, start_json_server(
+                "127.0.0.1", self._want_stats_port,
+                {("GET", "/stats"): self.stats, ("POST", "/reload-crl"): self._reload_and_stats}))
+
+    async def _listen_on(self, host: str, port: int, starting: Awaitable[asyncio.Server]) -> int:
+        """Await a listener, keep it for stop(), return its port; a busy port is one clear line."""
+        try:
+            server = await starting
+        except OSError as exc:
+            raise _listen_error(host, port, exc) from None
+        self._servers.append(server)
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
 
     async def stop(self) -> None:
         """Stop listening, end every session, shut amqtt down. Safe to call twice."""
