@@ -13,7 +13,7 @@ import pytest
 
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.engine import DeviceSpec, Identity, ShardResult, ShardSpec, run_shard
+from fleetsim.engine import DeviceSpec, Identity, PkiIdentities, ShardResult, ShardSpec, run_shard
 from fleetsim.pki import Fault, Pki
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
@@ -145,7 +145,7 @@ def test_reenrolled_identity_used_on_next_attempt(pki: Pki, broker: Any) -> None
     timer = threading.Timer(0.9, pki.reenroll, args=(ids,))
     timer.start()
     try:
-        result = run_shard(scenario(2.5), shard(pki, broker, ids, pki_dir=pki.root), {})
+        result = run_shard(scenario(2.5), shard(pki, broker, ids), PkiIdentities(pki.root))
     finally:
         timer.join()
     outcomes = [r["failure"] or "connected" for r in rows(result)]

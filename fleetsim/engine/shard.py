@@ -34,8 +34,7 @@ from fleetsim.engine.identity import (
     ContextFactory,
     Identity,
     IdentitySource,
-    MemoryIdentities,
-    PkiIdentities,
+    as_source,
 )
 from fleetsim.engine.outcome import Failure, Phase, classify, classify_connack, describe
 from fleetsim.telemetry import TelemetryStream, topic
@@ -72,7 +71,7 @@ class ShardSpec:
     server_hostname: str = "localhost"
     ca_pem: bytes = b""
     t0: float = 0.0  # wall clock (time.time()) of the run's start, shared by all shards
-    pki_dir: Path | None = None  # set: identities are read from here on every attempt (re-enrolment shows)
+    pki_dir: Path | None = None  # where a local worker reads identities each attempt (see runner._worker)
     password: str | None = None  # auth = "password": every device's password (user name = device id)
     source_address: str | None = None  # optional local address (other 127.x.y.z give more source ports)
 
@@ -527,14 +526,6 @@ def _settle(fut: asyncio.Future[str], why: str) -> None:
         fut.set_result(why)
 
 
-def _source(identities: Mapping[str, Identity] | IdentitySource, shard: ShardSpec) -> IdentitySource:
-    if not isinstance(identities, Mapping):
-        return identities
-    if shard.pki_dir is not None:
-        return PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})
-    return MemoryIdentities(identities)
-
-
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop  # optional: faster loop, same behaviour
@@ -552,7 +543,7 @@ def run_shard(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, 
     any other: connected devices disconnect, acknowledgements drain for up to DRAIN_S, and what was measured
     is returned.
     """
-    state = _Shard(scenario, shard, _source(identities, shard), progress, stop)
+    state = _Shard(scenario, shard, as_source(identities), progress, stop)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
