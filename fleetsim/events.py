@@ -72,8 +72,8 @@ class EventRunner:
         ids = sorted(self.fleet)
         if event.lot is not None:
             return [i for i in ids if self.fleet[i] == event.lot]
-        fraction = event.fraction if event.fraction is not None else 0.1
-        return self.rng.sample(ids, round(len(ids) * fraction))
+        assert event.fraction is not None  # the scenario allows a revoke with exactly one of lot or fraction
+        return self.rng.sample(ids, round(len(ids) * event.fraction))
 
     def _revoke(self, event: Event) -> dict[str, Any]:
         targets = self._targets(event)
@@ -89,7 +89,7 @@ class EventRunner:
                 "crl_number": self.pki.inventory.crl_number}
 
     def _reenroll(self, event: Event) -> dict[str, Any]:
-        targets = self.last_revoked or self._targets(event)
+        targets = self.last_revoked  # the scenario puts a revoke before every reenroll
         if not targets:
             return {"devices": 0}
         t = time.perf_counter()
