@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetsim.pki import Device, Fault, Pki
-from fleetsim.scenario import Scenario, assign_faults
+from fleetsim.scenario import FAULTS, Scenario, assign_faults
 
 REVOKED = "revoked"
-FAULT_KEYS = {f.value.replace("-", "_"): f.value for f in Fault} | {REVOKED: REVOKED}
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def plan(scenario: Scenario) -> list[Slot]:
     for name, members in assign_faults(scenario, by_group).items():
         for n in members:
             s = slots[int(n)]
-            slots[int(n)] = Slot(s.group, s.model, s.site, s.lot, s.key_type, FAULT_KEYS[name])
+            slots[int(n)] = Slot(s.group, s.model, s.site, s.lot, s.key_type, FAULTS[name] or REVOKED)
     return slots
 
 
