@@ -14,7 +14,6 @@ import heapq
 import math
 import random
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -187,7 +186,6 @@ class _Shard:
         self.auth = scenario.broker.auth
         self.ctxs = ContextFactory(shard.ca_pem, scenario.broker.tls_version,
                                    shared=len(shard.devices) > PER_DEVICE_CONTEXTS_UP_TO)
-        self.shared_ctx: ssl.SSLContext | None = None
         self.devices = [_Device(d) for d in shard.devices]
         self.cols: dict[str, list[Any]] = {c: [] for c in ATTEMPT_COLUMNS}
         self.series: dict[str, list[Any]] = {c: [] for c in SERIES_COLUMNS}
@@ -258,10 +256,8 @@ class _Shard:
         if self.auth == "none":
             return sock
         if self.auth != "mtls":  # server-only TLS: one context for all, no client certificate
-            if self.shared_ctx is None:
-                self.shared_ctx = self.ctxs.build(Identity(b"", b""), client_cert=False)
-            return self.shared_ctx.wrap_socket(sock, do_handshake_on_connect=False,
-                                               server_hostname=self.spec.server_hostname)
+            return self.ctxs.anonymous().wrap_socket(sock, do_handshake_on_connect=False,
+                                                     server_hostname=self.spec.server_hostname)
         ident = self.ids.get(dev.spec.id)
         session = None
         conn = dev.conn
@@ -310,8 +306,10 @@ class _Shard:
                 if link is not sock:
                     await tls_handshake(link)
                     clock.lap("tls_ms")
+                    self.ctxs.handshaken(link)
                     row.update(tls_version=_intern(link.version()), cipher=_intern((link.cipher() or ("",))[0]),
                                resumed=link.session_reused)
+                    clock.lap("setup_ms")  # the simulator's bookkeeping, not the broker's time
                 clock.phase = Phase.MQTT
                 code, _ = await conn.connect(link, timeout=self.sc.connect_timeout)
         except Exception as exc:  # asyncio.timeout turns its cancellation into TimeoutError
