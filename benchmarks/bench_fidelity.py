@@ -13,8 +13,8 @@ Against one broker at a time (Mosquitto, then the embedded one), each repetition
     other at R/s with a new context each, timed exactly as fleetsim's tcp_ms + tls_ms: fleetsim / python is
     what the engine itself adds (its event loop, its bookkeeping).
 
-Placement: the broker runs on its own core and every client, one at a time, on the others (``--no-pin`` to
-let the scheduler choose). Measured here on 2 cores: loopback TCP wakes the broker with a "sync" wakeup, so the
+Placement (fleetsim.placement, as ``[broker] isolate = true`` does in a run): the broker runs on its own core
+and every client, one at a time, on the others (``--no-pin`` to let the scheduler choose). Measured here on 2 cores: loopback TCP wakes the broker with a "sync" wakeup, so the
 kernel often moves it onto the device's core, where it runs its ~1 ms of handshake work in the middle of the
 device's last write. fleetsim's tcp+tls median was then 3.09 ms with device and broker on one core against
 2.04 ms on two, for the same 1.2 ms of CPU per handshake in the device: the difference is time the device spent
@@ -31,9 +31,7 @@ per connection. Exit status 1 when missed. Loopback only; bounded by --devices (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import re
 import socket
 import ssl
@@ -42,14 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from fleetsim import placement
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
@@ -136,68 +133,34 @@ def python_round(host: str, port: int, ctxs: list[ssl.SSLContext], rate: float) 
     return {"median": statistics.median(hs), "n": len(hs)}
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which cores the broker and the clients run on (None: wherever the scheduler puts them)."""
-
-    broker: set[int] | None = None
-    clients: set[int] | None = None
-
-    @classmethod
-    def apart(cls, pin: bool) -> Placement:
-        cpus = sorted(os.sched_getaffinity(0))
-        if not pin or len(cpus) < 2:
-            return cls()
-        return cls({cpus[-1]}, set(cpus[:-1]))
-
-    def describe(self) -> str:
-        if self.broker is None:
-            return "unpinned: the scheduler places broker and clients"
-        return f"broker on core {sorted(self.broker)}, clients on core(s) {sorted(self.clients or ())}"
-
-    @contextlib.contextmanager
-    def broker_start(self) -> Iterator[None]:
-        """Start the broker inside this block: its process inherits the broker's cores, this one the clients'."""
-        if self.broker is None:
-            yield
-            return
-        everything = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, self.broker)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, self.clients or everything)
-
-
 def bench_broker(kind: str, pki: Pki, devs: list[str], args: argparse.Namespace, tmp: Path,
-                 placement: Placement) -> dict[str, list[Any]]:
+                 cores: placement.Placement) -> dict[str, list[Any]]:
     dev = devs[0]
     rounds: dict[str, list[Any]] = {k: [] for k in ("openssl", "fleetsim", "python")}
-    everything = os.sched_getaffinity(0)
-    with placement.broker_start():
+    with placement.on_cores(cores.broker):
         broker = start_broker(kind, pki.root, BrokerOptions(port=0))
     host, port = broker.host, broker.port
     try:
-        openssl_round(host, port, pki.layout, dev, 1)  # warm-up: caches, page faults
-        for r in range(args.reps):
-            o = openssl_round(host, port, pki.layout, dev, args.stime_seconds)
-            time.sleep(1.0)
-            f = fleetsim_round(broker, pki, args.devices, args.rate, tmp)
-            time.sleep(1.0)
-            p = python_round(host, port, _contexts(pki.layout, devs), args.rate)
-            for k, v in (("openssl", o), ("fleetsim", f), ("python", p)):
-                rounds[k].append(v)
-            print(f"{kind} rep {r + 1}: s_time {o['mean']:.3f} ms/conn ({o['n']} conns) | fleetsim tcp+tls median "
-                  f"{f['median']:.3f} (tls {f['tls_median']:.3f}; {f['n']} ok, {f['failed']} failed, "
-                  f"{f['versions']}) | python paced {p['median']:.3f}", flush=True)
-            time.sleep(1.0)
+        with placement.on_cores(cores.workers):  # s_time, fleetsim's runner and worker, the python client
+            openssl_round(host, port, pki.layout, dev, 1)  # warm-up: caches, page faults
+            for r in range(args.reps):
+                o = openssl_round(host, port, pki.layout, dev, args.stime_seconds)
+                time.sleep(1.0)
+                f = fleetsim_round(broker, pki, args.devices, args.rate, tmp)
+                time.sleep(1.0)
+                p = python_round(host, port, _contexts(pki.layout, devs), args.rate)
+                for k, v in (("openssl", o), ("fleetsim", f), ("python", p)):
+                    rounds[k].append(v)
+                print(f"{kind} rep {r + 1}: s_time {o['mean']:.3f} ms/conn ({o['n']} conns) | fleetsim tcp+tls "
+                      f"median {f['median']:.3f} (tls {f['tls_median']:.3f}; {f['n']} ok, {f['failed']} failed, "
+                      f"{f['versions']}) | python paced {p['median']:.3f}", flush=True)
+                time.sleep(1.0)
     finally:
         broker.stop()
-        os.sched_setaffinity(0, everything)
     return rounds
 
 
-def summary(kind: str, rounds: dict[str, list[Any]], placement: Placement) -> bool:
+def summary(kind: str, rounds: dict[str, list[Any]], cores: placement.Placement) -> bool:
     """Print the comparison; True when fleetsim is within 10% of s_time."""
     def med(src: str, key: str = "median") -> float:
         return statistics.median(r[key] for r in rounds[src])
@@ -205,7 +168,7 @@ def summary(kind: str, rounds: dict[str, list[Any]], placement: Placement) -> bo
     ref, fm, py = med("openssl", "mean"), med("fleetsim"), med("python")
     ok = fm / ref <= 1.10
     print(f"\n{kind}: medians over {len(rounds['openssl'])} repetitions, ms per connection (TCP + TLS 1.3 mTLS); "
-          f"{placement.describe()}")
+          f"{cores.describe()} (every client on the workers' cores)")
     print(f"  openssl s_time -new (wall / connections):                 {ref:7.3f}")
     print(f"  fleetsim tcp_ms + tls_ms median:                          {fm:7.3f}   (mean "
           f"{med('fleetsim', 'mean'):.3f}, tls_ms alone {med('fleetsim', 'tls_median'):.3f})")
@@ -232,13 +195,14 @@ def main() -> int:
     kinds = [k.strip() for k in args.brokers.split(",") if k.strip()]
     if unknown := set(kinds) - {"mosquitto", "embedded"}:
         ap.error(f"unknown broker(s) {', '.join(sorted(unknown))}: use mosquitto and/or embedded")
-    placement = Placement.apart(args.pin)
-    print(f"placement: {placement.describe()}", flush=True)
+    pin = args.pin and len(placement.usable_cores()) >= 2
+    cores = placement.split(placement.usable_cores()) if pin else placement.Placement()
+    print(f"placement: {cores.describe()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="fleetsim-fidelity-") as tmp:
         pki = Pki.init(Path(tmp) / "pki")
         devs = [d.id for d in pki.issue(args.devices, prefix="ref")]
-        results = {k: bench_broker(k, pki, devs, args, Path(tmp) / "results", placement) for k in kinds}
-    met = [summary(k, rounds, placement) for k, rounds in results.items()]
+        results = {k: bench_broker(k, pki, devs, args, Path(tmp) / "results", cores) for k in kinds}
+    met = [summary(k, rounds, cores) for k, rounds in results.items()]
     return 0 if all(met) else 1
 
 

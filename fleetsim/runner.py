@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from fleetsim import progress, provision, results, stats
+from fleetsim import placement, progress, provision, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
@@ -96,8 +96,10 @@ def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) ->
     return Auth(dataclasses.replace(options, password_file=path), password)
 
 
-def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any) -> None:
+def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any,
+            cores: frozenset[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
+    placement.pin(cores)  # before any thread starts (the progress queue's feeder), so all of them stay there
     _name_process(f"fsim-shard-{shard.index}")
     assert shard.pki_dir is not None
     ids = PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})  # fresh per attempt
@@ -112,11 +114,11 @@ def _name_process(name: str) -> None:
 
 
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, console: Console,
-              fleet: Mapping[str, str]) -> Outcome:
+              fleet: Mapping[str, str], worker_cores: frozenset[int] = frozenset()) -> Outcome:
     """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
     ctx = mp.get_context("fork")
     progress_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(scenario, s, progress_q, result_q, stop),
+    procs = [ctx.Process(target=_worker, args=(scenario, s, progress_q, result_q, stop, worker_cores),
                          name=f"fleetsim-shard-{s.index}", daemon=True) for s in shards]
     for p in procs:
         p.start()
@@ -178,26 +180,29 @@ def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, A
 
 def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
     """The whole job of `fleetsim run`; returns the results directory and the summary."""
-    workers = max(1, min(scenario.workers or os.cpu_count() or 1, scenario.devices))
+    cores = placement.split(placement.usable_cores()) if scenario.broker.isolate else placement.Placement()
+    workers = max(1, min(scenario.workers or len(cores.workers) or os.cpu_count() or 1, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
     pki = open_pki(pki_dir, console)
     with console.status("provisioning device identities"):
         fleet = provision.provision(pki, provision.plan(scenario))
     run_dir = results.new_run_dir(out_dir, scenario.name)
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
-    results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers})
+    results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers,
+                                               **cores.as_dict()})
     healthy = {p.device_id: p.slot.lot for p in fleet if p.slot.fault is None}
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
-        outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy,
-                                                    run_dir / "broker.log")
+        with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
+            outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy,
+                                                        run_dir / "broker.log", cores)
     summary = _write(run_dir, scenario, outcome, broker_stats)
     return run_dir, summary
 
 
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
                         workers: int, console: Console, healthy: dict[str, str],
-                        broker_log: Path) -> tuple[Outcome, dict[str, Any]]:
+                        broker_log: Path, cores: placement.Placement) -> tuple[Outcome, dict[str, Any]]:
     with console.status(f"starting the {scenario.broker.target} broker"):
         broker = start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
     try:
@@ -207,8 +212,9 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
                              t0=time.time() + START_DELAY_S, pki_dir=pki.root, password=auth.password)
         shards = deal(scenario, fleet, template, workers)
         console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
-                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s")
-        outcome = supervise(scenario, shards, pki, broker, console, healthy)
+                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
+                      + (f"; {cores.describe()}" if cores.broker else ""))
+        outcome = supervise(scenario, shards, pki, broker, console, healthy, cores.workers)
         broker_stats = _safe_stats(broker)
         _keep_log(broker_stats.get("log"), broker_log)
         return outcome, broker_stats

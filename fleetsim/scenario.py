@@ -70,6 +70,7 @@ class BrokerSpec:
     session_resumption: bool = False
     auth: str = "mtls"
     allow_remote: bool = False
+    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
 
     @property
     def kind(self) -> str:
@@ -154,6 +155,7 @@ class Scenario:
         duration: float | None = None,
         workers: int | None = None,
         broker: str | None = None,
+        isolate: bool | None = None,
     ) -> Scenario:
         """The same scenario with CLI overrides, validated like the file.
 
@@ -174,6 +176,8 @@ class Scenario:
             data["workers"] = workers
         if broker is not None:
             data["broker"]["target"] = broker
+        if isolate is not None:
+            data["broker"]["isolate"] = isolate
         return _build(data, where.source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -397,7 +401,7 @@ def _build(data: Mapping[str, Any], source: str) -> Scenario:
 
 
 def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
-    keys = ("target", "tls_version", "session_resumption", "auth", "allow_remote")
+    keys = ("target", "tls_version", "session_resumption", "auth", "allow_remote", "isolate")
     t = _table(top, data, "broker", keys)
     w = top.sub("broker")
     spec = BrokerSpec(
@@ -406,9 +410,13 @@ def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
         session_resumption=_bool(w, t, "session_resumption", False),
         auth=_str(w, t, "auth", "mtls", AUTHS),
         allow_remote=_bool(w, t, "allow_remote", False),
+        isolate=_bool(w, t, "isolate", False),
     )
     if spec.target not in TARGETS:
         _check_target(w, spec.target, spec.allow_remote)
+        if spec.isolate:
+            raise w.fail("isolate", f"applies only to a broker fleetsim starts, not {spec.target}",
+                         'use target = "embedded" or "mosquitto", or drop isolate')
     return spec
 
 

@@ -76,6 +76,8 @@ def test_defaults() -> None:
         ("[broker]\ntarget = 'example.org:8883'\n" + MINIMAL, "allow_remote = true"),
         ("[broker]\ntls_version = '1.1'\n" + MINIMAL, "broker.tls_version: unknown value '1.1'"),
         ("[broker]\nauth = 'mTLS'\n" + MINIMAL, "did you mean 'mtls'?"),
+        ("[broker]\ntarget = '127.0.0.1:1883'\nisolate = true\n" + MINIMAL,
+         "broker.isolate: applies only to a broker fleetsim starts, not 127.0.0.1:1883"),
         ("[mqtt]\nversion = '5'\n" + MINIMAL, "mqtt.version: the embedded broker (amqtt) speaks MQTT 3.1.1 only"),
         ("[mqtt]\nqos_alarm = 3\n" + MINIMAL, "mqtt.qos_alarm: must be an integer from 0 to 2, got 3"),
         ("[arrival]\npattern = 'ramp'\n" + MINIMAL, "arrival.pattern: unknown value 'ramp'"),
@@ -146,6 +148,7 @@ def test_overrides_scale_and_revalidate() -> None:
     assert big.duration == 20 and big.events == () and big.workers == 2 and big.broker.kind == "mosquitto"
     assert [g.count for g in sc.with_overrides(devices=1).fleet] == [1]
     assert sc.with_overrides() == sc
+    assert sc.with_overrides(isolate=True).broker.isolate and not sc.broker.isolate
     with pytest.raises(ScenarioError, match=r"--devices: must be at most 50000"):
         sc.with_overrides(devices=60_000)
     with pytest.raises(ScenarioError, match=r"--duration: must be a number"):

@@ -19,6 +19,9 @@ def run(
     devices: int | None = typer.Option(None, "--devices", min=1, help="Fleet size (groups scaled to it)."),
     duration: float | None = typer.Option(None, "--duration", min=1, help="Run length in seconds."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per core)."),
+    isolate_broker: bool = typer.Option(False, "--isolate-broker",
+                                        help="Give the broker fleetsim starts a core of its own, the workers the "
+                                             "others (handshake timing on one machine)."),
 ) -> None:
     """Run a fleet against a broker that requires client certificates, then print the summary."""
     from fleetsim import scenario as scenario_mod
@@ -26,7 +29,7 @@ def run(
 
     console = Console()
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
-                                                     broker=broker)
+                                                     broker=broker, isolate=isolate_broker or None)
     run_dir, summary = run_scenario(sc, pki_dir=pki, out_dir=out, console=console)
     report.print_summary(summary, console)
     console.print(f"results: {run_dir}")

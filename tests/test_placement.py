@@ -1,0 +1,89 @@
+"""Broker isolation: the broker fleetsim starts on a core of its own, the workers on the others."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+from rich.console import Console
+
+from fleetsim import placement
+from fleetsim.errors import FleetsimError
+from fleetsim.runner import run_scenario
+from fleetsim.scenario import parse
+
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+
+
+def test_split_gives_the_broker_the_last_core() -> None:
+    p = placement.split([3, 0, 2, 1])
+    assert p.broker == {3} and p.workers == {0, 1, 2}
+    assert p.describe() == "broker on core 3, workers on 0,1,2"
+    assert p.as_dict() == {"broker_cores": [3], "worker_cores": [0, 1, 2]}
+    assert placement.Placement().as_dict() == {"broker_cores": [], "worker_cores": []}
+    with pytest.raises(FleetsimError, match="needs at least two cores, this process may use 1"):
+        placement.split([5])
+
+
+@TWO_CORES
+def test_on_cores_is_inherited_by_what_starts_inside_and_undone_after() -> None:
+    before = os.sched_getaffinity(0)
+    last = max(before)
+    with placement.on_cores({last}):
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True).stdout
+    assert child.strip() == f"[{last}]"
+    assert os.sched_getaffinity(0) == before
+
+
+@TWO_CORES
+@pytest.mark.timeout(120)
+def test_an_isolated_run_keeps_broker_and_workers_apart_across_a_restart(tmp_path: Path) -> None:
+    scenario = parse("""
+name = "isolated"
+duration = 5
+connect_timeout = 5
+[broker]
+isolate = true
+[reconnect]
+initial = 0.2
+cap = 1
+[[fleet]]
+model = "heart-rate-monitor"
+count = 20
+[[events]]
+at = 2
+action = "restart-broker"
+""", "isolated.toml")
+    cores = placement.split(os.sched_getaffinity(0))
+    seen: dict[int, tuple[str, frozenset[int]]] = {}
+    done = threading.Event()
+
+    def watch() -> None:  # every process the run starts, and the cores it may use
+        while not done.wait(0.05):
+            for p in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # gone between the listing and the question
+                    seen[p.pid] = (" ".join([p.name(), *p.cmdline()]), frozenset(p.cpu_affinity()))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_dir, summary = run_scenario(scenario, pki_dir=tmp_path / "pki", out_dir=tmp_path / "out",
+                                        console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    finally:
+        done.set()
+        watcher.join()
+    assert summary["devices_connected"] == 20 and [e["action"] for e in summary["events"]] == ["restart-broker"]
+    workers = {pid: c for pid, (name, c) in seen.items() if name.startswith("fsim-shard")}
+    brokers = {pid: c for pid, (name, c) in seen.items() if "fleetsim.broker.embedded" in name}
+    assert len(workers) == len(cores.workers) and set(workers.values()) == {cores.workers}
+    assert len(brokers) >= 2, "the broker and its restart"
+    assert set(brokers.values()) == {cores.broker}
+    meta = (run_dir / "meta.json").read_text()
+    assert '"broker_cores": [' in meta and '"worker_cores": [' in meta
