@@ -20,6 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded import EmbeddedBroker, EmbeddedProcess, start_embedded
 from fleetsim.broker.embedded_auth import cert_identities, parse_connect, verify_mosquitto_hash
 from fleetsim.broker.handle import BrokerOptions
@@ -138,6 +139,11 @@ def test_identities_from_cn_and_spiffe_san() -> None:
     assert cert_identities(cert, "fleet.local") == {"dev-1"}
     assert cert_identities({"subjectAltName": (("URI", "spiffe://evil/device/dev-2"),)}, "fleet.local") == set()
     assert cert_identities(None) == set()
+
+
+def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path) -> None:
+    assert embedded_pki.trust_domain(pki.layout) == pki.inventory.trust_domain
+    assert embedded_pki.trust_domain(Layout(tmp_path)) is None  # no inventory: any trust domain
 
 
 def test_connect_parsing_and_mosquitto_hashes() -> None:

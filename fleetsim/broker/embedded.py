@@ -46,6 +46,7 @@ from amqtt.broker import Broker
 
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded_auth import (
+    BAD_USERNAME_PASSWORD,
     CURRENT_GATE,
     Connect,
     PasswordFile,
@@ -78,8 +79,6 @@ log = logging.getLogger("fleetsim.broker.embedded")
 MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
 PLAIN_LISTENER = "plain"
 AUTH_PLUGIN = "fleetsim.broker.embedded_auth.FleetsimAuthPlugin"
-NOT_AUTHORIZED = 5
-BAD_USERNAME_PASSWORD = 4
 CONNECT_TIMEOUT_S = 30.0
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
@@ -114,7 +113,7 @@ class EmbeddedBroker:
         self.stats_port: int | None = None
         self._want_stats_port = stats_port
         self._crl_poll_s = crl_poll_s
-        self._trust_domain = trust_domain
+        self._trust_domain = trust_domain  # None: the PKI's own, read at start
         self.metrics = BrokerMetrics()
         self._context = None  # type: Any
         self._revoked: frozenset[int] = frozenset()
@@ -140,10 +139,11 @@ class EmbeddedBroker:
         opts = self.options
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
         self._context = embedded_pki.build_context(self.layout, opts)
+        if self._trust_domain is None:
+            self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
             self._revoked = embedded_pki.revoked_serials(self.layout.crl)
             self._crl_stamp = embedded_pki.FileStamp.of(self.layout.crl)
-        self.metrics.revoked_serials = len(self._revoked)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
         self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
         await self._amqtt.start()
@@ -217,7 +217,6 @@ class EmbeddedBroker:
             return
         self._context, self._revoked, self._crl_stamp = context, revoked, stamp
         self.metrics.crl_reloads += 1
-        self.metrics.revoked_serials = len(revoked)
         self.metrics.crl_reload_ms = round((time.perf_counter() - started) * 1000, 3)
         if self.options.drop_revoked:
             self._drop_revoked()
@@ -229,7 +228,6 @@ class EmbeddedBroker:
                             peer.serial, ",".join(sorted(peer.identities)))
                 self.metrics.dropped_revoked += 1
                 del self._live[conn]
-                self.metrics.current_connections = len(self._live)
                 conn.close()
 
     def _reload_and_stats(self) -> dict[str, Any]:
@@ -254,10 +252,9 @@ class EmbeddedBroker:
         self.metrics.accepted += 1
         if conn.handshake_ms is not None:
             self.metrics.handshake(conn.handshake_ms)
-        peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain),
-                    cert_serial(conn.peer_cert), conn.peername[0] if conn.peername else "?")
+        peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain), cert_serial(conn.peer_cert),
+                    conn.peername[0] if conn.peername else "?")
         self._live[conn] = peer
-        self.metrics.current_connections = len(self._live)
         self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer))
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
@@ -267,8 +264,7 @@ class EmbeddedBroker:
 
     def closed(self, conn: TlsConnection) -> None:
         self._all.discard(conn)
-        if self._live.pop(conn, None) is not None:
-            self.metrics.current_connections = len(self._live)
+        self._live.pop(conn, None)
 
     async def _plain_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         set_nodelay(writer.transport)
@@ -285,14 +281,15 @@ class EmbeddedBroker:
         """Admit or refuse the CONNECT, then let amqtt run the session."""
         try:
             raw, body = await asyncio.wait_for(read_first_packet(reader), CONNECT_TIMEOUT_S)
-            if body is not None:
-                verdict = self._admit(peer, body)
+            admitted = _parsed(body)
+            if admitted is not None:
+                verdict = self._admit(peer, admitted)
                 if not verdict.ok:
-                    code = BAD_USERNAME_PASSWORD if verdict.reason == "bad username or password" else NOT_AUTHORIZED
-                    writer.write(connack(code))
+                    writer.write(connack(verdict.code))
                     await writer.drain()
                     return
-            CURRENT_GATE.set(partial(self._gate, peer))  # copied into the tasks amqtt's auth plugin runs in
+            # copied into the tasks amqtt's auth plugin runs in
+            CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, admitted))
             if self._amqtt is not None:
                 await self._amqtt.external_connected(PrefixReader(raw, reader), writer, peer.listener)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
@@ -302,11 +299,7 @@ class EmbeddedBroker:
         finally:
             await writer.close()
 
-    def _admit(self, peer: Peer, body: bytes) -> Verdict:
-        try:
-            connect = parse_connect(body)
-        except (ValueError, UnicodeDecodeError):
-            return Verdict(True)  # malformed: amqtt refuses it in its own words
+    def _admit(self, peer: Peer, connect: Connect) -> Verdict:
         verdict = self._gate(peer, connect)
         if verdict.ok:
             self.metrics.authorized += 1
@@ -324,13 +317,21 @@ class EmbeddedBroker:
             if connect.client_id not in peer.identities:
                 return Verdict(False, "client id mismatch")
         if self._passwords is not None and not self._passwords.check(connect.username, connect.password):
-            return Verdict(False, "bad username or password")
+            return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
         return Verdict(True)
+
+    def _gate_for_amqtt(self, peer: Peer, admitted: Connect | None, connect: Connect) -> Verdict:
+        """What amqtt's auth plugin asks. The CONNECT admitted above, as amqtt parsed it, passes without a second
+        round of the rule (a password check is a PBKDF2); anything else -- a CONNECT this front could not parse,
+        or one amqtt reads differently -- goes through the rule."""
+        if connect == admitted:
+            return Verdict(True)
+        return self._gate(peer, connect)
 
     # --- counters ------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
-        snapshot = self.metrics.snapshot()
+        snapshot = self.metrics.snapshot(current_connections=len(self._live), revoked_serials=len(self._revoked))
         snapshot.update({
             "kind": self.kind,
             "host": self.host,
@@ -343,6 +344,17 @@ class EmbeddedBroker:
             "drop_revoked": self.options.drop_revoked,
         })
         return snapshot
+
+
+def _parsed(body: bytes | None) -> Connect | None:
+    """The first packet's CONNECT fields; None when it is not a CONNECT this front can read (amqtt refuses it in
+    its own words, asking the gate through its auth plugin)."""
+    if body is None:
+        return None
+    try:
+        return parse_connect(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from fleetsim.errors import BrokerError
+from fleetsim.pki.layout import write_file
 
 SPIFFE_PREFIX = "spiffe://"
+NOT_AUTHORIZED = 5  # MQTT 3.1.1 CONNACK return codes
+BAD_USERNAME_PASSWORD = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Peer:
 class Verdict:
     ok: bool
     reason: str = ""  # rejection reason for stats and the log
+    code: int = NOT_AUTHORIZED  # the CONNACK return code that refuses it
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def connack(return_code: int) -> bytes:
 
 
 def cert_identities(peer_cert: dict[str, Any] | None, trust_domain: str | None = None) -> frozenset[str]:
-    """Client ids a certificate names: its subject CN and the <id> of URI SAN spiffe://<td>/device/<id>."""
+    """Client ids a certificate names: its subject CN and the <id> of URI SAN spiffe://<td>/device/<id>
+    (of ``trust_domain`` only, when given)."""
     if not peer_cert:
         return frozenset()
     names: set[str] = set()
@@ -173,9 +178,7 @@ def mosquitto_hash(password: bytes, *, iterations: int = 101) -> str:
 def write_password_file(path: Path, users: Iterable[str], password: bytes) -> None:
     """One password for every user: the password-auth baseline of the overhead comparisons. Written 0600."""
     lines = "".join(f"{user}:{mosquitto_hash(password)}\n" for user in users)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(lines)
+    write_file(path, lines.encode(), private=True)
 
 
 def verify_mosquitto_hash(hashed: str, password: bytes) -> bool:

@@ -8,6 +8,7 @@ store does not grow with every reload, and old TLS session tickets stop resuming
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ def check_layout(layout: Layout, *, require_certificate: bool = True) -> None:
             f"{layout.root} is not a fleetsim PKI (missing {', '.join(missing)})",
             "point the broker at a directory made by `fleetsim pki init`",
         )
+
+
+def trust_domain(layout: Layout) -> str | None:
+    """The SPIFFE trust domain the PKI issues device ids in (None without an inventory: any is accepted)."""
+    try:
+        value = json.loads(layout.inventory.read_bytes()).get("trust_domain")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def build_context(layout: Layout, options: BrokerOptions) -> ssl.SSLContext:

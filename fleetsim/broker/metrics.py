@@ -37,8 +37,6 @@ class BrokerMetrics:
     crl_reloads: int = 0
     crl_reload_errors: int = 0
     crl_reload_ms: float | None = None
-    revoked_serials: int = 0
-    current_connections: int = 0
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -55,8 +53,8 @@ class BrokerMetrics:
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        """Counters as plain JSON-able data, with process CPU time read now."""
+    def snapshot(self, *, current_connections: int, revoked_serials: int) -> dict[str, Any]:
+        """Counters as plain JSON-able data, with process CPU time read now (and the broker's two gauges)."""
         ordered = sorted(self.samples)
         cpu = os.times()
         return {
@@ -67,13 +65,13 @@ class BrokerMetrics:
             "authorized": self.authorized,
             "rejected": dict(self.rejected),
             "rejected_total": sum(self.rejected.values()),
-            "current_connections": self.current_connections,
+            "current_connections": current_connections,
             "dropped_revoked": self.dropped_revoked,
             "crl": {
                 "reloads": self.crl_reloads,
                 "errors": self.crl_reload_errors,
                 "last_reload_ms": self.crl_reload_ms,
-                "revoked_serials": self.revoked_serials,
+                "revoked_serials": revoked_serials,
             },
             "handshake_ms": {
                 "count": self.handshake_count,

@@ -273,7 +273,8 @@ class MosquittoBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise BrokerError(self._start_failure(), self._fix())
+                failure = self._start_failure()
+                raise BrokerError(failure, _fix(failure))
             if self._listening():
                 return
             time.sleep(0.02)
@@ -287,12 +288,6 @@ class MosquittoBroker:
                 text += p.read_text(errors="replace")
         line = first_error(text) or f"exited with code {self._proc.returncode if self._proc else '?'}"
         return f"mosquitto could not start on {self.host}:{self.port}: {line}"
-
-    def _fix(self) -> str:
-        text = self._start_failure()
-        if ADDRESS_IN_USE in text:
-            return "another process holds the port: stop it or pick another port"
-        return "the generated config was rejected; this is a fleetsim bug, please report that line"
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
@@ -406,3 +401,9 @@ def start_mosquitto(pki_dir: Path | str, options: BrokerOptions = BrokerOptions(
     except BaseException:
         broker.stop()
         raise
+
+
+def _fix(failure: str) -> str:
+    if ADDRESS_IN_USE in failure:
+        return "another process holds the port: stop it or pick another port"
+    return "the generated config was rejected; this is a fleetsim bug, please report that line"
