@@ -35,11 +35,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="session")
-def healthy_devices(pki: Pki) -> list[Device]:
-    return pki.devices(fault="none")
-
-
-@pytest.fixture(scope="session")
 def faulty_devices(pki: Pki) -> dict[Fault, Device]:
     return {f: pki.device(fault_id(f)) for f in Fault}
 

@@ -340,7 +340,9 @@ def test_inventory_is_json_with_every_device(pki: Pki) -> None:
 
 def test_fast_inventory_text_equals_its_json(make_pki: MakePki) -> None:
     p = make_pki()
-    p.issue(300, workers=2)  # the pooled path, with Device.batch's shared encoding
+    issued = p.issue(300, workers=2)  # the pooled path, with Device.batch's shared encoding
+    on_disk = {d["id"]: d for d in json.loads(p.layout.inventory.read_text())["devices"]}
+    assert [on_disk[d.id] for d in issued] == [json.loads(json.dumps(d.to_json())) for d in issued]
     p.issue(2, fault="expired", prefix="old")
     p.revoke(device_ids=["dev-00003"])
     inv = Pki.open(p.root).inventory
@@ -355,3 +357,22 @@ def test_a_failed_issue_leaves_the_inventory_as_it_was(make_pki: MakePki) -> Non
     with pytest.raises(PkiError):
         p.issue(400, workers=2)
     assert p.layout.inventory.read_bytes() == before
+
+
+def test_a_batch_that_fails_half_way_leaves_the_inventory_as_it_was(make_pki: MakePki) -> None:
+    p = make_pki()
+    p.issue(3)
+    before = p.layout.inventory.read_bytes()
+    (p.layout.devices / "dev-00200.key").mkdir()  # the writer fails there, with jobs signed and written before it
+    with pytest.raises(OSError):
+        p.issue(400, workers=2)
+    assert p.layout.inventory.read_bytes() == before
+
+
+def test_counts_are_checked_by_the_pki_itself(pki: Pki) -> None:
+    before = pki.layout.inventory.read_bytes()
+    with pytest.raises(PkiError, match="days must be positive, not 0"):
+        pki.reenroll(["dev-00001"], days=0)
+    with pytest.raises(PkiError, match="workers must be positive, not -2"):
+        pki.issue(300, workers=-2)
+    assert pki.layout.inventory.read_bytes() == before

@@ -39,15 +39,11 @@ def _root(
 
 
 def _register() -> None:
-    from fleetsim.cli import pki
+    from fleetsim.cli import broker, pki, run
 
     app.add_typer(pki.app, name="pki")
-    for name in ("broker", "run"):
-        try:
-            module = __import__(f"fleetsim.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError:
-            continue
-        module.register(app)
+    broker.register(app)
+    run.register(app)
 
 
 def usage_line(exc: UsageError) -> str:

@@ -64,6 +64,13 @@ def _key_type(text: str | KeyType) -> KeyType:
         raise PkiError(str(exc)) from None
 
 
+def _check_positive(**values: int | None) -> None:
+    """Counts the caller gave (None: the default) must be above zero."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise PkiError(f"{name} must be positive, not {value}")
+
+
 def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int) -> list[Device]:
     """Workers sign, this process writes each job's files as soon as it comes back (see issuance)."""
     ctx = multiprocessing.get_context("fork")
@@ -218,10 +225,7 @@ class Pki:
         workers: int | None = None,
     ) -> list[Device]:
         """Issue ``count`` new device identities in parallel; existing ones are not touched."""
-        if count <= 0:
-            raise PkiError(f"count must be positive, not {count}")
-        if days <= 0:
-            raise PkiError(f"days must be positive, not {days}")
+        _check_positive(count=count, days=days, workers=workers)
         _check_prefix(prefix)
         kt = _key_type(key_type)
         flt = _fault(fault)
@@ -302,6 +306,7 @@ class Pki:
                  days: int = 365, workers: int | None = None) -> list[Device]:
         """Give devices a new key and certificate under the same id; the old ones go on the CRL (superseded
         unless already revoked), so a stolen old key stays useless."""
+        _check_positive(days=days, workers=workers)
         ids = list(device_ids)
         with locked(self.layout):
             self._reload()

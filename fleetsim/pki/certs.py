@@ -172,11 +172,7 @@ class DeviceSigner:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
         fixed: list[x509.ExtensionType] = [
             x509.BasicConstraints(ca=False, path_length=None),
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
+            _key_usage(digital_signature=True),
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
         ]
         self._head = [_encoded(e, critical=isinstance(e, x509.BasicConstraints | x509.KeyUsage)) for e in fixed]
@@ -202,23 +198,6 @@ class DeviceSigner:
             x509.random_serial_number(), _naive_utc(not_before), _naive_utc(not_after), extensions,
         )
         return builder.sign(self.issuer.key, self._hash)
-
-
-def device(
-    key: PrivateKey,
-    issuer: Issuer,
-    *,
-    org: str,
-    trust_domain: str,
-    device_id: str,
-    model: str,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
-    crl_url: str | None = None,
-) -> x509.Certificate:
-    """One device certificate; bulk issuance keeps a :class:`DeviceSigner` instead."""
-    signer = DeviceSigner(issuer, org=org, trust_domain=trust_domain, crl_url=crl_url)
-    return signer.sign(key, device_id, model, not_before, not_after)
 
 
 def crl(

@@ -29,10 +29,6 @@ class KeyType(StrEnum):
             choices = ", ".join(k.value for k in cls if k is not cls.RSA_1024)
             raise ValueError(f"unknown key type {text!r} (choose one of: {choices})") from None
 
-    @property
-    def is_rsa(self) -> bool:
-        return self.value.startswith("rsa")
-
 
 def generate(key_type: KeyType) -> PrivateKey:
     """A fresh private key of ``key_type``."""
@@ -53,17 +49,6 @@ def signing_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
-
-
-def key_type_of(key: PrivateKey) -> KeyType:
-    """The KeyType of an existing key."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return KeyType.ED25519
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return KeyType.ECDSA_P384 if key.curve.key_size >= 384 else KeyType.ECDSA_P256
-    if isinstance(key, rsa.RSAPrivateKey):
-        return KeyType(f"rsa-{key.key_size}")
-    raise TypeError(f"unsupported key {type(key).__name__}")
 
 
 def to_pem(key: PrivateKey) -> bytes:
