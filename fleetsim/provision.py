@@ -1,26 +1,32 @@
-"""From a scenario's fleet to device identities in a PKI: plan the slots (pure), then find or issue them.
+"""From a scenario's fleet to device identities in a PKI: plan the slots and their ids (pure), then make the PKI
+hold exactly those identities.
 
-A PKI is reused across runs: a run takes the identities it needs from the pools below and issues only what is
-missing, so the second run of a scenario starts at once.
+A device's id follows from the scenario alone, so the same scenario and seed name the same devices in any PKI:
 
     healthy devices    <lot>-<model>-NNNNN            valid, no fault, the group's key type
     faulty identities  fault-<kind>-<key type>-NNNNN  issued broken on purpose (see fleetsim.pki.Fault)
     revoked devices    revoked-<key type>-NNNNN       issued, then revoked before the run
+
+NNNNN counts the scenario's devices of that name from 1, in fleet order. A PKI is reused across runs: a run
+issues only the ids it does not hold yet, re-enrols a healthy device an earlier run revoked (a new key and
+certificate, the same id), and refuses with one line an id the PKI holds with other properties.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from fleetsim.errors import PkiError
 from fleetsim.pki import Device, Fault, Pki
 from fleetsim.scenario import FAULTS, Scenario, assign_faults
 
 REVOKED = "revoked"
+WEAK_KEY_TYPE = "rsa-1024"
 
 
 @dataclass(frozen=True)
@@ -59,45 +65,84 @@ def plan(scenario: Scenario) -> list[Slot]:
     return slots
 
 
-def pool_of(slot: Slot) -> tuple[str, str, str | None]:
-    """(id prefix, key type, fault) of the PKI pool a slot draws from."""
+def prefix_of(slot: Slot) -> str:
+    """The id prefix of a slot: its lot and model, or the kind of identity it stands for."""
     if slot.fault is None:
-        return f"{slot.lot}-{slot.model}", slot.key_type, None
+        return f"{slot.lot}-{slot.model}"
     if slot.fault == REVOKED:
-        return f"revoked-{slot.key_type}", slot.key_type, None
+        return f"revoked-{slot.key_type}"
     if slot.fault == Fault.WEAK_KEY.value:
-        return "fault-weak-key", "rsa-1024", slot.fault
-    return f"fault-{slot.fault}-{slot.key_type}", slot.key_type, slot.fault
+        return "fault-weak-key"
+    return f"fault-{slot.fault}-{slot.key_type}"
 
 
-def _available(pki: Pki, prefix: str, key_type: str, fault: str | None, revoked: bool) -> list[Device]:
-    head = f"{prefix}-"
-    want = "revoked" if revoked else "valid"
-    return [
-        d for d in pki.inventory.devices.values()
-        if d.id.startswith(head) and d.id[len(head):].isdigit() and d.key_type == key_type
-        and (d.fault.value if d.fault else None) == fault and d.status == want
-    ]
+def device_ids(slots: Sequence[Slot]) -> list[str]:
+    """Each slot's id: its prefix and its number among the scenario's slots of that prefix (from 1)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for s in slots:
+        prefix = prefix_of(s)
+        seen[prefix] += 1
+        out.append(f"{prefix}-{seen[prefix]:05d}")
+    return out
 
 
-def provision(pki: Pki, slots: Sequence[Slot], *, workers: int | None = None) -> list[Provisioned]:
-    """Give every slot an identity, issuing (and revoking) only what the PKI does not have yet."""
-    by_pool: dict[tuple[str, str, str | None, bool], list[int]] = defaultdict(list)
-    for i, s in enumerate(slots):
-        prefix, key_type, fault = pool_of(s)
-        by_pool[(prefix, key_type, fault, s.fault == REVOKED)].append(i)
-    ids: dict[int, str] = {}
-    for (prefix, key_type, fault, revoked), members in by_pool.items():
-        have = _available(pki, prefix, key_type, fault, revoked)
-        missing = len(members) - len(have)
-        if missing > 0:
-            first = slots[members[0]]
-            new = pki.issue(missing, prefix=prefix, model=first.model, lot=first.lot,
-                            key_type=key_type if fault != Fault.WEAK_KEY.value else "ecdsa-p256",
-                            fault=fault, workers=workers)
-            if revoked:
-                pki.revoke(device_ids=[d.id for d in new], reason="keyCompromise")
-            have += new
-        for i, d in zip(members, sorted(have, key=lambda d: d.id), strict=False):
-            ids[i] = d.id
-    return [Provisioned(s, ids[i]) for i, s in enumerate(slots)]
+def _key_type(slot: Slot) -> str:
+    return WEAK_KEY_TYPE if slot.fault == Fault.WEAK_KEY.value else slot.key_type
+
+
+def _mismatch(d: Device, slot: Slot) -> str | None:
+    """What the PKI's device differs in from the slot that names it, if anything."""
+    fault = d.fault.value if d.fault else None
+    want = None if slot.fault in (None, REVOKED) else slot.fault
+    for what, have, need in (("key type", d.key_type, _key_type(slot)), ("fault", fault, want),
+                             ("model", d.model, slot.model if slot.fault is None else d.model)):
+        if have != need:
+            return f"{what} {have or 'none'} where this scenario wants {need or 'none'}"
+    return None
+
+
+def provision(pki: Pki, slots: Sequence[Slot], *, workers: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[Provisioned]:
+    """Make the PKI hold every slot's identity: issue the missing, revoke the revoked slots', re-enrol the healthy
+    ones an earlier run revoked. ``progress(done, total)`` hears about issuing."""
+    ids = device_ids(slots)
+    held = pki.inventory.devices
+    missing: dict[tuple[str, str, str, str | None], list[str]] = {}
+    to_revoke, to_reenroll = [], []
+    for slot, device_id in zip(slots, ids, strict=True):
+        d = held.get(device_id)
+        if d is None:
+            fault = None if slot.fault == REVOKED else slot.fault
+            missing.setdefault((slot.model, slot.lot, _key_type(slot), fault), []).append(device_id)
+            if slot.fault == REVOKED:
+                to_revoke.append(device_id)
+            continue
+        if (why := _mismatch(d, slot)) is not None:
+            raise PkiError(f"{pki.root} holds {device_id} with {why}",
+                           "use another lot or --pki directory for this scenario")
+        if slot.fault == REVOKED and d.status != "revoked":
+            to_revoke.append(device_id)
+        elif slot.fault is None and d.status == "revoked":
+            to_reenroll.append(device_id)
+    _issue_missing(pki, missing, workers, progress)
+    if to_revoke:
+        pki.revoke(device_ids=to_revoke, reason="keyCompromise")
+    if to_reenroll:
+        pki.reenroll(to_reenroll, workers=workers)
+    return [Provisioned(s, i) for s, i in zip(slots, ids, strict=True)]
+
+
+def _issue_missing(pki: Pki, missing: dict[tuple[str, str, str, str | None], list[str]], workers: int | None,
+                   progress: Callable[[int, int], None] | None) -> None:
+    total = sum(len(v) for v in missing.values())
+    done = 0
+    for (model, lot, key_type, fault), group in missing.items():
+        def tell(n: int, base: int = done) -> None:
+            if progress is not None:
+                progress(base + n, total)
+
+        # the weak-key fault is issued as P-256 and weakened by its fault; see fleetsim.pki.Fault
+        pki.issue(ids=group, model=model, lot=lot, key_type="ecdsa-p256" if key_type == WEAK_KEY_TYPE else key_type,
+                  fault=fault, workers=workers, progress=tell)
+        done += len(group)

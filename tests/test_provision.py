@@ -54,3 +54,42 @@ def test_provision_issues_once_and_reuses(tmp_path):
             assert d.status == "valid" and d.fault is None and d.key_type == p.slot.key_type
         else:
             assert d.fault is not None and d.fault.value == p.slot.fault
+
+
+def test_device_ids_follow_from_the_scenario_not_from_what_the_pki_holds(tmp_path):
+    slots = provision.plan(parse(SCENARIO, "t.toml"))
+    empty = Pki.init(tmp_path / "a")
+    busy = Pki.init(tmp_path / "b")
+    busy.issue(7, prefix="ward-a-pulse-oximeter", model="pulse-oximeter", lot="ward-a", workers=1)  # 00001-00007
+    busy.issue(3, prefix="fault-expired-ecdsa-p256", fault="expired", workers=1)
+    ids_a = [p.device_id for p in provision.provision(empty, slots)]
+    ids_b = [p.device_id for p in provision.provision(busy, slots)]
+    assert ids_a == ids_b == provision.device_ids(slots)
+    assert ids_a[0] == "ward-a-pulse-oximeter-00001" and "ward-b-ecg-patch-00001" in ids_a
+    assert len(set(ids_a)) == 40
+
+
+def test_an_id_held_with_other_properties_is_one_line(tmp_path):
+    pki = Pki.init(tmp_path / "pki")
+    pki.issue(ids=["ward-b-ecg-patch-00001"], model="ecg-patch", lot="ward-b", key_type="ecdsa-p384", workers=1)
+    import pytest
+
+    from fleetsim.errors import PkiError
+
+    with pytest.raises(PkiError) as e:
+        provision.provision(pki, provision.plan(parse(SCENARIO, "t.toml")))
+    assert "ward-b-ecg-patch-00001" in str(e.value) and "key type ecdsa-p384" in str(e.value)
+    assert "ed25519" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_healthy_device_an_earlier_run_revoked_is_re_enrolled(tmp_path):
+    pki = Pki.init(tmp_path / "pki")
+    slots = provision.plan(parse(SCENARIO, "t.toml"))
+    first = provision.provision(pki, slots)
+    victim = next(p.device_id for p in first if p.slot.fault is None)
+    old_serial = pki.device(victim).serial
+    pki.revoke(device_ids=[victim])
+    again = provision.provision(Pki.open(pki.root), slots)
+    assert again == first
+    d = Pki.open(pki.root).device(victim)
+    assert d.status == "valid" and d.serial != old_serial

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -71,7 +71,10 @@ def _check_positive(**values: int | None) -> None:
             raise PkiError(f"{name} must be positive, not {value}")
 
 
-def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int) -> list[Device]:
+Progress = Callable[[int], None]  # identities written so far
+
+
+def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int, progress: Progress | None) -> list[Device]:
     """Workers sign, this process writes each job's files as soon as it comes back (see issuance)."""
     ctx = multiprocessing.get_context("fork")
     devices: list[list[Device]] = [[] for _ in jobs]
@@ -83,6 +86,8 @@ def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int) -> list[Device]:
                 n, signed = futures[future], future.result()
                 files.write_all(jobs[n], signed)
                 devices[n] = jobs[n].devices(signed.serials)
+                if progress is not None:
+                    progress(sum(len(b) for b in devices))
         except BaseException:
             pool.shutdown(cancel_futures=True)  # the batch has failed: do not sign the rest first
             raise
@@ -214,8 +219,9 @@ class Pki:
     # -- changing ----------------------------------------------------------------------------------------
     def issue(
         self,
-        count: int,
+        count: int | None = None,
         *,
+        ids: Sequence[str] | None = None,
         prefix: str = "dev",
         model: str = "generic",
         lot: str = "lot-1",
@@ -223,23 +229,34 @@ class Pki:
         days: int = 365,
         fault: Fault | str | None = None,
         workers: int | None = None,
+        progress: Progress | None = None,
     ) -> list[Device]:
-        """Issue ``count`` new device identities in parallel; existing ones are not touched."""
-        _check_positive(count=count, days=days, workers=workers)
-        _check_prefix(prefix)
+        """Issue ``count`` new device identities (``<prefix>-NNNNN`` after the highest issued), or exactly the
+        new ``ids`` given, in parallel; existing ones are not touched. ``progress`` hears how many are done."""
+        if (count is None) == (ids is None):
+            raise PkiError("give either a count or the ids to issue", "e.g. pki.issue(10) or pki.issue(ids=[...])")
+        _check_positive(count=count if ids is None else len(ids) or None, days=days, workers=workers)
+        for i in [prefix] if ids is None else ids:
+            _check_prefix(i)
         kt = _key_type(key_type)
         flt = _fault(fault)
         with locked(self.layout):
             self._reload()
-            ids = self.inventory.next_ids(prefix, count)
-            issued = self._run_jobs(ids, model=model, lot=lot, key_type=kt, days=days, fault=flt,
-                                    workers=workers)
+            wanted = self.inventory.next_ids(prefix, count or 0) if ids is None else list(ids)
+            taken = [i for i in wanted if i in self.inventory.devices]
+            if taken:
+                raise PkiError(f"{self.root} already holds {taken[0]}" + (f" and {len(taken) - 1:,} more"
+                                                                          if len(taken) > 1 else ""),
+                               "issue other ids, or use the ones it holds")
+            issued = self._run_jobs(wanted, model=model, lot=lot, key_type=kt, days=days, fault=flt,
+                                    workers=workers, progress=progress)
             for d in issued:
                 self.inventory.devices[d.id] = d
             self._save()
         return issued
 
-    def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1, **spec: object) -> list[Device]:
+    def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1,
+                  progress: Progress | None = None, **spec: object) -> list[Device]:
         fault = spec.get("fault")
         if fault is Fault.UNKNOWN_CA:
             cert_path, key_path = self.layout.rogue_ca, self.layout.rogue_key
@@ -260,8 +277,13 @@ class Pki:
             for i in range(0, len(ids), size)
         ]
         if workers == 1:
-            return [d for job in jobs for d in issuance.run(job)]
-        return _sign_in_pool(jobs, workers)
+            done: list[Device] = []
+            for job in jobs:
+                done += issuance.run(job)
+                if progress is not None:
+                    progress(len(done))
+            return done
+        return _sign_in_pool(jobs, workers, progress)
 
     def revoke(
         self,
