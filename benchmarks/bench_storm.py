@@ -1,162 +1,282 @@
-"""Connect storm: N devices at once against Mosquitto on loopback, full mTLS + MQTT vs bare TLS handshakes.
+"""Connection storm on the path a user runs: `fleetsim run` against Mosquitto, beside a bare asyncio client and
+`openssl s_time` C clients against the same broker, in alternating rounds.
 
-    .venv/bin/python benchmarks/bench_storm.py [--devices 2000] [--rounds 3]
+    .venv/bin/python benchmarks/bench_storm.py [--devices 2000] [--rounds 3] [--reconnect/--no-reconnect]
 
-Each round runs, back to back and with the same certificates:
-  * engine: fleetsim's shard runner, every device TCP + TLS 1.3 (client certificate) + MQTT CONNECT/CONNACK;
-  * bare:   asyncio's own TLS client (loop.create_connection(ssl=...)), handshake only, no MQTT.
-Rates are completed connections per second from the burst's start to the last one done. Contexts are built
-before the clock starts in both. It also reports the simulator's RSS per connected device (engine, all
-connected). Loopback only, bounded by --devices (max 5000).
+Setup (outside the clock): a PKI on disk holding the storm scenario's identities (as a user's PKI does after its
+first run), and one Mosquitto started by fleetsim (``fleetsim.broker.mosquitto``: ECDSA P-256 leaf + issuing CA,
+CRL on, TCP_NODELAY) that every burst round targets as HOST:PORT.
+
+Each round, back to back:
+  * fleetsim: the CLI itself (``fleetsim run storm.toml --broker 127.0.0.1:PORT --pki DIR``: its worker processes,
+    identities read from the PKI on disk), all N devices at once (``pattern = "burst"``), full mTLS + MQTT
+    CONNECT/CONNACK, connections held. Its rate is the summary's own ``fleet_up`` (first attempt's start to the
+    last first CONNACK), with the simulator's loop lag and busiest-worker CPU beside it. Identity loading is
+    inside the clock, except what the scenario's stated prepare budget builds before t0.
+  * bare asyncio: one process, contexts built before the clock, 100 handshakes in flight, TLS + CONNECT/CONNACK,
+    connections held; its rate comes from the same function (``stats.fleet_up``) over its own rows.
+  * C clients: one ``openssl s_time -new`` per core in parallel for a few seconds (full handshakes with a device
+    certificate, no MQTT), summed.
+With --reconnect (default) a reconnect storm follows: N devices connected to a Mosquitto fleetsim starts, the
+broker restarted (``restart-broker`` event), time from the restart until every device is back; the bare client
+does the same against the same kind of broker. Loopback only, bounded by --devices (max 5,000).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import json
 import os
+import re
+import ssl
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from _common import in_child
 
+from fleetsim import provision, stats
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto import start_mosquitto
-from fleetsim.engine import DeviceSpec, Identity, ShardSpec, run_shard
-from fleetsim.engine.identity import ContextFactory
-from fleetsim.pki import Pki
+from fleetsim.pki import Layout, Pki
 
-SCENARIO = """
+STORM = """
 name = "storm"
 seed = 1
 duration = {duration}
-connect_timeout = 20
+connect_timeout = 30
 [broker]
-target = "mosquitto"
+target = "{target}"
 [mqtt]
-keepalive = 120
+keepalive = 300
 [arrival]
 pattern = "burst"
 [reconnect]
-initial = 0.5
+initial = {initial}
 cap = 2
-max_attempts = 1
 [[fleet]]
 model = "glucose-monitor"
 count = {n}
+lot = "storm"
+{events}
 """
+IN_FLIGHT = 100
+S_TIME = re.compile(r"(\d+) connections in ([\d.]+) real seconds")
 
 
-def engine_round(pki: Pki, broker: Any, ids: list[str], idents: dict[str, Identity]) -> dict[str, float]:
-    n = len(ids)
-    s = sc.parse(SCENARIO.format(n=n, duration=max(10.0, n / 150)))
-    proc = psutil.Process()
-    gc.collect()
-    rss0 = proc.memory_info().rss
-    peak = {"rss": 0.0, "connected": 0}
+def write_scenario(path: Path, n: int, *, target: str, duration: float, initial: float = 0.5,
+                   events: str = "") -> sc.Scenario:
+    text = STORM.format(n=n, target=target, duration=duration, initial=initial, events=events)
+    path.write_text(text)
+    return sc.parse(text, str(path))
 
-    def progress(snap: dict[str, Any]) -> None:
-        if snap["connected"] >= peak["connected"]:
-            peak.update(rss=proc.memory_info().rss, connected=snap["connected"])
 
-    stop = _StopWhenAll(n)
-    t0 = time.time() + 0.5 + n * 0.0015  # contexts are built while waiting for t0
-    spec = ShardSpec(index=0, devices=tuple(DeviceSpec(id=i, model="glucose-monitor") for i in ids),
-                     host=broker.host, port=broker.port, ca_pem=pki.layout.ca_chain.read_bytes(), t0=t0)
-    def both(snap: dict[str, Any]) -> None:
-        progress(snap)
-        stop.see(snap)
+# ---------------------------------------------------------------- fleetsim, the CLI a user runs
+def fleetsim_run(scenario: Path, pki: Path, out: Path, broker: str | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "fleetsim", "run", str(scenario), "--pki", str(pki), "--out", str(out)]
+    if broker:
+        cmd += ["--broker", broker]
+    before = set(out.iterdir()) if out.exists() else set()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    (run_dir,) = set(out.iterdir()) - before
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    if r.returncode != 0:
+        raise RuntimeError(f"fleetsim run failed ({r.returncode}): {r.stderr[-500:]}")
+    return summary
 
-    result = run_shard(s, spec, idents, progress=both, stop=stop)
-    a = result.attempts
-    ok = [i for i, o in enumerate(a["outcome"]) if o == "connected"]
-    end = max(a["start"][i] + a["total_ms"][i] / 1000 for i in ok)
-    out = {"rate": len(ok) / (end - t0), "ok": len(ok), "failed": len(a["outcome"]) - len(ok),
-           "rss_per_device_kb": (peak["rss"] - rss0) / max(1, peak["connected"]) / 1024}
-    for col in ("tcp_ms", "tls_ms", "mqtt_ms", "total_ms"):
-        out[f"p50_{col}"] = statistics.median(a[col][i] for i in ok)
+
+def storm_figures(s: dict[str, Any]) -> dict[str, Any]:
+    sim, phases = s["simulator"], s["phases_ms"]
+    return {"rate": s["fleet_up"]["rate_per_s"], "ok": s["fleet_up"]["devices"],
+            "failed": s["attempts"] - s["outcomes"].get("connected", 0),
+            "lag_p99": sim["loop_lag_ms"]["p99"], "lag_max": sim["loop_lag_ms"]["max"],
+            "cpu_p50": sim["busiest_worker_cpu"]["p50"], "saturated": sim["saturated"],
+            **{f"p50_{p}": phases[p]["p50"] for p in ("wait", "tls", "mqtt", "total")}}
+
+
+# ---------------------------------------------------------------- bare asyncio reference
+def _connect_packet(client_id: str) -> bytes:
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x01\x2c" + len(cid).to_bytes(2, "big") + cid
+    return bytes([0x10, len(body)]) + body
+
+
+async def _bare_storm(host: str, port: int, ctxs: dict[str, ssl.SSLContext], held: list[Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(IN_FLIGHT)
+    rows: dict[str, list[Any]] = {"device_id": [], "start": [], "total_ms": [], "outcome": []}
+
+    class Mqtt(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.connack: asyncio.Future[float] = loop.create_future()
+
+        def data_received(self, data: bytes) -> None:
+            if not self.connack.done() and data[:1] == b"\x20":
+                self.connack.set_result(time.time())
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.connack.done():
+                self.connack.set_exception(exc or ConnectionError("closed"))
+
+    async def one(device: str, ctx: ssl.SSLContext, t0: float) -> None:
+        async with gate:
+            try:
+                tr, proto = await loop.create_connection(Mqtt, host, port, ssl=ctx, server_hostname="localhost",
+                                                         ssl_handshake_timeout=30)
+                tr.write(_connect_packet(device))
+                done = await asyncio.wait_for(proto.connack, 30)
+                held.append(tr)
+                rows["outcome"].append("connected")
+            except Exception:
+                done = time.time()
+                rows["outcome"].append("failed")
+        rows["device_id"].append(device)
+        rows["start"].append(t0)
+        rows["total_ms"].append((done - t0) * 1000)
+
+    t0 = time.time()
+    await asyncio.gather(*(one(d, c, t0) for d, c in ctxs.items()))
+    return rows
+
+
+def _contexts(pki_dir: Path, ids: list[str]) -> dict[str, ssl.SSLContext]:
+    lay = Layout(pki_dir)
+    out = {}
+    for i in ids:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verification on: CERT_REQUIRED + check_hostname
+        ctx.load_verify_locations(cafile=str(lay.ca_chain))
+        ctx.load_cert_chain(str(lay.device_cert(i)), str(lay.device_key(i)))
+        out[i] = ctx
     return out
 
 
-class _StopWhenAll:
-    """Ends the engine's round soon after every device is connected (and has stayed so for a second)."""
+def bare_round(host: str, port: int, pki_dir: Path, ids: list[str]) -> dict[str, Any]:
+    ctxs = _contexts(pki_dir, ids)  # before the clock
 
-    def __init__(self, n: int) -> None:
-        self.n, self.since = n, 0.0
+    async def main() -> dict[str, Any]:
+        held: list[Any] = []
+        rows = await _bare_storm(host, port, ctxs, held)
+        for tr in held:
+            tr.close()
+        await asyncio.sleep(0.2)
+        return rows
 
-    def see(self, snap: dict[str, Any]) -> None:
-        if snap["connected"] >= self.n and not self.since:
-            self.since = time.monotonic()
-
-    def is_set(self) -> bool:
-        return bool(self.since) and time.monotonic() - self.since > 1.0
-
-
-async def _bare(host: str, port: int, ctxs: list[Any]) -> dict[str, float]:
-    loop = asyncio.get_running_loop()
-    ends: list[float] = []
-    transports: list[asyncio.BaseTransport] = []
-
-    async def one(ctx: Any) -> None:
-        tr, _ = await loop.create_connection(asyncio.Protocol, host, port, ssl=ctx, server_hostname="localhost",
-                                             ssl_handshake_timeout=20)
-        ends.append(time.time())
-        transports.append(tr)
-
-    t0 = time.time()
-    results = await asyncio.gather(*(one(c) for c in ctxs), return_exceptions=True)
-    for tr in transports:
-        tr.close()
-    await asyncio.sleep(0.2)
-    failed = sum(isinstance(r, BaseException) for r in results)
-    return {"rate": len(ends) / (max(ends) - t0), "ok": len(ends), "failed": failed}
+    rows = asyncio.run(main())
+    up = stats.fleet_up(rows, min(rows["start"]))
+    return {"rate": up["rate_per_s"], "ok": up["devices"], "failed": rows["outcome"].count("failed")}
 
 
-def bare_round(pki: Pki, broker: Any, ids: list[str], idents: dict[str, Identity]) -> dict[str, float]:
-    factory = ContextFactory(pki.layout.ca_chain.read_bytes())
-    ctxs = [factory.build(idents[i]) for i in ids]
-    return asyncio.run(_bare(broker.host, broker.port, ctxs))
+def bare_reconnect_round(pki_dir: Path, ids: list[str]) -> dict[str, Any]:
+    """All connected to a Mosquitto of its own, broker restarted, all reconnected: devices per second back."""
+    ctxs = _contexts(pki_dir, ids)
+    with start_mosquitto(pki_dir, BrokerOptions(port=0)) as broker:
+        async def main() -> dict[str, Any]:
+            first: list[Any] = []
+            await _bare_storm(broker.host, broker.port, ctxs, first)
+            broker.restart()  # the held connections are cut
+            for tr in first:
+                tr.close()
+            back: list[Any] = []
+            rows = await _bare_storm(broker.host, broker.port, ctxs, back)  # from the restart's return
+            up = stats.fleet_up(rows, min(rows["start"]))
+            for tr in back:
+                tr.close()
+            return {"rate": up["rate_per_s"], "ok": up["devices"]}
+
+        return asyncio.run(main())
+
+
+# ---------------------------------------------------------------- C clients
+def s_time_round(host: str, port: int, pki: Pki, ids: list[str], seconds: int) -> dict[str, Any]:
+    lay = pki.layout
+    procs = [subprocess.Popen(["openssl", "s_time", "-connect", f"{host}:{port}", "-cert", str(lay.device_cert(i)),
+                               "-key", str(lay.device_key(i)), "-CAfile", str(lay.ca_chain), "-new", "-time",
+                               str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for i in ids[: os.cpu_count() or 2]]
+    total = 0.0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 60)
+        m = S_TIME.search(out)
+        if not m:
+            raise RuntimeError(f"s_time gave no count: {out[-200:]}")
+        total += int(m.group(1)) / float(m.group(2))
+    return {"rate": total, "processes": len(procs)}
+
+
+# ---------------------------------------------------------------- reconnect storm through fleetsim
+def fleetsim_reconnect(tmp: Path, pki_dir: Path, n: int) -> dict[str, Any]:
+    at = max(4.0, n / 300)
+    path = tmp / "reconnect.toml"
+    write_scenario(path, n, target="mosquitto", duration=at + max(12.0, n / 150), initial=0.05,
+                   events=f'[[events]]\nat = {at:g}\naction = "restart-broker"\n')
+    s = fleetsim_run(path, pki_dir, tmp / "out-reconnect")
+    (event,) = s["events"]
+    back = event["recovered_after_s"]
+    ready = event["restart_ms"] / 1000  # from the restart's return, when the broker accepts again
+    return {"rate": n / (back - ready) if back else float("nan"), "back_after_s": back, "restart_s": ready,
+            "lag_p99": s["simulator"]["loop_lag_ms"]["p99"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--s-time", type=int, default=5, help="seconds each s_time round runs")
+    ap.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     n = max(10, min(args.devices, 5000))
-    with tempfile.TemporaryDirectory(prefix="fleetsim-bench-") as tmp:
-        pki = Pki.init(Path(tmp) / "pki")
-        ids = [d.id for d in pki.issue(n)]
-        idents = {i: Identity(*pki.identity(i), key_type="ecdsa-p256") for i in ids}
+    with tempfile.TemporaryDirectory(prefix="fleetsim-bench-storm-") as tmp_s:
+        tmp = Path(tmp_s)
+        pki = Pki.init(tmp / "pki")
+        scenario = write_scenario(tmp / "storm.toml", n, target="127.0.0.1:1", duration=max(10.0, n / 150))
+        ids = [p.device_id for p in provision.provision(pki, provision.plan(scenario))]
+        rounds: dict[str, list[dict[str, Any]]] = {"fleetsim": [], "bare": [], "c": []}
         with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
-            engine: list[dict[str, float]] = []
-            bare: list[dict[str, float]] = []
+            target = f"127.0.0.1:{broker.port}"
+            write_scenario(tmp / "storm.toml", n, target=target, duration=max(10.0, n / 150))
             for r in range(args.rounds):
-                bare.append(in_child(bare_round, pki, broker, ids, idents))
+                rounds["fleetsim"].append(storm_figures(fleetsim_run(tmp / "storm.toml", pki.root, tmp / "out")))
                 time.sleep(1.0)
-                engine.append(in_child(engine_round, pki, broker, ids, idents))
+                rounds["bare"].append(in_child(bare_round, broker.host, broker.port, pki.root, ids))
                 time.sleep(1.0)
-                print(f"round {r + 1}: engine {engine[-1]['rate']:7.0f}/s ({engine[-1]['ok']:.0f} ok, "
-                      f"{engine[-1]['failed']:.0f} failed, p50 tcp/tls/mqtt/total "
-                      f"{engine[-1]['p50_tcp_ms']:.0f}/{engine[-1]['p50_tls_ms']:.0f}/{engine[-1]['p50_mqtt_ms']:.0f}/"
-                      f"{engine[-1]['p50_total_ms']:.0f} ms, "
-                      f"{engine[-1]['rss_per_device_kb']:.1f} KB/device)   bare TLS {bare[-1]['rate']:7.0f}/s "
-                      f"({bare[-1]['ok']:.0f} ok, {bare[-1]['failed']:.0f} failed)", flush=True)
-    e = statistics.median(x["rate"] for x in engine)
-    b = statistics.median(x["rate"] for x in bare)
-    kb = statistics.median(x["rss_per_device_kb"] for x in engine)
-    print(f"\n{n} devices, {os.cpu_count()} cores, medians of {args.rounds} rounds:")
-    print(f"  engine, mTLS CONNECT-to-CONNACK: {e:8.0f} /s")
-    print(f"  bare asyncio TLS handshakes:     {b:8.0f} /s")
-    print(f"  ratio engine/bare:               {e / b:8.2f}   (target >= 0.8)")
-    print(f"  simulator RSS per connected device: {kb:.1f} KB   (a {n:,}-device shard keeps a context per device "
-          f"for fast reconnects; the < 50 KB target is bench_scale's, 10,000 devices on shared contexts)")
+                rounds["c"].append(s_time_round(broker.host, broker.port, pki, ids, args.s_time))
+                time.sleep(1.0)
+                f, b, c = rounds["fleetsim"][-1], rounds["bare"][-1], rounds["c"][-1]
+                print(f"round {r + 1}: fleetsim {f['rate']:6.0f}/s ({f['ok']} ok, {f['failed']} failed; p50 "
+                      f"wait/tls/mqtt/total {f['p50_wait']:.1f}/{f['p50_tls']:.1f}/{f['p50_mqtt']:.1f}/"
+                      f"{f['p50_total']:.0f} ms; loop lag p99 {f['lag_p99']:.0f} ms, max {f['lag_max']:.0f} ms; "
+                      f"busiest worker CPU p50 {100 * (f['cpu_p50'] or 0):.0f}%{'; SATURATED' if f['saturated'] else ''})"
+                      f"   bare asyncio {b['rate']:6.0f}/s ({b['ok']} ok)   s_time x{c['processes']} {c['rate']:6.0f}/s",
+                      flush=True)
+        reconnect: dict[str, list[dict[str, Any]]] = {"fleetsim": [], "bare": []}
+        if args.reconnect:
+            for r in range(args.rounds):
+                reconnect["fleetsim"].append(fleetsim_reconnect(tmp, pki.root, n))
+                time.sleep(1.0)
+                reconnect["bare"].append(in_child(bare_reconnect_round, pki.root, ids))
+                time.sleep(1.0)
+                f, b = reconnect["fleetsim"][-1], reconnect["bare"][-1]
+                print(f"reconnect round {r + 1}: fleetsim all {n} back {f['back_after_s']:.2f} s after the restart "
+                      f"event (restart itself {f['restart_s']:.2f} s): {f['rate']:6.0f}/s, lag p99 "
+                      f"{f['lag_p99']:.0f} ms   bare asyncio {b['rate']:6.0f}/s", flush=True)
+    med = {k: statistics.median(x["rate"] for x in v) for k, v in rounds.items()}
+    print(f"\n{n} devices at once vs Mosquitto, {os.cpu_count()} cores, medians of {args.rounds} rounds:")
+    print(f"  fleetsim run (CLI, workers, PKI on disk): {med['fleetsim']:8.0f} /s")
+    print(f"  bare asyncio, contexts prebuilt:          {med['bare']:8.0f} /s   ratio {med['fleetsim'] / med['bare']:.2f}"
+          "  (target >= 1.0)")
+    print(f"  openssl s_time C clients, summed:         {med['c']:8.0f} /s   ratio {med['fleetsim'] / med['c']:.2f}"
+          "  (target >= 0.7)")
+    if reconnect["fleetsim"]:
+        rf = statistics.median(x["rate"] for x in reconnect["fleetsim"])
+        rb = statistics.median(x["rate"] for x in reconnect["bare"])
+        print(f"  reconnect storm: fleetsim {rf:.0f}/s back, bare asyncio {rb:.0f}/s (ratio {rf / rb:.2f}), "
+              f"C clients' steady rate {med['c']:.0f}/s (ratio {rf / med['c']:.2f})")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class EventRunner:
         self.broker.reload_crl()
         self.last_revoked = targets
         return {"devices": len(targets), "revoke_and_crl_ms": revoke_ms, "broker_reload_ms": _ms(t),
-                "crl_number": self.pki.inventory.crl_number}
+                "crl_number": self.pki.inventory.crl_number, "device_ids": targets}
 
     def _reenroll(self, event: Event) -> dict[str, Any]:
         targets = self.last_revoked  # the scenario puts a revoke before every reenroll
@@ -95,4 +95,4 @@ class EventRunner:
         t = time.perf_counter()
         self.pki.reenroll(targets)
         self.last_revoked = []
-        return {"devices": len(targets), "reenroll_ms": _ms(t)}
+        return {"devices": len(targets), "reenroll_ms": _ms(t), "device_ids": targets}

@@ -22,7 +22,7 @@ def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
             elif key in IGNORED or value is None:
                 continue
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                if key.startswith("p") and key[1:2].isdigit():
+                if (key.startswith("p") and key[1:2].isdigit()) or "_max" in key:
                     out[key] = max(out.get(key, 0.0), value)
                 else:
                     out[key] = out.get(key, 0) + value
@@ -47,6 +47,8 @@ class View:
         failures = state.get("failures", {})
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:4])
         p99 = state.get("p99_ms")
+        lag = state.get("lag_max_ms") or 0.0
+        waiting = state.get("waiting", 0)
         line = Text.assemble(
             (f"{min(elapsed, self.duration):5.1f}/{self.duration:g} s", "bold"),
             "  connected ", (f"{state.get('connected', 0):,}", "green"), f"/{self.devices:,}",
@@ -55,6 +57,8 @@ class View:
             f"  published {state.get('published', 0):,}",
             f"  connect p99 {p99:,.1f} ms" if p99 else "",
             f"  events {events}" if events else "",
+            (f"  simulator lag {lag:,.0f} ms" + (f", {waiting:,} waiting" if waiting else ""), "yellow")
+            if lag >= 50 else "",
         )
         if top:
             line.append("\nfailures: ")

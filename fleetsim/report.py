@@ -1,12 +1,16 @@
-"""Turn a run's summary into tables a person reads at the end of a run or with `fleetsim report`."""
+"""Turn a run's summary into tables a person reads at the end of a run or with `fleetsim report`.
+
+Every cell is a ``rich.text.Text``, never markup: scenario names, details and paths keep their brackets.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 COLUMNS = ("n", "p50", "p90", "p99", "p99.9", "max")
 
@@ -19,62 +23,131 @@ def _fmt(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _table(title: str, columns: Iterable[str] = (), *, header: bool = True) -> Table:
+    t = Table(title=Text(title), title_justify="left", show_header=header)
+    for i, c in enumerate(columns):
+        t.add_column(Text(c), justify="left" if i == 0 else "right")
+    return t
+
+
+def _row(t: Table, *cells: Any) -> None:
+    t.add_row(*(c if isinstance(c, Text) else Text(_fmt(c)) for c in cells))
+
+
 def phases_table(phases: Mapping[str, Mapping[str, Any]]) -> Table:
-    t = Table(title="Connection phases (ms, connected attempts)", title_justify="left")
-    t.add_column("phase")
-    for c in COLUMNS:
-        t.add_column(c, justify="right")
+    t = _table("Connection phases (ms, connected attempts; wait = the simulator's own queue)", ("phase", *COLUMNS))
     for phase, dist in phases.items():
-        t.add_row(phase, *(_fmt(dist.get(c)) for c in COLUMNS))
+        _row(t, phase, *(dist.get(c) for c in COLUMNS))
     return t
 
 
 def outcomes_table(outcomes: Mapping[str, int]) -> Table:
-    t = Table(title="Attempts by outcome", title_justify="left")
-    t.add_column("outcome")
-    t.add_column("attempts", justify="right")
+    t = _table("Attempts by outcome", ("outcome", "attempts", "share"))
     total = sum(outcomes.values()) or 1
-    t.add_column("share", justify="right")
     for name, n in outcomes.items():
-        t.add_row(name, _fmt(n), f"{100 * n / total:.1f}%")
+        _row(t, name, n, f"{100 * n / total:.1f}%")
     return t
 
 
-def overview_table(s: Mapping[str, Any]) -> Table:
-    t = Table(title=f"Run summary: {s.get('scenario', '')}", title_justify="left", show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    m = s.get("messages", {})
+def faults_table(faults: Mapping[str, Mapping[str, int]]) -> Table:
+    t = _table("Faulty identities: attempts by how they ended", ("fault", "ended as"))
+    for fault, classes in faults.items():
+        _row(t, fault, ", ".join(f"{k} {v:,}" for k, v in classes.items()))
+    return t
+
+
+def _fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    f, up, rate = s.get("fleet", {}), s.get("fleet_up", {}), s.get("connect_rate", {})
+    states = f.get("states", {})
+    gave = ", ".join(f"{n:,} after {k} attempts" for k, n in f.get("gave_up_after_attempts", {}).items())
     rows = [
-        ("devices connected", f"{s.get('devices_connected', 0):,} / {s.get('devices', 0):,}"),
-        ("connection attempts", _fmt(s.get("attempts"))),
-        ("connects/s (peak, mean)", f"{_fmt(s['connect_rate']['peak_per_s'])}, "
-                                    f"{_fmt(s['connect_rate']['mean_per_s'])}" if "connect_rate" in s else "-"),
-        ("messages published", _fmt(m.get("published"))),
-        ("messages acknowledged", _fmt(m.get("acknowledged"))),
-        ("messages lost", _fmt(m.get("lost"))),
-        ("ack latency p50 / p99 (ms)", f"{_fmt(m.get('ack_ms', {}).get('p50'))} / {_fmt(m.get('ack_ms', {}).get('p99'))}"),
-        ("wall time (s)", _fmt(s.get("wall_s"))),
+        ("devices connected at end", f"{f.get('connected_at_end', 0):,} / {s.get('devices', 0):,}  (peak "
+                                     f"{f.get('peak_connected', 0):,} at {_fmt(f.get('peak_at_s'))} s, ever "
+                                     f"{f.get('ever_connected', 0):,})"),
+        ("devices by state", f"connected {states.get('connected', 0):,}, retrying {states.get('retrying', 0):,}, "
+                             f"gave up {states.get('gave_up', 0):,}" + (f" ({gave})" if gave else "")
+                             + f", never tried {states.get('never_tried', 0):,}"),
     ]
-    broker = s.get("broker") or {}
-    if broker.get("cpu_seconds") is not None:
-        rows.append(("broker CPU (s)", _fmt(broker["cpu_seconds"])))
-    if broker.get("cpu_ms_per_connect") is not None:
-        rows.append(("broker CPU per connect (ms)", _fmt(broker["cpu_ms_per_connect"])))
-    if s.get("interrupted"):
-        rows.append(("ended early", str(s["interrupted"])))
+    if up.get("rate_per_s"):
+        rows.append(("fleet came up (first attempt to last first connect)",
+                     f"{up['devices']:,} devices in {up['span_s']:,.2f} s: {up['rate_per_s']:,.1f}/s"))
+    rows.append(("connects/s (mean over the run, peak second)",
+                 f"{_fmt(rate.get('mean_per_s'))}, {_fmt(rate.get('peak_per_s'))}"
+                 + (f" in second {rate['peak_second']}" if rate.get("peak_second") is not None else "")))
+    rows.append(("connection attempts", _fmt(s.get("attempts"))))
+    if drops := {k: v for k, v in s.get("drops", {}).items() if k != "stop"}:
+        rows.append(("connections dropped", ", ".join(f"{k} {v:,}" for k, v in drops.items())))
+    return rows
+
+
+def _message_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    m = s.get("messages", {})
+    q0, q1 = m.get("qos0", {}), m.get("qos1plus", {})
+    rows = []
+    if q0.get("published"):
+        rows.append(("QoS 0 messages sent (fire and forget)",
+                     f"{q0['sent']:,} of {q0['published']:,}" + (f" ({q0['unsent']:,} never left the device)"
+                                                                  if q0.get("unsent") else "")))
+    if q1.get("published") or not q0.get("published"):
+        ack = q1.get("ack_ms", {})
+        rows.append(("QoS 1/2 published / acknowledged / lost", f"{q1.get('published', 0):,} / "
+                     f"{q1.get('acknowledged', 0):,} / {q1.get('lost', 0):,}"))
+        rows.append(("ack latency p50 / p99 (ms)", f"{_fmt(ack.get('p50'))} / {_fmt(ack.get('p99'))}"))
+    return rows
+
+
+def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    sim, b = s.get("simulator", {}), s.get("broker", {})
+    lag, cpu = sim.get("loop_lag_ms", {}), sim.get("busiest_worker_cpu", {})
+    rows = [("simulator loop lag p50 / p99 / max (ms)", f"{_fmt(lag.get('p50'))} / {_fmt(lag.get('p99'))} / "
+                                                        f"{_fmt(lag.get('max'))}"),
+            ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
+    if not b.get("available", True):
+        rows.append(("broker figures", "not available: " + str(b.get("why", ""))))
+        return rows
+    if b.get("cpu_seconds") is not None:
+        procs = len(b.get("processes", [])) or 1
+        rows.append(("broker CPU (s)", _fmt(round(float(b["cpu_seconds"]), 3))
+                     + (f" over {procs} processes (restarts)" if procs > 1 else "")))
+    if b.get("cpu_ms_per_handshake") is not None:
+        lo, hi = b["storm_window_s"]
+        rows.append(("broker CPU per handshake (ms)", f"{b['cpu_ms_per_handshake']:,.2f}  (storm {lo:g}-{hi:g} s: "
+                                                      f"{b['handshakes_in_storm']:,} handshakes, "
+                                                      f"{b['messages_in_storm']:,} messages)"))
+    if b.get("cpu_ms_per_message") is not None:
+        rows.append(("broker CPU per message (ms)", f"{b['cpu_ms_per_message']:,.3f}  (after the storm: "
+                                                    f"{b['messages_after_storm']:,} published + acknowledged)"))
+    return rows
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.0f}%"
+
+
+def overview_table(s: Mapping[str, Any]) -> Table:
+    t = _table(f"Run summary: {s.get('scenario', '')}", ("what", "value"), header=False)
+    rows = [*_fleet_rows(s), *_message_rows(s), *_machine_rows(s), ("wall time (s)", _fmt(s.get("wall_s")))]
+    for key, label in (("stopped_early", "stopped early"), ("interrupted", "ended early")):
+        if s.get(key):
+            rows.append((label, str(s[key])))
     for what, value in rows:
-        t.add_row(what, value)
+        _row(t, what, value)
     return t
 
 
 def events_table(events: list[Mapping[str, Any]]) -> Table:
-    t = Table(title="Timed events (each step's time)", title_justify="left")
-    for c in ("at (s)", "action", "what happened"):
-        t.add_column(c)
+    t = _table("Timed events (each step's time, and what it did to the fleet)", ("at (s)", "action", "what happened"))
     for e in events:
         steps = ", ".join(f"{k} {_fmt(v)}" for k, v in e.items() if k not in ("at", "action", "fired_at_s"))
-        t.add_row(_fmt(e.get("fired_at_s")), str(e.get("action")), steps)
+        _row(t, e.get("fired_at_s"), str(e.get("action")), steps)
+    return t
+
+
+def thresholds_table(results: list[Mapping[str, Any]]) -> Table:
+    t = _table("--fail-on", ("rule", "measured", "verdict"))
+    for r in results:
+        verdict = Text("BREACHED", "bold red") if r["breached"] else Text("ok", "green")
+        _row(t, r["rule"], "-" if r["value"] is None else f"{r['value']:,.3f}{r['unit']}", verdict)
     return t
 
 
@@ -84,10 +157,15 @@ def render(summary: Mapping[str, Any]) -> Group:
         parts.append(phases_table(summary["phases_ms"]))
     if summary.get("outcomes"):
         parts.append(outcomes_table(summary["outcomes"]))
+    if summary.get("faults"):
+        parts.append(faults_table(summary["faults"]))
     if summary.get("events"):
         parts.append(events_table(summary["events"]))
+    if summary.get("thresholds"):
+        parts.append(thresholds_table(summary["thresholds"]))
+    parts += [Text.assemble(("warning: ", "bold yellow"), w) for w in summary.get("warnings", [])]
     return Group(*parts)
 
 
 def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(render(summary))
+    (console or Console(markup=False)).print(render(summary))

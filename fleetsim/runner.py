@@ -2,13 +2,14 @@
 
 The engine's shard runner (fleetsim.engine.shard.run_shard) does the device work; this module only orchestrates:
 it owns the processes, the clock, the events and the files, and it always writes what was measured, also after
-Ctrl-C or a broker that died.
+Ctrl-C, a broker that died, or a run stopped early because nothing could connect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -16,6 +17,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -25,22 +27,31 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from fleetsim import placement, progress, provision, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
-from fleetsim.engine.identity import PkiIdentities
+from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO, PkiIdentities
 from fleetsim.engine.shard import ShardResult, ShardSpec, run_shard
-from fleetsim.errors import FleetsimError
+from fleetsim.errors import BrokerError, FleetsimError, PkiError
 from fleetsim.events import EventRunner
 from fleetsim.pki import Layout, Pki
 from fleetsim.scenario import Scenario
+from fleetsim.series import run_series
 from fleetsim.shards import deal, merge_results
 
 FDS_PER_WORKER_SPARE = 64
 START_DELAY_S = 1.0  # lets every worker be up before the shared t0
+PREPARE_MS = 2.5  # building one device's own TLS context, with margin (~1.9 ms measured here)
+PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
+SAMPLE_EVERY_S = 1.0  # broker CPU samples, for CPU per handshake over the storm's window
+PLAIN_PROGRESS_EVERY_S = 10.0  # without a terminal (CI, logs): one progress line this often
+EARLY_CHECK_S = 5.0  # nothing connected this long after t0 ...
+EARLY_MIN_ATTEMPTS = 20  # ... with at least this many attempts (or every healthy device) failed: stop
+PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -49,7 +60,9 @@ class Outcome:
 
     results: dict[int, ShardResult] = field(default_factory=dict)
     interrupted: str | None = None
+    stopped_early: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    broker_samples: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     missing: list[int] = field(default_factory=list)
 
@@ -67,11 +80,29 @@ def raise_fd_limit(devices: int, workers: int) -> None:
 
 
 def open_pki(pki_dir: Path, console: Console) -> Pki:
-    """The PKI at ``pki_dir``, created for the user on first use."""
+    """The PKI at ``pki_dir``, created for the user on first use (in a new or empty directory only)."""
     if Layout(pki_dir).is_pki():
         return Pki.open(pki_dir)
-    console.print(f"creating a PKI in {pki_dir}")
+    if pki_dir.exists() and (not pki_dir.is_dir() or any(pki_dir.iterdir())):
+        raise PkiError(f"{pki_dir} is not a fleetsim PKI (no inventory.json or issuing CA key)",
+                       "point --pki at a PKI directory, or at a new or empty one to create it there")
+    console.print(Text(f"creating a PKI in {pki_dir}"))
     return Pki.init(pki_dir)
+
+
+def probe(host: str, port: int) -> None:
+    """One TCP connect to a broker fleetsim did not start: a broker that is down is one line, not a whole run."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return
+    except ConnectionRefusedError:
+        raise BrokerError(f"nothing listens at {host}:{port} (connection refused)",
+                          "start the broker, or fix --broker HOST:PORT") from None
+    except TimeoutError:
+        raise BrokerError(f"no answer from {host}:{port} within {PROBE_TIMEOUT_S:g} s",
+                          "check the address and that a firewall lets it through") from None
+    except OSError as exc:
+        raise BrokerError(f"cannot reach {host}:{port}: {exc.strerror or exc}", "check --broker HOST:PORT") from None
 
 
 @dataclass(frozen=True)
@@ -96,6 +127,14 @@ def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) ->
     return Auth(dataclasses.replace(options, password_file=path), password)
 
 
+def prepare_time(scenario: Scenario, per_worker: int) -> float:
+    """Seconds before t0 the workers may spend building their devices' TLS contexts (shards that keep one per
+    device), so a burst does not queue behind it: stated, bounded by PREPARE_BUDGET_S."""
+    if scenario.broker.auth != "mtls" or per_worker > PER_DEVICE_CONTEXTS_UP_TO:
+        return 0.0
+    return min(PREPARE_BUDGET_S, per_worker * PREPARE_MS / 1000.0)
+
+
 def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any,
             cores: frozenset[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
@@ -113,6 +152,25 @@ def _name_process(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])
 
 
+def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, target: str) -> str | None:
+    """Why to stop a run in which no healthy device could connect at all, or None to go on. Pure."""
+    attempts, connects = state.get("healthy_attempts", 0), state.get("healthy_connects", 0)
+    if connects or not healthy or elapsed < EARLY_CHECK_S or attempts < min(healthy, EARLY_MIN_ATTEMPTS):
+        return None
+    failures: dict[str, int] = dict(state.get("healthy_failures", {}))
+    if sum(failures.values()) < attempts:
+        return None  # some attempts are still under way
+    cls, n = max(failures.items(), key=lambda kv: kv[1])
+    hint = {
+        "tcp_refused": f"nothing listens at {target}: start the broker or fix --broker",
+        "tcp_timeout": f"{target} does not answer: check the address and the network",
+        "server_untrusted": "the broker's certificate is not from this PKI: point --pki at the PKI the broker uses",
+        "server_name_mismatch": "the broker's certificate does not name the address dialled",
+        "alert_unknown_ca": "the broker does not trust this PKI's CA: give it ca-chain.pem of --pki",
+    }.get(cls, "see attempts.parquet in the results for each attempt's detail")
+    return f"no device could connect: {n:,} of {attempts:,} attempts ended in {cls}; {hint}"
+
+
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, console: Console,
               fleet: Mapping[str, str], worker_cores: frozenset[int] = frozenset()) -> Outcome:
     """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
@@ -128,15 +186,29 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     deadline = t0 + scenario.duration + scenario.connect_timeout + COLLECT_GRACE_S
     snapshots: dict[int, Mapping[str, Any]] = {}
     view = progress.View(devices=scenario.devices, duration=scenario.duration)
+    target = f"{broker.host}:{broker.port}"
+    last_sample = last_line = 0.0
     with Live(console=console, refresh_per_second=4, transient=True) as live:
         while len(out.results) < len(shards):
             try:
                 _collect(result_q, progress_q, snapshots, out)
                 now = time.time()
+                elapsed = now - t0
+                state = progress.merge(snapshots)
                 if now >= t0:
-                    out.events += events.fire_due(now - t0)
-                live.update(view.render(progress.merge(snapshots), elapsed=max(0.0, now - t0),
-                                        events=len(out.events)))
+                    out.events += events.fire_due(elapsed)
+                if now - last_sample >= SAMPLE_EVERY_S:
+                    last_sample = now
+                    _sample(broker, elapsed, out.broker_samples)
+                line = view.render(state, elapsed=max(0.0, elapsed), events=len(out.events))
+                if console.is_terminal:
+                    live.update(line)
+                elif now - last_line >= PLAIN_PROGRESS_EVERY_S and elapsed > 0:
+                    last_line = now
+                    console.print(line)
+                if not stop.is_set() and (why := nothing_connects(state, elapsed, len(fleet), target)):
+                    out.stopped_early = why
+                    stop.set()
                 if not any(p.is_alive() for p in procs):
                     _collect(result_q, progress_q, snapshots, out, wait=1.0)
                     if len(out.results) < len(shards):
@@ -152,6 +224,7 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
             except FleetsimError as exc:
                 out.interrupted = f"event failed: {exc}"
                 stop.set()
+    _sample(broker, time.time() - t0, out.broker_samples)
     out.wall_s = time.time() - t0
     out.missing = sorted({s.index for s in shards} - set(out.results))
     for p in procs:
@@ -159,6 +232,13 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
         if p.is_alive():
             p.terminate()
     return out
+
+
+def _sample(broker: BrokerHandle, elapsed: float, samples: list[dict[str, float]]) -> None:
+    with contextlib.suppress(Exception):  # a broker that died mid-run stops being sampled, nothing more
+        cpu = broker.cpu_seconds()
+        if cpu is not None:
+            samples.append({"t": round(elapsed, 3), "cpu_seconds": cpu})
 
 
 def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, Any]], out: Outcome,
@@ -183,9 +263,10 @@ def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: C
     cores = placement.split(placement.usable_cores()) if scenario.broker.isolate else placement.Placement()
     workers = max(1, min(scenario.workers or len(cores.workers) or os.cpu_count() or 1, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
+    if scenario.broker.address is not None:
+        probe(*scenario.broker.address)
     pki = open_pki(pki_dir, console)
-    with console.status("provisioning device identities"):
-        fleet = provision.provision(pki, provision.plan(scenario))
+    fleet = _provision(pki, scenario, console)
     run_dir = results.new_run_dir(out_dir, scenario.name)
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
     results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers,
@@ -194,30 +275,40 @@ def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: C
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
         with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
-            outcome, broker_stats = _run_against_broker(scenario, fleet, pki, auth, workers, console, healthy,
-                                                        run_dir / "broker.log", cores)
-    summary = _write(run_dir, scenario, outcome, broker_stats)
+            outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, console,
+                                                                  healthy, run_dir / "broker.log", cores)
+    summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind)
     return run_dir, summary
 
 
+def _provision(pki: Pki, scenario: Scenario, console: Console) -> list[provision.Provisioned]:
+    """The fleet's identities, with a count of what is being issued."""
+    with console.status("checking device identities") as status:
+        def tell(done: int, total: int) -> None:
+            status.update(Text(f"issuing device identities: {done:,} / {total:,}"))
+
+        return provision.provision(pki, provision.plan(scenario), progress=tell)
+
+
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
-                        workers: int, console: Console, healthy: dict[str, str],
-                        broker_log: Path, cores: placement.Placement) -> tuple[Outcome, dict[str, Any]]:
+                        workers: int, console: Console, healthy: dict[str, str], broker_log: Path,
+                        cores: placement.Placement) -> tuple[Outcome, dict[str, Any], float, str]:
     with console.status(f"starting the {scenario.broker.target} broker"):
         broker = start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
+        lead = max(START_DELAY_S, prepare_time(scenario, math.ceil(scenario.devices / workers)))
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="localhost", ca_pem=pki.layout.ca_chain.read_bytes(),
-                             t0=time.time() + START_DELAY_S, pki_dir=pki.root, password=auth.password)
+                             t0=time.time() + lead, pki_dir=pki.root, password=auth.password)
         shards = deal(scenario, fleet, template, workers)
-        console.print(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
-                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
-                      + (f"; {cores.describe()}" if cores.broker else ""))
+        console.print(Text(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
+                           f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
+                           + (f"; {cores.describe()}" if cores.broker else "")))
         outcome = supervise(scenario, shards, pki, broker, console, healthy, cores.workers)
         broker_stats = _safe_stats(broker)
         _keep_log(broker_stats.get("log"), broker_log)
-        return outcome, broker_stats
+        return outcome, broker_stats, template.t0, broker.kind
     finally:
         broker.stop()
 
@@ -236,18 +327,25 @@ def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
-def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: dict[str, Any]) -> dict[str, Any]:
-    attempts, series, messages = merge_results(outcome.results)
-    results.write_table(run_dir / "attempts.parquet", attempts)
-    results.write_table(run_dir / "series.parquet", series)
+def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: dict[str, Any], *, t0: float,
+           workers: int, kind: str) -> dict[str, Any]:
+    m = merge_results(outcome.results)
+    stops = [r.loop["stopped_at"] for r in outcome.results.values() if r.loop.get("stopped_at")]
+    stopped_s = (max(stops) - t0) if stops else min(scenario.duration, outcome.wall_s)
+    series = run_series(m.attempts, m.sessions, m.bins, t0=t0, stopped_s=stopped_s)
+    for name, table in (("attempts", m.attempts), ("sessions", m.sessions), ("devices", m.devices),
+                        ("series", series)):
+        results.write_table(run_dir / f"{name}.parquet", table)
     results.write_json(run_dir / "events.json", outcome.events)
-    results.write_json(run_dir / "broker.json", broker_stats)
-    summary = stats.summarise(attempts, series, messages, devices=scenario.devices, wall_s=outcome.wall_s,
-                              broker={k: v for k, v in broker_stats.items() if not isinstance(v, list | dict)})
-    summary["scenario"] = scenario.name
-    summary["events"] = outcome.events
+    results.write_json(run_dir / "broker.json", {**broker_stats, "cpu_samples": outcome.broker_samples})
+    summary = stats.summarise(m, series, t0=t0, stopped_s=stopped_s, devices=scenario.devices, workers=workers,
+                              wall_s=outcome.wall_s, broker_kind=kind, broker_final=broker_stats,
+                              broker_samples=outcome.broker_samples, events=outcome.events)
+    summary = {"scenario": scenario.name, "t0": t0, **summary}
     if outcome.interrupted:
         summary["interrupted"] = outcome.interrupted
+    if outcome.stopped_early:
+        summary["stopped_early"] = outcome.stopped_early
     if outcome.missing:
         summary["shards_missing"] = outcome.missing
     results.write_json(run_dir / results.SUMMARY, summary)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fleetsim import provision
+from fleetsim.engine import timeline
 from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec
 from fleetsim.scenario import Scenario, arrival_times
 
@@ -38,33 +40,49 @@ def deal(scenario: Scenario, fleet: list[provision.Provisioned], template: Shard
     ]
 
 
-def merge_results(parts: Mapping[int, ShardResult]) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, Any]]:
-    """Concatenate attempts, add up per-second series and message counters across shards."""
-    attempts: dict[str, list[Any]] = {}
-    per_second: dict[int, dict[str, float]] = {}
-    messages: dict[str, Any] = {"published": 0, "acknowledged": 0, "lost": 0, "ack_ms": [], "by_kind": {}}
-    for part in parts.values():
-        for k, v in part.attempts.items():
-            attempts.setdefault(k, []).extend(v)
-        cols = part.series
-        for i, second in enumerate(cols.get("second", [])):
-            row = per_second.setdefault(int(second), {})
-            for k, v in cols.items():
-                if k != "second":
-                    row[k] = row.get(k, 0) + v[i]
-        for k, v in part.messages.items():
-            if isinstance(v, list):
-                messages.setdefault(k, []).extend(v)
-            elif isinstance(v, dict):
-                inner = messages.setdefault(k, {})
-                for kk, vv in v.items():
-                    inner[kk] = inner.get(kk, 0) + vv
-            else:
-                messages[k] = messages.get(k, 0) + v
-    seconds = sorted(per_second)
-    keys = sorted({k for row in per_second.values() for k in row})
-    series: dict[str, list[Any]] = {"second": seconds}
-    series.update({k: [per_second[s].get(k, 0) for s in seconds] for k in keys})
-    return attempts, series, messages
+@dataclass
+class Merged:
+    """Every shard's raw records as one run's: the rows every figure of the summary is computed from."""
+
+    attempts: dict[str, list[Any]]
+    sessions: dict[str, list[Any]]
+    devices: dict[str, list[Any]]
+    bins: dict[str, list[Any]]  # per-second counters the rows cannot give (publishes, acks, loop lag, CPU)
+    messages: dict[str, Any]
+    loop_lag_ms: list[float] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # per shard: CPU and wall seconds, admission
 
 
+def _concat(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for part in parts:
+        for k, v in part.items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
+def _add_counters(into: dict[str, Any], part: Mapping[str, Any]) -> None:
+    for k, v in part.items():
+        if isinstance(v, list):
+            into.setdefault(k, []).extend(v)
+        elif isinstance(v, dict):
+            _add_counters(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+
+
+def merge_results(parts: Mapping[int, ShardResult]) -> Merged:
+    """Concatenate rows, add per-second counters (maxima for ``*_max``) and message counters across shards."""
+    ordered = [parts[i] for i in sorted(parts)]
+    messages: dict[str, Any] = {}
+    for part in ordered:
+        _add_counters(messages, part.messages)
+    return Merged(
+        attempts=_concat([p.attempts for p in ordered]),
+        sessions=_concat([p.sessions for p in ordered]),
+        devices=_concat([p.devices for p in ordered]),
+        bins=timeline.merge([p.series for p in ordered]),
+        messages=messages,
+        loop_lag_ms=[x for p in ordered for x in p.loop.get("lag_ms", [])],
+        workers=[{"shard": p.index, **{k: v for k, v in p.loop.items() if k != "lag_ms"}} for p in ordered],
+    )

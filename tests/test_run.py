@@ -74,14 +74,16 @@ def run(tmp_path: Path, toml: str) -> tuple[Path, dict]:
 @pytest.mark.parametrize("target", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
 def test_small_fleet_connects_publishes_and_accounts_for_every_message(tmp_path: Path, target: str) -> None:
     run_dir, summary = run(tmp_path, fleet_toml(target))
-    assert summary["devices_connected"] == 60 and summary["outcomes"] == {"connected": 60}
-    m = summary["messages"]
+    assert summary["fleet"]["connected_at_end"] == 60 and summary["outcomes"] == {"connected": 60}
+    m = summary["messages"]["qos1plus"]
     assert m["published"] >= 40 and m["lost"] == 0 and m["acknowledged"] == m["published"]
     attempts = pq.read_table(run_dir / "attempts.parquet").to_pydict()
-    for setup, tcp, tls, mqtt, total in zip(attempts["setup_ms"], attempts["tcp_ms"], attempts["tls_ms"],
-                                            attempts["mqtt_ms"], attempts["total_ms"], strict=True):
-        assert setup + tcp + tls + mqtt == pytest.approx(total, abs=1e-6)
-    for name in ("scenario.toml", "meta.json", "summary.json", "series.parquet", "events.json", "broker.json"):
+    for setup, wait, tcp, tls, mqtt, total in zip(attempts["setup_ms"], attempts["wait_ms"], attempts["tcp_ms"],
+                                                  attempts["tls_ms"], attempts["mqtt_ms"], attempts["total_ms"],
+                                                  strict=True):
+        assert setup + wait + tcp + tls + mqtt == pytest.approx(total, abs=1e-6)
+    for name in ("scenario.toml", "meta.json", "summary.json", "series.parquet", "sessions.parquet",
+                 "devices.parquet", "events.json", "broker.json"):
         assert (run_dir / name).is_file(), name
     assert summary["broker"]["cpu_seconds"] > 0
 
@@ -122,8 +124,8 @@ action = "restart-broker"
     _, summary = run(tmp_path, toml)
     assert [e["action"] for e in summary["events"]] == ["restart-broker"]
     assert summary["attempts"] > 30, "devices reconnected after the restart"
-    assert summary["devices_connected"] == 30
-    assert summary["messages"]["lost"] == 0
+    assert summary["fleet"]["connected_at_end"] == 30
+    assert summary["messages"]["qos1plus"]["lost"] == 0
 
 
 def test_ctrl_c_ends_the_run_cleanly_and_writes_results(tmp_path: Path) -> None:
@@ -144,7 +146,7 @@ def test_ctrl_c_ends_the_run_cleanly_and_writes_results(tmp_path: Path) -> None:
     (run_dir,) = (tmp_path / "out").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert "Ctrl-C" in summary["interrupted"]
-    assert summary["devices_connected"] == 20 and summary["wall_s"] < 30
+    assert summary["fleet"]["ever_connected"] == 20 and summary["wall_s"] < 30
 
 
 def test_bad_scenario_is_one_line_and_report_reads_a_run(tmp_path: Path) -> None:
@@ -196,7 +198,7 @@ action = "reenroll"
         assert seq[0] == "connected" and "alert_revoked" in seq and seq[-1] == "connected", seq
     for d in others:  # the healthy part of the fleet never noticed
         assert by_device[d] == ["connected"]
-    assert summary["messages"]["lost"] == 0
+    assert summary["messages"]["qos1plus"]["lost"] == 0
 
 
 @pytest.mark.mosquitto
@@ -221,7 +223,7 @@ def test_a_broker_that_dies_mid_run_ends_cleanly_with_results(tmp_path: Path) ->
     run_dir, summary = run(tmp_path, fleet_toml("mosquitto", devices=20, duration=6,
                                                 extra="[reconnect]\ninitial = 0.2\ncap = 0.5\n"))
     killer.join()
-    assert summary["devices_connected"] == 20
+    assert summary["fleet"]["ever_connected"] == 20
     assert summary["outcomes"].get("tcp_refused", 0) > 0  # they kept trying, with backoff, and said why
     assert (run_dir / "attempts.parquet").is_file() and (run_dir / "summary.json").is_file()
 

@@ -39,19 +39,22 @@ def test_deal_never_makes_an_empty_shard() -> None:
     assert len(deal(sc, fleet, ShardSpec(index=0, devices=(), host="h", port=1), workers=8)) == 2
 
 
-def part(index: int, second: list[int], connects: list[int], published: int) -> ShardResult:
+def part(index: int, second: list[int], published: list[int], lag: list[float], n: int) -> ShardResult:
     return ShardResult(
         index=index,
         attempts={"device_id": [f"s{index}"], "outcome": ["connected"]},
-        messages={"published": published, "acknowledged": published, "lost": 0, "ack_ms": [1.0],
-                  "by_kind": {"telemetry": published}},
-        series={"second": second, "connects": connects},
+        sessions={"device_id": [f"s{index}"], "cause": ["stop"]},
+        devices={"device_id": [f"s{index}"], "state": ["connected"]},
+        series={"second": second, "published": published, "loop_lag_ms_max": lag},
+        messages={"published": n, "acknowledged": n, "lost": 0, "ack_ms": [1.0], "by_kind": {"telemetry": n}},
+        loop={"lag_ms": lag, "cpu_s": 1.0},
     )
 
 
-def test_merge_adds_series_by_second_and_counters() -> None:
-    attempts, series, messages = merge_results({0: part(0, [0, 1], [2, 3], 5), 1: part(1, [1, 2], [4, 1], 7)})
-    assert attempts["device_id"] == ["s0", "s1"]
-    assert series == {"second": [0, 1, 2], "connects": [2, 7, 1]}
-    assert messages["published"] == 12 and messages["by_kind"] == {"telemetry": 12}
-    assert messages["ack_ms"] == [1.0, 1.0]
+def test_merge_adds_counters_by_second_and_takes_the_worst_lag() -> None:
+    m = merge_results({0: part(0, [0, 1], [2, 3], [1.0, 9.0], 5), 1: part(1, [0, 1, 2], [4, 1, 1], [5.0, 2.0, 3.0], 7)})
+    assert m.attempts["device_id"] == ["s0", "s1"] and m.sessions["cause"] == ["stop", "stop"]
+    assert m.bins == {"second": [0, 1, 2], "published": [6, 4, 1], "loop_lag_ms_max": [5.0, 9.0, 3.0]}
+    assert m.messages["published"] == 12 and m.messages["by_kind"] == {"telemetry": 12}
+    assert m.messages["ack_ms"] == [1.0, 1.0] and len(m.loop_lag_ms) == 5
+    assert [w["cpu_s"] for w in m.workers] == [1.0, 1.0]

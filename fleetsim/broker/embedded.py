@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from functools import partial
@@ -329,6 +330,10 @@ class EmbeddedBroker:
         return self._gate(peer, connect)
 
     # --- counters ------------------------------------------------------------------------------------------------
+    def cpu_seconds(self) -> float | None:
+        cpu = os.times()
+        return cpu.user + cpu.system
+
     def stats(self) -> dict[str, Any]:
         """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
         snapshot = self.metrics.snapshot(current_connections=len(self._live), revoked_serials=len(self._revoked))

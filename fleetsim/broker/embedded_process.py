@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fleetsim.broker import totals
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
 
@@ -61,6 +62,7 @@ class EmbeddedProcess:
         self.plain_port: int | None = None
         self.stats_port: int | None = None
         self.restarts = 0
+        self._retired: list[dict[str, Any]] = []  # final counters of the processes restart() replaced
         self._proc: subprocess.Popen[str] | None = None
 
     @property
@@ -113,16 +115,23 @@ class EmbeddedProcess:
         return result
 
     def stats(self) -> dict[str, Any]:
-        """Broker-side counters of the running process, plus how often this handle restarted it."""
-        result = self._call("GET", "/stats")
+        """Broker-side counters over every process this handle ran, and how often it restarted it."""
+        result = totals.combine(self._retired, self._call("GET", "/stats"))
         result["restarts"] = self.restarts
         return result
+
+    def cpu_seconds(self) -> float | None:
+        now = totals.process_cpu(self.pid)
+        before = sum(r.get("cpu_seconds", 0.0) for r in self._retired)
+        return before + now if now is not None else None
 
     def reload_crl(self) -> None:
         self._call("POST", "/reload-crl")
 
     def restart(self) -> None:
-        """Stop and start again on the same port(s); counters start from zero in the new process."""
+        """Stop and start again on the same port(s); the old process's counters are kept and added in."""
+        with contextlib.suppress(BrokerError):  # a broker that died cannot say what it counted
+            self._retired.append(self._call("GET", "/stats"))
         self.stop()
         self.options = dataclasses.replace(self.options, port=self.port, plain_port=self.plain_port)
         self.restarts += 1

@@ -38,10 +38,15 @@ class BrokerHandle(Protocol):
         """Make new connections see the PKI's current crl.pem now."""
 
     def stats(self) -> dict[str, Any]:
-        """Broker-side counters: accepted, rejected by reason, handshake times, cpu_seconds."""
+        """Broker-side counters since the handle started, over every process it ran (restarts included): accepted,
+        rejected by reason, handshake times, cpu_seconds; ``processes`` lists each process."""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds of every process the handle ran, restarts included, read cheaply (sampled once a second
+        during a run); None when it cannot be known (a broker fleetsim did not start)."""
 
     def restart(self) -> None:
-        """Stop and start again on the same port (a timed event in scenarios)."""
+        """Stop and start again on the same port (a timed event in scenarios); counters carry on."""
 
     def stop(self) -> None:
         """Stop and release the port; safe to call twice."""

@@ -25,6 +25,9 @@ class ExternalBroker:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def cpu_seconds(self) -> float | None:
+        return None
+
     def restart(self) -> None:
         raise BrokerError(f"cannot restart the external broker at {self.host}:{self.port}",
                           "drop restart-broker events when --broker is HOST:PORT")

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import psutil
 
+from fleetsim.broker import totals
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl, uses_identity
 from fleetsim.errors import BrokerError
@@ -165,7 +166,8 @@ class MosquittoBroker:
         self._stderr: IO[bytes] | None = None
         self._log_offset = 0
         self._log_rest = b""
-        self.tally = LogTally()
+        self.tally = LogTally()  # read from the log, which restarts append to: it spans every process
+        self._retired_cpu = 0.0  # CPU seconds of the processes restart() replaced
 
     @property
     def plain_port(self) -> int | None:
@@ -362,14 +364,19 @@ class MosquittoBroker:
         try:
             proc = psutil.Process(self._proc.pid)
             cpu = proc.cpu_times()
-            out.update(cpu_seconds=cpu.user + cpu.system, rss_bytes=proc.memory_info().rss,
+            out.update(cpu_seconds=self._retired_cpu + cpu.user + cpu.system, rss_bytes=proc.memory_info().rss,
                        connected=self._connected(proc), open_files_limit=_open_files_limit(proc.pid))
         except psutil.NoSuchProcess:
             out["alive"] = False
         return out
 
+    def cpu_seconds(self) -> float | None:
+        now = totals.process_cpu(self.pid if self.alive else None)
+        return self._retired_cpu + now if now is not None else None
+
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start again on the same port(s), with the PKI's current files (and kept persistence)."""
+        self._retired_cpu += totals.process_cpu(self.pid) or 0.0
         self._terminate()
         self._prepare()
         self._launch()

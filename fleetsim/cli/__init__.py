@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from fleetsim import __version__
 from fleetsim.errors import FleetsimError
 
 try:  # typer >= 0.2x vendors its own click; older ones use click itself
-    from typer._click.exceptions import ClickException, UsageError
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click import ClickException, UsageError  # type: ignore[no-redef]
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="fleetsim",
@@ -22,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, markup=False)  # user text is never read as markup
 
 
 def _version(value: bool) -> None:
@@ -57,6 +59,11 @@ def main() -> None:
     _register()
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its code
+    except NoArgsIsHelpError:  # `fleetsim`, `fleetsim pki`: the help was the answer
+        sys.exit(0)
+    except BrokenPipeError:  # `fleetsim pki list --json | head -1`: the reader had enough
+        _quiet_stdout()
+        sys.exit(0)
     except FleetsimError as exc:
         _fail(str(exc), exc.exit_code)
     except UsageError as exc:
@@ -73,5 +80,11 @@ def main() -> None:
 
 
 def _fail(line: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True)
+    err.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
     sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -21,7 +21,7 @@ from fleetsim.errors import PkiError
 from fleetsim.pki import REASONS, Fault, KeyType, Pki
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True)  # soft wrap: paths stay whole when piped
+out = Console(highlight=False, soft_wrap=True, markup=False)  # paths stay whole when piped, brackets too
 
 STATUSES = ("valid", "revoked")
 TABLE_LIMIT = 100  # rows a table shows when --limit is not given; --json lists everything
@@ -38,6 +38,8 @@ def _os_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # a closed reader of our output is not a file problem (see cli.main)
+            raise
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             raise PkiError(f"cannot write or read{where}: {exc.strerror or exc}",
@@ -185,7 +187,7 @@ def list_(
     for d in shown:
         table.add_row(d.id, format(d.serial, "x")[:16], d.model, d.lot, d.key_type, d.not_after.date().isoformat(),
                       d.fault.value if d.fault else "", d.status, str(d.generation))
-    wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: whole ids, not "dev-00…"
+    wide = out if out.is_terminal else Console(highlight=False, width=160, markup=False)  # piped: whole ids, not "dev-00…"
     wide.print(table)
     more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""
     out.print(f"{len(devices):,} device(s){more}")

@@ -1,14 +1,23 @@
-"""`fleetsim run SCENARIO` and `fleetsim report RESULTS`."""
+"""`fleetsim run SCENARIO` and `fleetsim report RESULTS`.
+
+Exit codes: 0 the run went as the scenario asked; 1 it ran but failed (nothing could connect, a --fail-on rule
+breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C (results still written).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from fleetsim import report, results
+from fleetsim import report, results, thresholds
 from fleetsim.errors import FleetsimError
+
+RUN_FAILED = 1
+INTERRUPTED = 130
 
 
 def run(
@@ -22,26 +31,49 @@ def run(
     isolate_broker: bool = typer.Option(False, "--isolate-broker",
                                         help="Give the broker fleetsim starts a core of its own, the workers the "
                                              "others (handshake timing on one machine)."),
+    fail_on: list[str] = typer.Option([], "--fail-on", metavar="RULE",
+                                      help="Exit 1 when the run breaches RULE, e.g. 'connected<100%' or "
+                                           "'p99.total>200ms' (repeatable; see fleetsim/thresholds.py)."),
 ) -> None:
     """Run a fleet against a broker that requires client certificates, then print the summary."""
     from fleetsim import scenario as scenario_mod
     from fleetsim.runner import run_scenario
 
-    console = Console()
+    rules = thresholds.parse(fail_on)  # a bad rule is one line before anything runs
+    console = Console(markup=False, highlight=False)
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
                                                      broker=broker, isolate=isolate_broker or None)
     run_dir, summary = run_scenario(sc, pki_dir=pki, out_dir=out, console=console)
+    if rules:
+        summary["thresholds"] = thresholds.judge(rules, summary)
+        results.write_json(run_dir / results.SUMMARY, summary)
     report.print_summary(summary, console)
-    console.print(f"results: {run_dir}")
-    if summary.get("interrupted"):
-        raise typer.Exit(130 if "Ctrl-C" in summary["interrupted"] else 1)
+    console.print(Text(f"results: {run_dir}"))
+    raise typer.Exit(_exit_code(summary))
 
 
-def report_cmd(run_dir: Path = typer.Argument(..., help="A results directory written by `fleetsim run`.")) -> None:
-    """Print a finished run's summary as tables."""
+def _exit_code(summary: dict) -> int:
+    err = Console(stderr=True, markup=False, highlight=False)
+    if "Ctrl-C" in str(summary.get("interrupted", "")):
+        return INTERRUPTED
+    problems = [summary[k] for k in ("stopped_early", "interrupted") if summary.get(k)]
+    problems += [f"--fail-on {t['rule']} breached (measured {t['value']}{t['unit']})"
+                 for t in summary.get("thresholds", []) if t["breached"]]
+    for p in problems:
+        err.print(Text.assemble(("error: ", "bold red"), str(p)), soft_wrap=True)
+    return RUN_FAILED if problems else 0
+
+
+def report_cmd(run_dir: Path = typer.Argument(..., help="A results directory written by `fleetsim run`."),
+               as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables.")) -> None:
+    """Print a finished run's summary as tables (or as JSON)."""
     if not run_dir.is_dir():
         raise FleetsimError(f"no results directory {run_dir}", "pass a directory written by `fleetsim run`")
-    report.print_summary(results.read_summary(run_dir))
+    summary = results.read_summary(run_dir)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    report.print_summary(summary, Console(markup=False, highlight=False))
 
 
 def register(app: typer.Typer) -> None:

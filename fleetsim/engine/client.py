@@ -25,8 +25,15 @@ SockLike = socket.socket | ssl.SSLSocket
 AckCallback = Callable[[int, float], None]  # (qos, latency ms)
 
 
+KEEP_ALIVE_TIMEOUT = 141  # the reason code paho reports when it gives up waiting for PINGRESP (any MQTT version)
+
+
 class ConnectionClosed(EOFError):
     """The broker closed the connection without saying why (no TLS alert, no CONNACK)."""
+
+
+class KeepaliveTimeout(TimeoutError):
+    """No PINGRESP within 1.5 keepalive intervals: the device gave up on a broker that stopped answering."""
 
 
 class _Fifo(list[Any]):
@@ -212,6 +219,8 @@ class MqttConnection:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected = False
         err = self.client.last_error
+        if err is None and getattr(reason, "value", None) == KEEP_ALIVE_TIMEOUT:
+            err = KeepaliveTimeout("no PINGRESP within 1.5 keepalive intervals")
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(err or ConnectionClosed("connection closed before CONNACK"))
         if self.lost is not None and not self.lost.done():

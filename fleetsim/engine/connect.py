@@ -6,7 +6,9 @@ Not asyncio's TLS transport: it allocates a 256 KiB read buffer per connection (
 Every step is tried at once and the event loop is asked to wait only when the kernel says the step must wait:
 on loopback a non-blocking connect says EINPROGRESS although the kernel has already finished it, and a wait
 through the loop there (``loop.sock_connect``; uvloop also resolves the address first) cost ~0.2 ms per
-connection that a device does not spend. The time reported is the device's, not the simulator's bookkeeping.
+connection that a device does not spend. The time reported is the device's, not the simulator's bookkeeping:
+the time from the kernel saying "ready" to this task running again is the worker's own queue, and is handed to
+a :class:`WaitSink` so the phase clock can book it apart from the network's and the broker's time.
 """
 
 from __future__ import annotations
@@ -17,29 +19,37 @@ import os
 import socket
 import ssl
 import time
+from typing import Protocol
 
 _PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
-    """Wait until ``fd`` is readable (or writable)."""
-    fut = loop.create_future()
+class WaitSink(Protocol):
+    def waited(self, seconds: float) -> None:
+        """Time a ready socket waited for this task to run again (the simulator's queue, not the network's)."""
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool, sink: WaitSink | None) -> None:
+    """Wait until ``fd`` is readable (or writable); tell ``sink`` how long the wake-up took to reach us."""
+    fut: asyncio.Future[float] = loop.create_future()
 
     def wake() -> None:
         if not fut.done():
-            fut.set_result(None)
+            fut.set_result(time.perf_counter())
 
     if write:
         loop.add_writer(fd, wake)
     else:
         loop.add_reader(fd, wake)
     try:
-        await fut
+        woke = await fut
     finally:
         if write:
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+    if sink is not None:
+        sink.waited(time.perf_counter() - woke)
 
 
 def _numeric(host: str, family: int) -> bool:
@@ -71,7 +81,8 @@ def _connected(sock: socket.socket, address: tuple[object, ...]) -> bool:
     raise OSError(rc, os.strerror(rc))  # OSError picks the subclass: ConnectionRefusedError for ECONNREFUSED
 
 
-async def tcp_connect(host: str, port: int, *, source: str | None = None) -> tuple[socket.socket, float]:
+async def tcp_connect(host: str, port: int, *, source: str | None = None,
+                      sink: WaitSink | None = None) -> tuple[socket.socket, float]:
     """A connected non-blocking TCP socket with TCP_NODELAY, and how long the connect took (ms).
 
     TCP_NODELAY matters: Nagle's algorithm meeting delayed ACKs adds ~40 ms to CONNECT-to-CONNACK (field notes).
@@ -89,7 +100,7 @@ async def tcp_connect(host: str, port: int, *, source: str | None = None) -> tup
         if not _connected(sock, address) and not _connected(sock, address):
             fd = sock.fileno()
             while True:  # writable means done: SO_ERROR tells success from failure
-                await _ready(loop, fd, write=True)
+                await _ready(loop, fd, True, sink)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, os.strerror(err))
@@ -101,7 +112,7 @@ async def tcp_connect(host: str, port: int, *, source: str | None = None) -> tup
         raise
 
 
-async def tls_handshake(tls: ssl.SSLSocket) -> tuple[ssl.SSLSocket, float]:
+async def tls_handshake(tls: ssl.SSLSocket, sink: WaitSink | None = None) -> tuple[ssl.SSLSocket, float]:
     """Complete the client handshake of a wrapped socket without blocking; returns it and its time (ms).
 
     The first step runs at once (the ClientHello goes out without a trip through the loop); the loop is
@@ -117,9 +128,9 @@ async def tls_handshake(tls: ssl.SSLSocket) -> tuple[ssl.SSLSocket, float]:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await _ready(loop, fd, write=False)
+                await _ready(loop, fd, False, sink)
             except ssl.SSLWantWriteError:
-                await _ready(loop, fd, write=True)
+                await _ready(loop, fd, True, sink)
         return tls, (time.perf_counter() - t) * 1000.0
     except BaseException:
         tls.close()

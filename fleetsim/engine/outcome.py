@@ -13,7 +13,7 @@ from enum import StrEnum
 
 
 class Phase(StrEnum):
-    IDENTITY = "identity"  # building the device's SSLContext from its certificate and key
+    IDENTITY = "identity"  # reading and loading the device's own certificate and key
     TCP = "tcp"
     TLS = "tls"
     MQTT = "mqtt"  # CONNECT sent, waiting for CONNACK
@@ -41,7 +41,28 @@ class Failure(StrEnum):
     RESET = "reset"
     CLIENT_KEY_MISMATCH = "client_key_mismatch"
     CLIENT_KEY_REJECTED = "client_key_rejected"  # our own OpenSSL refuses the key (weak-key fault)
+    CLIENT_IDENTITY = "client_identity"  # the device's own certificate or key is missing, unreadable or corrupt
     CLIENT_ERROR = "client_error"  # any other local problem building the identity
+
+
+class DeviceError(Exception):
+    """A failure on the device's own side, found before anything is sent to the broker; carries its class."""
+
+    def __init__(self, failure: Failure, detail: str) -> None:
+        super().__init__(detail)
+        self.failure = failure
+
+
+class Drop(StrEnum):
+    """Why a connection that CONNACK had accepted ended."""
+
+    BROKER_CLOSED = "broker_closed"  # the broker closed it (clean TLS close or EOF), e.g. a revoked session cut
+    RESET = "reset"  # reset or broken pipe
+    KEEPALIVE = "keepalive"  # no answer to PINGREQ within 1.5 keepalives: the device gave up on the broker
+    CHURN = "churn"  # the scenario's churn: the device dropped the connection itself
+    STOP = "stop"  # still connected when the run ended
+    REVOKED = "revoked"  # set by the orchestrator: ended after an event revoked the device's certificate
+    ERROR = "error"  # any other error on the connection
 
 
 # OpenSSL reason names (ssl.SSLError.reason) of alerts the broker sends -> class.
@@ -93,6 +114,8 @@ def _ssl_failure(exc: ssl.SSLError, phase: Phase) -> Failure:
         return Failure.CLIENT_KEY_MISMATCH
     if reason in _KEY_REJECTED:
         return Failure.CLIENT_KEY_REJECTED
+    if getattr(exc, "library", None) == "PEM":  # our own certificate or key file does not decode
+        return Failure.CLIENT_IDENTITY
     if "ALERT" in reason:
         return Failure.ALERT_OTHER
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
@@ -104,6 +127,8 @@ def _ssl_failure(exc: ssl.SSLError, phase: Phase) -> Failure:
 
 def classify(exc: BaseException | None, phase: Phase) -> Failure:
     """Class of an attempt that ended with ``exc`` (None: the peer closed cleanly, EOF) during ``phase``."""
+    if isinstance(exc, DeviceError):
+        return exc.failure
     if exc is None or isinstance(exc, EOFError):
         return Failure.REJECTED_AFTER_HANDSHAKE if phase is Phase.MQTT else Failure.RESET
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and socket.timeout are TimeoutError
@@ -121,6 +146,19 @@ def classify(exc: BaseException | None, phase: Phase) -> Failure:
     if phase is Phase.TCP:
         return Failure.TCP_ERROR
     return Failure.RESET
+
+
+def drop_cause(exc: BaseException | None) -> Drop:
+    """Why an established connection ended, from the error that ended it (None: closed without an error)."""
+    if exc is None or isinstance(exc, EOFError | ssl.SSLZeroReturnError | ssl.SSLEOFError):
+        return Drop.BROKER_CLOSED
+    if isinstance(exc, TimeoutError):
+        return Drop.KEEPALIVE
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return Drop.RESET
+    if isinstance(exc, ssl.SSLError):
+        return Drop.BROKER_CLOSED if "ALERT" in (getattr(exc, "reason", None) or "") else Drop.ERROR
+    return Drop.ERROR
 
 
 def describe(exc: BaseException | None) -> str:

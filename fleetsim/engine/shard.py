@@ -3,6 +3,11 @@
 ``run_shard`` is a plain function taking and returning picklable values, so an orchestrator can run shards in
 processes here or elsewhere. No thread per device: every device is a coroutine, every connection a plain
 non-blocking ``ssl.SSLSocket`` (~32 KB) driven by the loop, handed to paho for MQTT.
+
+What it records is raw and timed at the source, so every figure built on it can be checked against it: one row
+per connection attempt (phases contiguous: setup + wait + tcp + tls + mqtt = total), one row per connection that
+CONNACK accepted (when it started, when and why it ended), per-second counters of what is not a row (publishes,
+acknowledgements) binned by when each happened, and the worker's own loop lag and CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import heapq
-import math
 import random
 import signal
 import sys
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleetsim import scenario as sc
+from fleetsim.engine.admission import Admission
 from fleetsim.engine.client import MqttConnection
 from fleetsim.engine.connect import tcp_connect, tls_handshake
 from fleetsim.engine.identity import (
@@ -34,16 +39,23 @@ from fleetsim.engine.identity import (
     Identity,
     IdentitySource,
     as_source,
+    check,
 )
-from fleetsim.engine.outcome import Failure, Phase, classify, classify_connack, describe
+from fleetsim.engine.monitor import CPU_COLUMN, CPU_MAX_COLUMN, LAG_COLUMN, LoopMonitor
+from fleetsim.engine.outcome import Drop, Failure, Phase, classify, classify_connack, describe, drop_cause
+from fleetsim.engine.timeline import Bins
 from fleetsim.telemetry import TelemetryStream, topic
 
 DRAIN_S = 2.0  # after the stop, how long connected devices wait for outstanding acknowledgements
 PROGRESS_EVERY_S = 0.5
+ADJUST_EVERY_S = 0.1  # admission limit follows the loop lag at this period
 ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
-ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms", "outcome",
-                   "failure", "detail", "tls_version", "cipher", "resumed", "key_type", "fault", "group", "shard")
-SERIES_COLUMNS = ("second", "connected", "attempts", "connects", "failures", "drops", "published", "acked")
+ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms",
+                   "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "key_type",
+                   "fault", "group", "shard")
+SESSION_COLUMNS = ("device_id", "attempt", "start", "end", "cause")  # start: CONNACK; end: wall clock
+DEVICE_COLUMNS = ("device_id", "attempts", "state")  # state: connected, gave_up, retrying, never_tried
+BIN_COLUMNS = ("published", "acked", "sent_qos0", LAG_COLUMN, CPU_COLUMN, CPU_MAX_COLUMN)
 
 
 class StopFlag(Protocol):
@@ -78,42 +90,59 @@ class ShardSpec:
 @dataclass
 class ShardResult:
     index: int
-    attempts: dict[str, list[Any]]
+    attempts: dict[str, list[Any]]  # ATTEMPT_COLUMNS, one row per connection attempt
+    sessions: dict[str, list[Any]]  # SESSION_COLUMNS, one row per connection CONNACK accepted
+    devices: dict[str, list[Any]]  # DEVICE_COLUMNS, each device's state when the run ended
+    series: dict[str, list[Any]]  # BIN_COLUMNS per second since t0, by event time
     messages: dict[str, Any]
-    series: dict[str, list[Any]]
-    losses: dict[str, int] = field(default_factory=dict)  # connections lost after CONNACK, by class
+    loop: dict[str, Any] = field(default_factory=dict)  # lag samples (ms), CPU and wall seconds, admission
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 class _Device:
-    __slots__ = ("attempts", "conn", "fails", "identity", "pub_due", "spec", "stream", "wake")
+    __slots__ = ("attempts", "conn", "fails", "gave_up", "identity", "pub_due", "session", "spec", "stream",
+                 "wake")
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
         self.attempts = 0
         self.fails = 0  # consecutive failed attempts
+        self.gave_up = False  # stopped trying after reconnect.max_attempts failures in a row
         self.conn: MqttConnection | None = None
-        self.identity: int | None = None  # hash of the last TLS connection's identity version (for resumption)
+        self.identity: int | None = None  # hash of the identity version last checked (and last used for TLS)
         self.stream: TelemetryStream | None = None
         self.pub_due: float | None = None  # loop time of its next publish (the object queued in _Publishes)
         self.wake: asyncio.Future[str] | None = None
+        self.session: tuple[int, float] | None = None  # (attempt, CONNACK wall time) of the live connection
 
 
 class _PhaseClock:
-    """Splits one attempt's wall time into contiguous phases written into its row (ms)."""
+    """Splits one attempt's wall time into contiguous phases written into its row (ms).
 
-    __slots__ = ("last", "phase", "row", "start")
+    Time a ready socket spent waiting for the loop to run this device again (``waited``) is booked as
+    ``wait_ms``, not as the phase it fell in: with it out, tcp/tls/mqtt are the network's, the broker's and the
+    device's own work, and ``wait_ms`` is the simulator's queue (admission + late wake-ups).
+    """
+
+    __slots__ = ("last", "phase", "queued", "row", "start")
 
     def __init__(self, row: dict[str, Any]) -> None:
         self.row = row
         self.phase = Phase.IDENTITY
         self.start = self.last = time.perf_counter()
+        self.queued = 0.0
+        row["wait_ms"] = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.queued += seconds
 
     def lap(self, column: str, at: float | None = None) -> None:
         now = time.perf_counter() if at is None else at
-        self.row[column] = self.row.get(column, 0.0) + (now - self.last) * 1000.0
+        queued = min(self.queued, max(0.0, now - self.last))
+        self.row[column] = self.row.get(column, 0.0) + (now - self.last - queued) * 1000.0
+        self.row["wait_ms"] += queued * 1000.0
         self.row["total_ms"] = (now - self.start) * 1000.0
-        self.last = now
+        self.last, self.queued = now, 0.0
 
     def fail(self) -> None:
         column = {Phase.TCP: "tcp_ms", Phase.TLS: "tls_ms", Phase.MQTT: "mqtt_ms"}.get(self.phase, "setup_ms")
@@ -188,16 +217,20 @@ class _Shard:
                                    shared=len(shard.devices) > PER_DEVICE_CONTEXTS_UP_TO)
         self.devices = [_Device(d) for d in shard.devices]
         self.cols: dict[str, list[Any]] = {c: [] for c in ATTEMPT_COLUMNS}
-        self.series: dict[str, list[Any]] = {c: [] for c in SERIES_COLUMNS}
-        self.now_counts: Counter[str] = Counter()
+        self.sessions: dict[str, list[Any]] = {c: [] for c in SESSION_COLUMNS}
+        self.bins = Bins(*BIN_COLUMNS)
+        self.admission = Admission()
         self.failures: Counter[str] = Counter()
-        self.losses: Counter[str] = Counter()
+        self.healthy: Counter[str] = Counter()  # attempts and connects of devices without a fault, for the runner
+        self.healthy_failures: Counter[str] = Counter()
         self.msg: Counter[str] = Counter()
         self.ack_ms: list[float] = []
         self.acks_seen = 0
         self.connect_ms: list[float] = []
         self.connected = 0
         self.stopping = False
+        self.stopped_at: float | None = None  # wall clock of the stop: connections still up end then
+        self.up_at_end: set[str] = set()
         self.stop_fut: asyncio.Future[None] | None = None
 
     # -- timing --------------------------------------------------------------------------------------------
@@ -206,8 +239,8 @@ class _Shard:
         self.loop_t0 = self.loop.time() + (self.spec.t0 - time.time())
         self.end_at = self.loop_t0 + self.sc.duration
         self.stop_fut = self.loop.create_future()
-        self.second = 0
         self.publishes = _Publishes(self.loop, self._publish)
+        self.monitor = LoopMonitor(self.loop, self.bins, self.run_time)
 
     def run_time(self) -> float:
         return self.loop.time() - self.loop_t0
@@ -236,7 +269,10 @@ class _Shard:
             return
         rc = self.sc.reconnect
         while not self.stopping:
-            if await self.attempt(dev):
+            ok = await self.attempt(dev)
+            if self.stopping and not ok:
+                return
+            if ok:
                 dev.fails = 0
                 why = await self.connected_phase(dev)
                 if why == "stop":
@@ -246,28 +282,38 @@ class _Shard:
             else:
                 dev.fails += 1
                 if rc.max_attempts and dev.fails >= rc.max_attempts:
+                    dev.gave_up = True
                     return
                 delay = sc.backoff(dev.fails - 1, rc, self.rng)
             if not await self._sleep(delay):
                 return
 
-    def _wrap(self, dev: _Device, sock: Any) -> Any:
+    def _identity(self, dev: _Device) -> Identity | None:
+        """The device's identity as it is now, checked once per version; built into its own context when the
+        shard keeps one per device. Raises DeviceError (its class and the file named) before any network I/O."""
+        if self.auth != "mtls":
+            return None
+        ident = self.ids.get(dev.spec.id)
+        version = hash(ident.version)  # a small int kept per device, not the version's tuple
+        if dev.identity != version:
+            check(ident)
+            if dev.conn is not None:  # a TLS session cannot cross identities
+                dev.conn.last_session = None
+            dev.identity = version
+        if not self.ctxs.shared:
+            self.ctxs.context(dev.spec.id, ident)
+        return ident
+
+    def _wrap(self, dev: _Device, ident: Identity | None, sock: Any) -> Any:
         """The TCP socket wrapped for TLS as this device (or as it is, without TLS); no handshake yet."""
         if self.auth == "none":
             return sock
-        if self.auth != "mtls":  # server-only TLS: one context for all, no client certificate
-            return self.ctxs.anonymous().wrap_socket(sock, do_handshake_on_connect=False,
-                                                     server_hostname=self.spec.server_hostname)
-        ident = self.ids.get(dev.spec.id)
-        session = None
-        conn = dev.conn
-        version = hash(ident.version)  # a small int kept per device, not the version's tuple
-        if conn is not None and dev.identity != version:  # a session cannot cross identities
-            conn.last_session = None
-        elif conn is not None and self.sc.broker.session_resumption:
-            session = conn.last_session
-        dev.identity = version
         try:
+            if ident is None:  # server-only TLS: one context for all, no client certificate
+                return self.ctxs.anonymous().wrap_socket(sock, do_handshake_on_connect=False,
+                                                         server_hostname=self.spec.server_hostname)
+            conn = dev.conn
+            session = conn.last_session if conn is not None and self.sc.broker.session_resumption else None
             return self.ctxs.wrap(dev.spec.id, ident, sock, self.spec.server_hostname, session)
         except BaseException:
             sock.close()
@@ -286,25 +332,32 @@ class _Shard:
     async def attempt(self, dev: _Device) -> bool:
         """One connection attempt, recorded whatever happens; True when CONNACK accepted it.
 
-        Phases are contiguous, so setup + tcp + tls + mqtt is the total: setup is the device's own preparation
-        (its MQTT client, its TLS identity), tcp ends when the connect completes, tls when the handshake does,
-        mqtt at CONNACK.
+        Phases are contiguous, so setup + wait + tcp + tls + mqtt is the total: wait is the simulator's queue
+        (admission, late wake-ups), setup the device's own preparation (its MQTT client, its TLS identity), tcp
+        ends when the connect completes, tls when the handshake does, mqtt at CONNACK. An attempt still waiting
+        for admission when the run stops never happened: no row.
         """
-        dev.attempts += 1
         row: dict[str, Any] = {"start": time.time(), "key_type": dev.spec.key_type}
         clock = _PhaseClock(row)
+        if not await self.admission.admit():
+            return False
+        dev.attempts += 1
         try:
+            clock.lap("wait_ms")
             conn = self._connection(dev)
+            ident = self._identity(dev)
             clock.lap("setup_ms")
             async with asyncio.timeout(self.sc.connect_timeout):
                 clock.phase = Phase.TCP
-                sock, _ = await tcp_connect(self.spec.host, self.spec.port, source=self.spec.source_address)
+                sock, _ = await tcp_connect(self.spec.host, self.spec.port, source=self.spec.source_address,
+                                            sink=clock)
                 clock.lap("tcp_ms")
-                clock.phase = Phase.TLS
-                link = self._wrap(dev, sock)
+                clock.phase = Phase.IDENTITY
+                link = self._wrap(dev, ident, sock)
                 clock.lap("setup_ms")
+                clock.phase = Phase.TLS
                 if link is not sock:
-                    await tls_handshake(link)
+                    await tls_handshake(link, sink=clock)
                     clock.lap("tls_ms")
                     self.ctxs.handshaken(link)
                     row.update(tls_version=_intern(link.version()), cipher=_intern((link.cipher() or ("",))[0]),
@@ -317,6 +370,8 @@ class _Shard:
             exc = _timeout_named(exc, self.sc.connect_timeout)
             self._record(dev, row, classify(exc, clock.phase), describe(exc))
             return False
+        finally:
+            self.admission.release()
         clock.lap("mqtt_ms", at=conn.connack_at)  # not the later wake-up of this task
         failure = classify_connack(code)
         if failure is not None:
@@ -324,6 +379,7 @@ class _Shard:
             return False
         self._record(dev, row, None, "")
         self.connect_ms.append(row["total_ms"])
+        dev.session = (dev.attempts, row["start"] + row["total_ms"] / 1000.0)
         return True
 
     def _record(self, dev: _Device, row: dict[str, Any], failure: Failure | None, detail: str) -> None:
@@ -332,18 +388,35 @@ class _Shard:
                    group=dev.spec.group, shard=self.spec.index)
         for c in ATTEMPT_COLUMNS:
             self.cols[c].append(row.get(c))
-        self.now_counts["attempts"] += 1
+        if dev.spec.fault is None:
+            self.healthy["attempts"] += 1
+            if failure:
+                self.healthy_failures[failure.value] += 1
+            else:
+                self.healthy["connects"] += 1
         if failure:
             self.failures[failure.value] += 1
-            self.now_counts["failures"] += 1
-        else:
-            self.now_counts["connects"] += 1
+
+    def _end_session(self, dev: _Device, cause: Drop, at: float | None = None) -> None:
+        if dev.session is None:
+            return
+        attempt, started = dev.session
+        dev.session = None
+        if cause is Drop.STOP:
+            self.up_at_end.add(dev.spec.id)
+        for column, value in zip(SESSION_COLUMNS, (dev.spec.id, attempt, started, at or time.time(), cause.value),
+                                 strict=True):
+            self.sessions[column].append(value)
 
     # -- connected --------------------------------------------------------------------------------------------
     async def connected_phase(self, dev: _Device) -> str:
         """Publish until the connection is lost, the device churns, or the shard stops; say which."""
         conn = dev.conn
         assert conn is not None and conn.lost is not None
+        if self.stopping:  # connected as the run stopped: request_stop() could not wake this one
+            self._end_session(dev, Drop.STOP, self.stopped_at)
+            await conn.disconnect(timeout=1.0)
+            return "stop"
         if dev.stream is None:
             dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed)
         wake: asyncio.Future[str] = self.loop.create_future()
@@ -363,12 +436,12 @@ class _Shard:
                 churn.cancel()
             dev.pub_due = None
         if why == "lost":
-            err = conn.lost.result() if conn.lost.done() else None
-            self.losses[classify(err, Phase.CONNECTED).value] += 1
-            self.now_counts["drops"] += 1
+            self._end_session(dev, drop_cause(conn.lost.result() if conn.lost.done() else None))
         elif why == "churn":
+            self._end_session(dev, Drop.CHURN)
             conn.abort()
         else:
+            self._end_session(dev, Drop.STOP, self.stopped_at)
             await self._drain(conn)
             await conn.disconnect(timeout=1.0)
         return why
@@ -382,22 +455,24 @@ class _Shard:
         conn, stream = dev.conn, dev.stream
         if self.stopping or conn is None or stream is None or not conn.connected:
             return
-        msg = stream.next_message(self.run_time())
+        t = self.run_time()
+        msg = stream.next_message(t)
         qos = self.sc.mqtt.qos_alarm if msg.kind == "alarm" else self.sc.mqtt.qos_telemetry
-        t = topic(dev.spec.site, dev.spec.model, dev.spec.id, msg.kind)  # built per message: ~0.3 KB less a device
-        if conn.publish(t, msg.payload, qos):
-            self.msg["published"] += 1
-            self.msg[f"published_{msg.kind}"] += 1
+        name = topic(dev.spec.site, dev.spec.model, dev.spec.id, msg.kind)  # built per message: ~0.3 KB less a device
+        if conn.publish(name, msg.payload, qos):
             self.msg[f"published_qos{qos}"] += 1
-            self.now_counts["published"] += 1
+            self.msg[f"published_{msg.kind}"] += 1
+            self.bins.add("published", t)
         self.publishes.at(self.loop.time() + stream.interval, dev)
 
     def on_ack(self, qos: int, ms: float) -> None:
-        if qos == 0:
+        t = self.run_time()
+        if qos == 0:  # paho says a QoS 0 message is "published" once it is written to the socket
             self.msg["sent_qos0"] += 1
+            self.bins.add("sent_qos0", t)
             return
-        self.msg["acknowledged"] += 1
-        self.now_counts["acked"] += 1
+        self.msg[f"acked_qos{qos}"] += 1
+        self.bins.add("acked", t)
         self.acks_seen += 1
         if len(self.ack_ms) < ACK_SAMPLES_MAX:
             self.ack_ms.append(ms)
@@ -411,8 +486,10 @@ class _Shard:
         if self.stopping:
             return
         self.stopping = True
+        self.stopped_at = time.time()
         if self.stop_fut is not None and not self.stop_fut.done():
             self.stop_fut.set_result(None)
+        self.admission.close()
         for dev in self.devices:
             if dev.wake is not None and not dev.wake.done():
                 dev.wake.set_result("stop")
@@ -420,6 +497,7 @@ class _Shard:
     async def run(self) -> None:
         self._setup_clock()
         self._prepare_contexts()
+        self.monitor.start()
         tasks = [asyncio.create_task(self.device_life(d, off)) for d, off in zip(self.devices, self._offsets(),
                                                                                   strict=True)]
         ticker = asyncio.create_task(self._ticker())
@@ -434,15 +512,16 @@ class _Shard:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
             for dev in self.devices:
+                self._end_session(dev, Drop.STOP, self.stopped_at)  # a device cancelled mid-drain
                 if dev.conn is not None:
                     dev.conn.abort()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            self._flush_second(final=True)
+            self.monitor.stop()
 
     def _prepare_contexts(self) -> None:
-        """Build the first contexts before t0 while waiting anyway, so a burst does not pay ~1 ms per device."""
+        """Build the first contexts before t0 while waiting anyway, so a burst does not pay ~2 ms per device."""
         if self.auth != "mtls" or self.ctxs.shared:
             return
         budget = self.loop_t0 - self.loop.time() - 0.05
@@ -456,11 +535,11 @@ class _Shard:
     async def _ticker(self) -> None:
         last_misc = last_progress = 0.0
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(ADJUST_EVERY_S)
             now = self.loop.time()
+            self.admission.adjust(self.monitor.take_window())
             if self.stop_flag is not None and self.stop_flag.is_set():
                 self.request_stop()
-            self._flush_second()
             if now - last_misc >= 1.0:
                 last_misc = now
                 for dev in self.devices:
@@ -470,44 +549,52 @@ class _Shard:
                 last_progress = now
                 self.progress(self.snapshot())
 
-    def _flush_second(self, final: bool = False) -> None:
-        second = math.floor(self.run_time())
-        while self.second < second or (final and any(self.now_counts.values())):
-            s = self.series
-            s["second"].append(self.second)
-            s["connected"].append(self.connected)
-            for c in SERIES_COLUMNS[2:]:
-                s[c].append(self.now_counts[c])
-            self.now_counts.clear()
-            self.second += 1
-            if final:
-                break
-
     def snapshot(self) -> dict[str, Any]:
         ms = np.asarray(self.connect_ms[-20_000:]) if self.connect_ms else None
+        lags = self.monitor.lag_ms[-40:]  # the last two seconds
         return {
             "shard": self.spec.index, "devices": len(self.devices), "connected": self.connected,
             "attempts": len(self.cols["device_id"]), "connects": len(self.connect_ms),
-            "failures": dict(self.failures), "published": self.msg["published"],
-            "acknowledged": self.msg["acknowledged"],
+            "failures": dict(self.failures), "healthy_failures": dict(self.healthy_failures),
+            "healthy_attempts": self.healthy["attempts"], "healthy_connects": self.healthy["connects"],
+            "published": sum(v for k, v in self.msg.items() if k.startswith("published_qos")),
             "p50_ms": float(np.percentile(ms, 50)) if ms is not None else None,
             "p99_ms": float(np.percentile(ms, 99)) if ms is not None else None,
+            "lag_max_ms": max(lags) if lags else 0.0, "waiting": self.admission.waiting,
             "t": self.run_time(), "stopping": self.stopping,
         }
 
     def result(self) -> ShardResult:
         m = self.msg
-        m["lost"] = max(0, m["published"] - m["acknowledged"] - m["sent_qos0"])
-        m["unacked_qos1plus"] = sum(d.conn.unacked() for d in self.devices if d.conn is not None)
-        by_kind = {k.removeprefix("published_"): v for k, v in m.items() if k.startswith("published_")
-                   and not k.startswith("published_qos")}
-        messages: dict[str, Any] = {k: v for k, v in m.items() if not k.startswith("published_")
-                                    or k.startswith("published_qos")}
-        messages.update(by_kind=by_kind, ack_ms=list(self.ack_ms))
-        for k in ("published", "acknowledged", "lost", "sent_qos0"):
-            messages.setdefault(k, 0)
-        return ShardResult(self.spec.index, self.cols, messages, self.series, dict(self.losses),
-                           {"devices": len(self.devices), "failures": dict(self.failures)})
+        qos0 = m["published_qos0"]
+        published = sum(v for k, v in m.items() if k.startswith("published_qos") and k != "published_qos0")
+        acked = sum(v for k, v in m.items() if k.startswith("acked_qos"))
+        messages: dict[str, Any] = {
+            "qos0_published": qos0, "qos0_sent": m["sent_qos0"],
+            "published": published, "acknowledged": acked, "lost": max(0, published - acked),
+            "unacked_at_end": sum(d.conn.unacked() for d in self.devices if d.conn is not None),
+            "by_kind": {k.removeprefix("published_"): v for k, v in m.items()
+                        if k.startswith("published_") and not k.startswith("published_qos")},
+            "by_qos": {k.removeprefix("published_qos"): v for k, v in m.items() if k.startswith("published_qos")},
+            "ack_ms": list(self.ack_ms),
+        }
+        devices: dict[str, list[Any]] = {c: [] for c in DEVICE_COLUMNS}
+        for dev in self.devices:
+            devices["device_id"].append(dev.spec.id)
+            devices["attempts"].append(dev.attempts)
+            devices["state"].append(_final_state(dev, dev.spec.id in self.up_at_end))
+        loop = {"lag_ms": self.monitor.lag_ms.tolist(), **self.monitor.totals(), "stopped_at": self.stopped_at,
+                "admission_limit": self.admission.limit, "admission_peak_waiting": self.admission.peak_waiting}
+        return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,
+                           loop, {"devices": len(self.devices), "failures": dict(self.failures)})
+
+
+def _final_state(dev: _Device, up_at_end: bool) -> str:
+    if up_at_end:
+        return "connected"
+    if dev.attempts == 0:
+        return "never_tried"
+    return "gave_up" if dev.gave_up else "retrying"
 
 
 def _intern(text: str | None) -> str | None:
