@@ -41,11 +41,12 @@ def _root(
 
 
 def _register() -> None:
-    from fleetsim.cli import broker, pki, run
+    from fleetsim.cli import broker, pki, report, run
 
     app.add_typer(pki.app, name="pki")
     broker.register(app)
     run.register(app)
+    report.register(app)
 
 
 def usage_line(exc: UsageError) -> str:

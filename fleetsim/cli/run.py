@@ -1,4 +1,4 @@
-"""`fleetsim run SCENARIO` and `fleetsim report RESULTS`.
+"""`fleetsim run SCENARIO`.
 
 Exit codes: 0 the run went as the scenario asked; 1 it ran but failed (nothing could connect, a --fail-on rule
 breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C (results still written).
@@ -6,7 +6,6 @@ breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C (resul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,7 +13,6 @@ from rich.console import Console
 from rich.text import Text
 
 from fleetsim import report, results, thresholds
-from fleetsim.errors import FleetsimError
 
 RUN_FAILED = 1
 INTERRUPTED = 130
@@ -64,18 +62,5 @@ def _exit_code(summary: dict) -> int:
     return RUN_FAILED if problems else 0
 
 
-def report_cmd(run_dir: Path = typer.Argument(..., help="A results directory written by `fleetsim run`."),
-               as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables.")) -> None:
-    """Print a finished run's summary as tables (or as JSON)."""
-    if not run_dir.is_dir():
-        raise FleetsimError(f"no results directory {run_dir}", "pass a directory written by `fleetsim run`")
-    summary = results.read_summary(run_dir)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    report.print_summary(summary, Console(markup=False, highlight=False))
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
-    app.command("report")(report_cmd)

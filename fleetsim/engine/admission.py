@@ -24,12 +24,12 @@ from dataclasses import dataclass
 class Rule:
     """The limit's bounds and the lag (ms) that counts as on time / late."""
 
-    initial: int = 16
+    initial: int = 32
     low: int = 4
     high: int = 4096
-    on_time_ms: float = 8.0
-    late_ms: float = 30.0
-    grow: float = 1.25
+    on_time_ms: float = 20.0  # below it, more attempts may go in flight; a broker that paces them keeps it low
+    late_ms: float = 60.0  # above it, the worker itself is the bottleneck: fewer attempts in flight
+    grow: float = 1.5
     shrink: float = 0.7
 
 
