@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from rich.console import Console
 
 from fleetsim import placement
 from fleetsim import scenario as sc
@@ -91,8 +90,7 @@ def openssl_round(host: str, port: int, layout: Layout, dev: str, seconds: float
 def fleetsim_round(broker: BrokerHandle, pki: Pki, n: int, rate: float, tmp: Path) -> dict[str, Any]:
     """Median and mean tcp_ms + tls_ms (and tls_ms alone) over fleetsim's connected attempts."""
     text = SCENARIO.format(duration=math.ceil(n / rate) + 2, target=f"{broker.host}:{broker.port}", rate=rate, n=n)
-    run_dir, _ = run_scenario(sc.parse(text, "fidelity.toml"), pki_dir=pki.root, out_dir=tmp,
-                              console=Console(quiet=True))
+    run_dir, _ = run_scenario(sc.parse(text, "fidelity.toml"), pki=pki, out_dir=tmp)
     a = pq.read_table(run_dir / "attempts.parquet", columns=["outcome", "tcp_ms", "tls_ms", "tls_version"]).to_pydict()
     ok = [i for i, o in enumerate(a["outcome"]) if o == "connected"]
     both = [a["tcp_ms"][i] + a["tls_ms"][i] for i in ok]

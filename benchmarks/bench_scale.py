@@ -44,6 +44,7 @@ from rich.console import Console
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.cli.live import ConsoleReporter
 from fleetsim.pki import Layout, Pki
 from fleetsim.runner import run_scenario
 from fleetsim.telemetry import MODELS, TelemetryStream
@@ -227,7 +228,6 @@ def main() -> int:
     steady = max(20.0, min(args.steady or (30.0 if args.quick else 120.0), 600.0))
     duration = math.ceil(n / args.rate + steady)
     k = max(50, min(args.ref_devices, 2000))
-    console = Console(stderr=True, quiet=not args.verbose)
     with tempfile.TemporaryDirectory(prefix="fleetsim-scale-") as tmp:
         pki = Pki.init(Path(tmp) / "pki")
         ref_ids = [d.id for d in pki.issue(k, prefix="ref")]
@@ -247,8 +247,9 @@ def main() -> int:
                   f"{duration} s in all, {args.workers} workers ...", flush=True)
             broker_before = _rss(broker.pid)
             with Sampler(broker.pid) as sampler:
-                run_dir, summary = run_scenario(scenario, pki_dir=pki.root, out_dir=Path(tmp) / "results",
-                                                console=console)
+                run_dir, summary = run_scenario(scenario, pki=pki, out_dir=Path(tmp) / "results",
+                                                reporter=ConsoleReporter(Console(stderr=True)) if args.verbose
+                                                else None)
             res = analyse(run_dir, summary, sampler, n, args.rate, duration, broker_before)
             res["broker_stats"] = broker.stats()
     report(res, refs, n, k)

@@ -1,11 +1,70 @@
-"""Live progress of a run: worker snapshots merged into one line a person can follow."""
+"""Live progress of a run: worker snapshots merged, handed to whoever follows the run (a terminal's progress
+line, a notebook's callback, nobody), and drawn as one line a person can follow."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from rich.text import Text
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is: seconds since t0, and the workers' merged counters (connected, attempts, connects,
+    failures by class, published, p50_ms/p99_ms of connects, lag_max_ms, waiting)."""
+
+    elapsed: float
+    duration: float
+    devices: int
+    events: int = 0
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    """Who hears about a run as it goes. The runner calls these; they must return quickly."""
+
+    def note(self, text: str) -> None:
+        """A line worth telling the person running it."""
+
+    def step(self, text: str) -> None:
+        """What is being done now, before the devices start (replaces the previous step)."""
+
+    def progress(self, p: Progress) -> None:
+        """The run's state, several times a second while devices run."""
+
+    def done(self) -> None:
+        """The devices stopped."""
+
+
+class Silent:
+    """A reporter that tells nobody: the default for the Python API."""
+
+    def note(self, text: str) -> None:
+        pass
+
+    def step(self, text: str) -> None:
+        pass
+
+    def progress(self, p: Progress) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
+
+
+class Callback(Silent):
+    """Hands a Progress to ``fn`` at most every ``every`` seconds (a notebook's progress bar, a log line)."""
+
+    def __init__(self, fn: Callable[[Progress], None], every: float = 1.0) -> None:
+        self.fn, self.every = fn, every
+        self._last = -1e9
+
+    def progress(self, p: Progress) -> None:
+        if p.elapsed - self._last >= self.every:
+            self._last = p.elapsed
+            self.fn(p)
 
 IGNORED = {"shard", "t", "stopping"}
 

@@ -151,6 +151,50 @@ def thresholds_table(results: list[Mapping[str, Any]]) -> Table:
     return t
 
 
+SWEEP_SETTINGS = ("broker", "auth", "key_type", "tls_version", "session_resumption", "crl_size")
+
+
+def sweep_table(index: Mapping[str, Any]) -> Table:
+    """One row per cell: the settings that vary, then what they cost."""
+    cells = index.get("cells", [])
+    varying = [k for k in SWEEP_SETTINGS if len({str(c["settings"][k]) for c in cells}) > 1] or ["auth"]
+    t = _table(f"Sweep {index.get('name', '')}: what each setting costs (burst: rate and CPU; steady: latency)",
+               (*varying, "conn/s", "broker CPU ms", "device TLS CPU ms", "p50 ms", "p99 ms", "bytes out/in",
+                "note"))
+    for c in cells:
+        f, lat = c["figures"], c["figures"]["latency_ms"].get("total", {})
+        wire = f"{f['handshake_bytes_sent']:,}/{f['handshake_bytes_received']:,}" \
+            if "handshake_bytes_sent" in f else "-"
+        note = Text("simulator saturated: not comparable", "yellow") if f["saturated"] else \
+            Text(f"{f['burst_failures'] + f['steady_failures']:,} failed attempts", "red") \
+            if f["burst_failures"] or f["steady_failures"] else Text("")
+        _row(t, *(str(c["settings"][k]).lower() for k in varying), f.get("connects_per_s"),
+             f.get("broker_cpu_ms_per_handshake"), f.get("device_tls_cpu_ms"), lat.get("p50"),
+             lat.get("p99"), wire, note)
+    return t
+
+
+def floor_table(floor: Mapping[str, Any]) -> Table:
+    t = _table(f"Crypto floor on this machine ({floor.get('openssl', 'openssl speed')}): operations per second",
+               ("key type", "sign/s", "verify/s"))
+    for key_type, ops in sorted(floor.get("key_types", {}).items()):
+        _row(t, key_type, ops.get("sign_per_s"), ops.get("verify_per_s"))
+    if floor.get("x25519"):
+        _row(t, "x25519 (key exchange)", floor["x25519"].get("exchange_per_s"), "")
+    return t
+
+
+def print_sweep(index: Mapping[str, Any], console: Console | None = None) -> None:
+    console = console or Console(markup=False)
+    console.print(sweep_table(index))
+    if index.get("crypto_floor", {}).get("available"):
+        console.print(floor_table(index["crypto_floor"]))
+    for x in index.get("cross_check", []):
+        console.print(Text(f"cross-check {x['cell']}: openssl s_time {x['s_time_connections_per_s']:,.0f} full "
+                           f"handshakes/s ({x['s_time_ms_per_connection']:.2f} ms each, one C client) vs fleetsim "
+                           f"steady tcp+tls p50 {x['fleetsim_tcp_tls_p50_ms']:.2f} ms"))
+
+
 def render(summary: Mapping[str, Any]) -> Group:
     parts: list[Any] = [overview_table(summary)]
     if summary.get("phases_ms"):

@@ -25,10 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
-
 from fleetsim import placement, progress, provision, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
@@ -38,6 +34,7 @@ from fleetsim.engine.shard import ShardResult, ShardSpec, run_shard
 from fleetsim.errors import BrokerError, FleetsimError, PkiError
 from fleetsim.events import EventRunner
 from fleetsim.pki import Layout, Pki
+from fleetsim.progress import Progress, Reporter, Silent
 from fleetsim.scenario import Scenario
 from fleetsim.series import run_series
 from fleetsim.shards import deal, merge_results
@@ -48,7 +45,6 @@ PREPARE_MS = 2.5  # building one device's own TLS context, with margin (~1.9 ms 
 PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
 SAMPLE_EVERY_S = 1.0  # broker CPU samples, for CPU per handshake over the storm's window
-PLAIN_PROGRESS_EVERY_S = 10.0  # without a terminal (CI, logs): one progress line this often
 EARLY_CHECK_S = 5.0  # nothing connected this long after t0 ...
 EARLY_MIN_ATTEMPTS = 20  # ... with at least this many attempts (or every healthy device) failed: stop
 PROBE_TIMEOUT_S = 3.0
@@ -79,14 +75,14 @@ def raise_fd_limit(devices: int, workers: int) -> None:
                             f"the limit is {hard:,}", f"use --workers {need} or more, or raise `ulimit -Hn`")
 
 
-def open_pki(pki_dir: Path, console: Console) -> Pki:
+def open_pki(pki_dir: Path, reporter: Reporter) -> Pki:
     """The PKI at ``pki_dir``, created for the user on first use (in a new or empty directory only)."""
     if Layout(pki_dir).is_pki():
         return Pki.open(pki_dir)
     if pki_dir.exists() and (not pki_dir.is_dir() or any(pki_dir.iterdir())):
         raise PkiError(f"{pki_dir} is not a fleetsim PKI (no inventory.json or issuing CA key)",
                        "point --pki at a PKI directory, or at a new or empty one to create it there")
-    console.print(Text(f"creating a PKI in {pki_dir}"))
+    reporter.note(f"creating a PKI in {pki_dir}")
     return Pki.init(pki_dir)
 
 
@@ -171,7 +167,7 @@ def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, tar
     return f"no device could connect: {n:,} of {attempts:,} attempts ended in {cls}; {hint}"
 
 
-def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, console: Console,
+def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, reporter: Reporter,
               fleet: Mapping[str, str], worker_cores: frozenset[int] = frozenset()) -> Outcome:
     """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
     ctx = mp.get_context("fork")
@@ -185,10 +181,9 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     t0 = shards[0].t0
     deadline = t0 + scenario.duration + scenario.connect_timeout + COLLECT_GRACE_S
     snapshots: dict[int, Mapping[str, Any]] = {}
-    view = progress.View(devices=scenario.devices, duration=scenario.duration)
     target = f"{broker.host}:{broker.port}"
-    last_sample = last_line = 0.0
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
+    last_sample = 0.0
+    try:
         while len(out.results) < len(shards):
             try:
                 _collect(result_q, progress_q, snapshots, out)
@@ -200,12 +195,8 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 if now - last_sample >= SAMPLE_EVERY_S:
                     last_sample = now
                     _sample(broker, elapsed, out.broker_samples)
-                line = view.render(state, elapsed=max(0.0, elapsed), events=len(out.events))
-                if console.is_terminal:
-                    live.update(line)
-                elif now - last_line >= PLAIN_PROGRESS_EVERY_S and elapsed > 0:
-                    last_line = now
-                    console.print(line)
+                reporter.progress(Progress(elapsed=max(0.0, elapsed), duration=scenario.duration,
+                                           devices=scenario.devices, events=len(out.events), state=state))
                 if not stop.is_set() and (why := nothing_connects(state, elapsed, len(fleet), target)):
                     out.stopped_early = why
                     stop.set()
@@ -224,6 +215,8 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
             except FleetsimError as exc:
                 out.interrupted = f"event failed: {exc}"
                 stop.set()
+    finally:
+        reporter.done()
     _sample(broker, time.time() - t0, out.broker_samples)
     out.wall_s = time.time() - t0
     out.missing = sorted({s.index for s in shards} - set(out.results))
@@ -258,15 +251,28 @@ def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, A
         pass
 
 
-def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
-    """The whole job of `fleetsim run`; returns the results directory and the summary."""
+def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: BrokerHandle | None = None,
+                 reporter: Reporter | None = None) -> tuple[Path, dict[str, Any]]:
+    """The whole job of `fleetsim run`; returns the results directory and the summary.
+
+    ``pki``: a Pki, or a directory (created on first use). ``broker``: a running broker to use as it is (not
+    stopped here); None starts the one the scenario names. ``reporter`` hears what is going on (silence by
+    default; the CLI's draws a progress line).
+    """
+    reporter = reporter or Silent()
+    if broker is not None and scenario.broker.auth == "password":
+        raise FleetsimError("a scenario with auth = \"password\" needs the broker fleetsim starts",
+                            "leave broker out (fleetsim writes the password file), or use another auth mode")
+    if broker is not None and scenario.broker.isolate:
+        raise FleetsimError("isolate applies only to a broker fleetsim starts", "drop isolate, or leave broker out")
     cores = placement.split(placement.usable_cores()) if scenario.broker.isolate else placement.Placement()
     workers = max(1, min(scenario.workers or len(cores.workers) or os.cpu_count() or 1, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
-    if scenario.broker.address is not None:
-        probe(*scenario.broker.address)
-    pki = open_pki(pki_dir, console)
-    fleet = _provision(pki, scenario, console)
+    address = (broker.host, broker.port) if broker is not None else scenario.broker.address
+    if address is not None:
+        probe(*address)
+    pki = pki if isinstance(pki, Pki) else open_pki(Path(pki), reporter)
+    fleet = _provision(pki, scenario, reporter)
     run_dir = results.new_run_dir(out_dir, scenario.name)
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
     results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers,
@@ -275,26 +281,29 @@ def run_scenario(scenario: Scenario, *, pki_dir: Path, out_dir: Path, console: C
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
         with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
-            outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, console,
-                                                                  healthy, run_dir / "broker.log", cores)
+            outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, reporter,
+                                                                  healthy, run_dir / "broker.log", cores, broker)
     summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind)
     return run_dir, summary
 
 
-def _provision(pki: Pki, scenario: Scenario, console: Console) -> list[provision.Provisioned]:
+def _provision(pki: Pki, scenario: Scenario, reporter: Reporter) -> list[provision.Provisioned]:
     """The fleet's identities, with a count of what is being issued."""
-    with console.status("checking device identities") as status:
-        def tell(done: int, total: int) -> None:
-            status.update(Text(f"issuing device identities: {done:,} / {total:,}"))
+    reporter.step("checking device identities")
 
-        return provision.provision(pki, provision.plan(scenario), progress=tell)
+    def tell(done: int, total: int) -> None:
+        reporter.step(f"issuing device identities: {done:,} / {total:,}")
+
+    return provision.provision(pki, provision.plan(scenario), progress=tell)
 
 
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
-                        workers: int, console: Console, healthy: dict[str, str], broker_log: Path,
-                        cores: placement.Placement) -> tuple[Outcome, dict[str, Any], float, str]:
-    with console.status(f"starting the {scenario.broker.target} broker"):
-        broker = start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
+                        workers: int, reporter: Reporter, healthy: dict[str, str], broker_log: Path,
+                        cores: placement.Placement, given: BrokerHandle | None
+                        ) -> tuple[Outcome, dict[str, Any], float, str]:
+    if given is None:
+        reporter.step(f"starting the {scenario.broker.target} broker")
+    broker = given or start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
         lead = max(START_DELAY_S, prepare_time(scenario, math.ceil(scenario.devices / workers)))
@@ -302,15 +311,16 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
                              server_hostname="localhost", ca_pem=pki.layout.ca_chain.read_bytes(),
                              t0=time.time() + lead, pki_dir=pki.root, password=auth.password)
         shards = deal(scenario, fleet, template, workers)
-        console.print(Text(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
-                           f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
-                           + (f"; {cores.describe()}" if cores.broker else "")))
-        outcome = supervise(scenario, shards, pki, broker, console, healthy, cores.workers)
+        reporter.note(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
+                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
+                      + (f"; {cores.describe()}" if cores.broker else ""))
+        outcome = supervise(scenario, shards, pki, broker, reporter, healthy, cores.workers)
         broker_stats = _safe_stats(broker)
         _keep_log(broker_stats.get("log"), broker_log)
         return outcome, broker_stats, template.t0, broker.kind
     finally:
-        broker.stop()
+        if given is None:
+            broker.stop()
 
 
 def _keep_log(source: object, target: Path) -> None:

@@ -73,22 +73,29 @@ def outcome_counts(attempts: Mapping[str, Sequence[Any]]) -> dict[str, int]:
 
 
 # -- the fleet ---------------------------------------------------------------------------------------------------
-def fleet_up(attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any]:
-    """How fast the fleet came up: devices connected at least once, over the span from the first attempt's start
-    to the last device's first CONNACK."""
+def up_window(attempts: Mapping[str, Sequence[Any]], t0: float) -> tuple[int, float | None, float | None]:
+    """(devices connected at least once, first attempt's start, last device's first CONNACK), in run seconds."""
     start, end, ok = attempt_times(attempts, t0)
-    ids = np.asarray(attempts.get("device_id", []), dtype=object)
     if not ok.any():
-        return {"devices": 0, "first_attempt_s": _r(start.min()) if start.size else None,
-                "last_first_connect_s": None, "span_s": None, "rate_per_s": None}
+        return 0, float(start.min()) if start.size else None, None
+    ids = np.asarray(attempts.get("device_id", []), dtype=object)
     first: dict[str, float] = {}
     for device, t in zip(ids[ok], end[ok], strict=True):
         if device not in first or t < first[device]:
             first[device] = t
-    t_first, t_last = float(start.min()), max(first.values())
+    return len(first), float(start.min()), max(first.values())
+
+
+def fleet_up(attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any]:
+    """How fast the fleet came up: devices connected at least once, over the span from the first attempt's start
+    to the last device's first CONNACK."""
+    n, t_first, t_last = up_window(attempts, t0)
+    if t_last is None or t_first is None:
+        return {"devices": 0, "first_attempt_s": _r(t_first) if t_first is not None else None,
+                "last_first_connect_s": None, "span_s": None, "rate_per_s": None}
     span = t_last - t_first
-    return {"devices": len(first), "first_attempt_s": _r(t_first), "last_first_connect_s": _r(t_last),
-            "span_s": _r(span), "rate_per_s": _r(len(first) / span) if span > 0 else None}
+    return {"devices": n, "first_attempt_s": _r(t_first), "last_first_connect_s": _r(t_last),
+            "span_s": _r(span), "rate_per_s": _r(n / span) if span > 0 else None}
 
 
 def connect_rate(series: Mapping[str, Sequence[Any]], stopped_s: float) -> dict[str, Any]:
@@ -206,9 +213,9 @@ def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, An
 
 
 # -- the broker --------------------------------------------------------------------------------------------------
-def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, Any]], attempts: Mapping[str, Sequence[Any]],
-                series: Mapping[str, Sequence[Any]], up: Mapping[str, Any], *, t0: float, stopped_s: float,
-                kind: str) -> dict[str, Any]:
+def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, Any]],
+                attempts: Mapping[str, Sequence[Any]], series: Mapping[str, Sequence[Any]], *, t0: float,
+                stopped_s: float, kind: str) -> dict[str, Any]:
     """Broker counters and CPU, per handshake from the storm's window and per message from the rest."""
     if kind == "external":
         return {"kind": kind, "available": False,
@@ -221,10 +228,10 @@ def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, 
                            **{k: v for k, v in final.items() if not isinstance(v, list)}}
     t = np.asarray([s["t"] for s in samples], dtype=float)
     cpu = np.asarray([s["cpu_seconds"] for s in samples], dtype=float)
-    if t.size < 2 or not up.get("span_s"):
+    _, lo_, hi_ = up_window(attempts, t0)
+    if t.size < 2 or lo_ is None or hi_ is None:
         return out
-    lo, hi = float(up["first_attempt_s"]), float(up["last_first_connect_s"])
-    hi = max(hi, lo + 1.0)  # the samples come once a second
+    lo, hi = lo_, max(hi_, lo_ + 1.0)  # the samples come once a second
     _, end, ok = attempt_times(attempts, t0)
     failure = np.asarray(attempts.get("failure", []), dtype=object)
     at_broker = ok | ~np.isin(failure, list(NOT_AT_BROKER))
@@ -324,7 +331,7 @@ def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stop
         "messages": messages(m),
         "drops": drops(m, t0, revoked_at(events)),
         "simulator": sim,
-        "broker": broker_cost(broker_final, broker_samples, m.attempts, series, up, t0=t0, stopped_s=stopped_s,
+        "broker": broker_cost(broker_final, broker_samples, m.attempts, series, t0=t0, stopped_s=stopped_s,
                               kind=broker_kind),
         "events": event_effects(events, level, m.sessions, t0, stopped_s),
         "wall_s": _r(wall_s),

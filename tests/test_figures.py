@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from rich.console import Console
 
 from fleetsim import provision
 from fleetsim.broker.handle import BrokerOptions
@@ -59,9 +57,7 @@ lot = "fig"
 
 
 def run(tmp_path: Path, toml: str, pki: Path | None = None) -> tuple[Path, dict[str, Any]]:
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
-    return run_scenario(parse(toml, "figures.toml"), pki_dir=pki or tmp_path / "pki", out_dir=tmp_path / "out",
-                        console=console)
+    return run_scenario(parse(toml, "figures.toml"), pki=pki or tmp_path / "pki", out_dir=tmp_path / "out")
 
 
 def table(run_dir: Path, name: str) -> dict[str, list[Any]]:

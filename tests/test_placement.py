@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from rich.console import Console
 
 from fleetsim import placement
 from fleetsim.errors import FleetsimError
@@ -75,8 +74,7 @@ action = "restart-broker"
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        run_dir, summary = run_scenario(scenario, pki_dir=tmp_path / "pki", out_dir=tmp_path / "out",
-                                        console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+        run_dir, summary = run_scenario(scenario, pki=tmp_path / "pki", out_dir=tmp_path / "out")
     finally:
         done.set()
         watcher.join()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from rich.console import Console
 
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
@@ -66,9 +65,7 @@ lot = "ward-b"
 
 
 def run(tmp_path: Path, toml: str) -> tuple[Path, dict]:
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
-    return run_scenario(parse(toml, "test.toml"), pki_dir=tmp_path / "pki", out_dir=tmp_path / "out",
-                        console=console)
+    return run_scenario(parse(toml, "test.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
 
 
 @pytest.mark.parametrize("target", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])

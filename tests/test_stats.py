@@ -151,11 +151,10 @@ def test_simulator_saturation_is_flagged_with_what_it_means():
 def test_broker_cpu_per_handshake_comes_from_the_storm_window():
     rows = [(f"d{i}", 0.0, "connected", None, 1_000.0 + 10.0 * i) for i in range(200)]  # CONNACKs 1.0-2.99 s
     a = attempts(rows)
-    up = stats.fleet_up(a, T0)
     samples = [{"t": t, "cpu_seconds": c} for t, c in ((0.0, 0.0), (1.0, 0.1), (2.0, 0.3), (3.0, 0.5), (4.0, 0.51),
                                                        (10.0, 0.57))]
     series = {"published": [0, 0, 0, 0, 100, 100, 100, 100, 100, 100], "acked": [0] * 10}
-    b = stats.broker_cost({"cpu_seconds": 0.57, "accepted": 200}, samples, a, series, up, t0=T0, stopped_s=10.0,
+    b = stats.broker_cost({"cpu_seconds": 0.57, "accepted": 200}, samples, a, series, t0=T0, stopped_s=10.0,
                           kind="mosquitto")
     assert b["storm_window_s"] == [0.0, pytest.approx(2.99)] and b["handshakes_in_storm"] == 200
     assert b["cpu_ms_per_handshake"] == pytest.approx(1000 * 0.498 / 200, rel=1e-2)

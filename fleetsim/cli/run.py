@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from fleetsim import report, results, thresholds
+from fleetsim.cli.live import ConsoleReporter
 
 RUN_FAILED = 1
 INTERRUPTED = 130
@@ -41,7 +42,7 @@ def run(
     console = Console(markup=False, highlight=False)
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
                                                      broker=broker, isolate=isolate_broker or None)
-    run_dir, summary = run_scenario(sc, pki_dir=pki, out_dir=out, console=console)
+    run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console))
     if rules:
         summary["thresholds"] = thresholds.judge(rules, summary)
         results.write_json(run_dir / results.SUMMARY, summary)

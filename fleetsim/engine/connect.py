@@ -18,6 +18,8 @@ import errno
 import os
 import socket
 import ssl
+import struct
+import sys
 import time
 from typing import Protocol
 
@@ -27,6 +29,9 @@ _PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK, 
 class WaitSink(Protocol):
     def waited(self, seconds: float) -> None:
         """Time a ready socket waited for this task to run again (the simulator's queue, not the network's)."""
+
+    def spent(self, cpu_seconds: float) -> None:
+        """CPU this device's handshake steps used (OpenSSL's work in do_handshake), for CPU per handshake."""
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool, sink: WaitSink | None) -> None:
@@ -124,14 +129,38 @@ async def tls_handshake(tls: ssl.SSLSocket, sink: WaitSink | None = None) -> tup
     try:
         fd = tls.fileno()
         while True:
+            cpu = time.thread_time()
             try:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await _ready(loop, fd, False, sink)
+                write = False
             except ssl.SSLWantWriteError:
-                await _ready(loop, fd, True, sink)
+                write = True
+            finally:
+                if sink is not None:
+                    sink.spent(time.thread_time() - cpu)
+            await _ready(loop, fd, write, sink)
         return tls, (time.perf_counter() - t) * 1000.0
     except BaseException:
         tls.close()
         raise
+
+
+# Linux's struct tcp_info: tcpi_bytes_received (u64) at offset 128, tcpi_bytes_sent (u64, Linux 4.19+) at 200.
+_TCP_INFO_SIZE, _RECEIVED_AT, _SENT_AT = 232, 128, 200
+
+
+def wire_bytes(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes sent, bytes received) of TCP payload on this connection so far, as the kernel counted them
+    (measured, not estimated: a TLS handshake's size depends on chains, key types and extensions); None off
+    Linux or on a kernel too old to say."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _SENT_AT + 8:
+        return None
+    return struct.unpack_from("Q", info, _SENT_AT)[0], struct.unpack_from("Q", info, _RECEIVED_AT)[0]

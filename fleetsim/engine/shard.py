@@ -13,6 +13,7 @@ acknowledgements) binned by when each happened, and the worker's own loop lag an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import heapq
@@ -32,7 +33,7 @@ import numpy as np
 from fleetsim import scenario as sc
 from fleetsim.engine.admission import Admission
 from fleetsim.engine.client import MqttConnection
-from fleetsim.engine.connect import tcp_connect, tls_handshake
+from fleetsim.engine.connect import tcp_connect, tls_handshake, wire_bytes
 from fleetsim.engine.identity import (
     PER_DEVICE_CONTEXTS_UP_TO,
     ContextFactory,
@@ -51,8 +52,8 @@ PROGRESS_EVERY_S = 0.5
 ADJUST_EVERY_S = 0.1  # admission limit follows the loop lag at this period
 ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
 ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms",
-                   "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "key_type",
-                   "fault", "group", "shard")
+                   "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "tls_cpu_ms",
+                   "tls_tx_bytes", "tls_rx_bytes", "key_type", "fault", "group", "shard")
 SESSION_COLUMNS = ("device_id", "attempt", "start", "end", "cause")  # start: CONNACK; end: wall clock
 DEVICE_COLUMNS = ("device_id", "attempts", "state")  # state: connected, gave_up, retrying, never_tried
 BIN_COLUMNS = ("published", "acked", "sent_qos0", LAG_COLUMN, CPU_COLUMN, CPU_MAX_COLUMN)
@@ -135,6 +136,9 @@ class _PhaseClock:
 
     def waited(self, seconds: float) -> None:
         self.queued += seconds
+
+    def spent(self, cpu_seconds: float) -> None:
+        self.row["tls_cpu_ms"] = self.row.get("tls_cpu_ms", 0.0) + cpu_seconds * 1000.0
 
     def lap(self, column: str, at: float | None = None) -> None:
         now = time.perf_counter() if at is None else at
@@ -362,6 +366,8 @@ class _Shard:
                     self.ctxs.handshaken(link)
                     row.update(tls_version=_intern(link.version()), cipher=_intern((link.cipher() or ("",))[0]),
                                resumed=link.session_reused)
+                    if (wire := wire_bytes(link)) is not None:
+                        row["tls_tx_bytes"], row["tls_rx_bytes"] = wire
                     clock.lap("setup_ms")  # the simulator's bookkeeping, not the broker's time
                 clock.phase = Phase.MQTT
                 code, _ = await conn.connect(link, timeout=self.sc.connect_timeout)
@@ -626,10 +632,18 @@ def run_shard(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, 
 
     Ctrl-C (when this runs in the main thread with the default handler) and a broker that dies are ends like
     any other: connected devices disconnect, acknowledgements drain for up to DRAIN_S, and what was measured
-    is returned.
+    is returned. Called from inside a running event loop (a notebook), the shard gets a thread of its own.
     """
     state = _Shard(scenario, shard, as_source(identities), progress, stop)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _drive(state)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleetsim-shard") as pool:
+        return pool.submit(_drive, state).result()
 
+
+def _drive(state: _Shard) -> ShardResult:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         installed = False

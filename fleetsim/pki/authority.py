@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
 from fleetsim.pki import certs, issuance, keys
-from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory
+from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory, RevokedSerial
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, locked, write_file
 
@@ -212,6 +213,18 @@ class Pki:
         except KeyError:
             raise PkiError(f"no device {device_id!r} in {self.root}", "see `fleetsim pki list`") from None
 
+    def client_context(self, device_id: str, *, tls_version: str = "any") -> ssl.SSLContext:
+        """A client SSLContext that presents ``device_id``'s certificate chain and verifies the broker against
+        this PKI (CERT_REQUIRED, hostname checked): for a client of your own, e.g. paho's ``tls_set_context``."""
+        self.device(device_id)  # one clear line for an unknown id
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        if tls_version == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cafile=self.layout.ca_chain)
+        ctx.load_cert_chain(self.layout.device_cert(device_id), self.layout.device_key(device_id))
+        return ctx
+
     def identity(self, device_id: str) -> tuple[bytes, bytes]:
         """A device's certificate chain and key, as PEM bytes, read fresh (it may have been re-enrolled)."""
         return self.layout.device_cert(device_id).read_bytes(), self.layout.device_key(device_id).read_bytes()
@@ -348,6 +361,18 @@ class Pki:
                 self.inventory.devices[d.id] = d
             self._write_crl(self._issuer())  # saves the inventory too
         return out
+
+    def pad_crl(self, count: int, *, reason: str = "cessationOfOperation") -> None:
+        """Put ``count`` earlier revocations on the CRL, of serials no device holds: what a CRL of that size costs
+        brokers and handshakes can then be measured (the sweep's crl_size). Rewrites the CRL once."""
+        _check_positive(count=count)
+        with locked(self.layout):
+            self._reload()
+            now = certs.utcnow()
+            rng = random.SystemRandom()
+            self.inventory.revoked.extend(RevokedSerial(rng.getrandbits(159) | 1 << 158, "", now, reason)
+                                          for _ in range(count))
+            self._write_crl(self._issuer())
 
     def write_crl(self) -> Path:
         """(Re)write the CRL with a higher number and a strictly later thisUpdate."""

@@ -1,12 +1,9 @@
-"""Scenarios: a TOML file that says which fleet connects to which broker, how, and what goes wrong.
+"""Scenario files and dicts checked against the schema: every problem is one ``ScenarioError`` naming the file
+(or ``Scenario(...)`` for one built in Python), the field (``fleet[0].count``; array tables count from 0), the
+problem and the fix, so a run never fails half-way on a typo. Pure apart from :func:`load` reading the file.
 
-Everything is validated up front, so a run never fails half-way on a typo: each problem is a one-line
-``ScenarioError`` naming the file, the field (``fleet[0].count``; array tables count from 0), the problem and the
-fix. The schema is documented in the shipped ``scenarios/*.toml`` and in docs/notes (scenario-schema).
-
-    sc = load("scenarios/ward.toml")
-    sc = sc.with_overrides(devices=1000, duration=60)
-    offsets = arrival_times(sc.arrival, sc.devices, numpy.random.default_rng(sc.seed))
+    s = load("scenarios/ward.toml")
+    s = s.with_overrides(devices=1000, duration=60)
 """
 
 from __future__ import annotations
@@ -18,191 +15,36 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fleetsim.errors import ScenarioError
 from fleetsim.pki import KeyType
+from fleetsim.scenario.schema import (
+    _NAME_RE,
+    ACTIONS,
+    API_SOURCE,
+    AUTHS,
+    FAULTS,
+    MAX_DEVICES,
+    MAX_DURATION,
+    MAX_WORKERS,
+    MQTT_VERSIONS,
+    PATTERNS,
+    TARGETS,
+    TLS_VERSIONS,
+    Arrival,
+    BrokerSpec,
+    Churn,
+    Event,
+    FleetGroup,
+    MqttSpec,
+    Reconnect,
+    Scenario,
+    split_hostport,
+)
 from fleetsim.telemetry import MODELS
-
-MAX_DEVICES = 50_000
-MAX_DURATION = 3600.0
-MAX_WORKERS = 256
-TARGETS = ("embedded", "mosquitto")
-TLS_VERSIONS = ("1.2", "1.3", "any")
-AUTHS = ("mtls", "tls", "password", "none")
-MQTT_VERSIONS = ("3.1.1", "5")
-PATTERNS = ("linear", "poisson", "burst")
-ACTIONS = ("restart-broker", "revoke", "reenroll", "reload-crl")
-# Scenario fault names -> the PKI's Fault value (None: a valid identity revoked before the run).
-FAULTS: dict[str, str | None] = {
-    "expired": "expired",
-    "not_yet_valid": "not-yet-valid",
-    "unknown_ca": "unknown-ca",
-    "wrong_key": "wrong-key",
-    "cn_mismatch": "cn-mismatch",
-    "weak_key": "weak-key",
-    "revoked": None,
-}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class FleetGroup:
-    """Devices of one model, lot, key type and site."""
-
-    model: str
-    count: int
-    lot: str = "lot-1"
-    key_type: str = "ecdsa-p256"
-    site: str = "site-1"
-
-
-@dataclass(frozen=True)
-class BrokerSpec:
-    """Which broker the fleet targets and how it authenticates devices."""
-
-    target: str = "embedded"
-    tls_version: str = "any"
-    session_resumption: bool = False
-    auth: str = "mtls"
-    allow_remote: bool = False
-    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
-
-    @property
-    def kind(self) -> str:
-        """ "embedded", "mosquitto" or "external" (any HOST:PORT)."""
-        return self.target if self.target in TARGETS else "external"
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """(host, port) of an external broker, None for the ones fleetsim starts."""
-        if self.kind != "external":
-            return None
-        return _split_hostport(self.target)
-
-
-@dataclass(frozen=True)
-class MqttSpec:
-    version: str = "3.1.1"
-    keepalive: int = 60
-    clean_session: bool = True
-    qos_telemetry: int = 0
-    qos_alarm: int = 1
-
-
-@dataclass(frozen=True)
-class Arrival:
-    pattern: str = "linear"
-    rate: float = 100.0
-
-
-@dataclass(frozen=True)
-class Churn:
-    """Per connected device, probability per second of dropping; 0 means no churn."""
-
-    rate: float = 0.0
-    downtime: tuple[float, float] = (1.0, 5.0)
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """Exponential backoff with full jitter; max_attempts 0 = unlimited within the duration."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    max_attempts: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    """A timed event; revoke takes fraction or lot, reenroll re-issues the previous revoke's devices."""
-
-    at: float
-    action: str
-    fraction: float | None = None
-    lot: str | None = None
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    seed: int
-    duration: float
-    connect_timeout: float
-    workers: int
-    broker: BrokerSpec
-    mqtt: MqttSpec
-    arrival: Arrival
-    churn: Churn
-    reconnect: Reconnect
-    fleet: tuple[FleetGroup, ...]
-    faults: dict[str, float]
-    events: tuple[Event, ...]
-    source: str = field(default="<scenario>", compare=False)
-
-    @property
-    def devices(self) -> int:
-        return sum(g.count for g in self.fleet)
-
-    def with_overrides(
-        self,
-        devices: int | None = None,
-        duration: float | None = None,
-        workers: int | None = None,
-        broker: str | None = None,
-        isolate: bool | None = None,
-    ) -> Scenario:
-        """The same scenario with CLI overrides, validated like the file.
-
-        ``devices`` scales every group proportionally (largest remainder, groups left empty are dropped);
-        a shorter ``duration`` drops the events it no longer reaches.
-        """
-        data = self.to_dict()
-        where = _Where(f"{self.source} (with overrides)", "")
-        if devices is not None:
-            _check_int(where, "--devices", devices, 1, MAX_DEVICES)
-            data["fleet"] = _scale_fleet(data["fleet"], devices)
-        if duration is not None:
-            _check_number(where, "--duration", duration, 0.0, MAX_DURATION, low_open=True)
-            data["duration"] = duration
-            data["events"] = [e for e in data["events"] if e["at"] < duration]
-        if workers is not None:
-            _check_int(where, "--workers", workers, 0, MAX_WORKERS)
-            data["workers"] = workers
-        if broker is not None:
-            data["broker"]["target"] = broker
-        if isolate is not None:
-            data["broker"]["isolate"] = isolate
-        return _build(data, where.source)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, TOML-ready (None fields left out); parse(to_toml()) gives back an equal Scenario."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "seed": self.seed,
-            "duration": self.duration,
-            "connect_timeout": self.connect_timeout,
-            "workers": self.workers,
-            "broker": _fields(self.broker),
-            "mqtt": _fields(self.mqtt),
-            "arrival": _fields(self.arrival),
-            "churn": {"rate": self.churn.rate, "downtime": list(self.churn.downtime)},
-            "reconnect": _fields(self.reconnect),
-            "fleet": [_fields(g) for g in self.fleet],
-            "faults": dict(self.faults),
-            "events": [{k: v for k, v in _fields(e).items() if v is not None} for e in self.events],
-        }
-
-    def to_toml(self) -> str:
-        """The scenario as run, for the results directory."""
-        return _dump_toml(self.to_dict())
-
 
 # ---------------------------------------------------------------- loading
 
@@ -258,6 +100,11 @@ class _Where:
     source: str
     path: str  # "" = top level
 
+    @property
+    def api(self) -> bool:
+        """Built in Python (Scenario(...)), not read from a file: hints use the API's words."""
+        return self.source.startswith(API_SOURCE)
+
     def field(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
@@ -273,7 +120,8 @@ def _table(where: _Where, data: Mapping[str, Any], key: str, allowed: Sequence[s
     """The sub-table ``key`` (empty if absent), with its keys checked against ``allowed``."""
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise where.fail(key, f"must be a table, got {_show(value)}", f"write it as a [{key}] section")
+        fix = f"pass {key}= as a dict or its dataclass" if where.api else f"write it as a [{key}] section"
+        raise where.fail(key, f"must be a table, got {_show(value)}", fix)
     _check_keys(where.sub(key), value, allowed, f"[{key}]")
     return value
 
@@ -291,7 +139,7 @@ def _show(value: Any) -> str:
     name = kind.get(type(value), type(value).__name__)
     text = json.dumps(value) if isinstance(value, bool | str) else repr(value)
     if isinstance(value, dict | list):
-        return f"a {name}"
+        return f"an {name}" if name[0] in "aeiou" else f"a {name}"
     return text if isinstance(value, int | float) and not isinstance(value, bool) else f"{text} ({name})"
 
 
@@ -375,29 +223,33 @@ _TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers",
 
 
 def _build(data: Mapping[str, Any], source: str) -> Scenario:
+    return Scenario(**validated(data, source), source=source)
+
+
+def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The Scenario's fields from plain data, each checked and normalised (tuples, floats, sub-tables built)."""
     top = _Where(source, "")
     _check_keys(top, data, _TOP, "[top level]")
     duration = _num(top, data, "duration", 60.0, 0.0, MAX_DURATION, low_open=True)
     broker = _broker(top, data)
     fleet = _fleet(top, data)
     mqtt = _mqtt(top, data, broker)
-    return Scenario(
-        name=_str(top, data, "name", Path(source).stem or "scenario"),
-        description=_str(top, data, "description", ""),
-        seed=_int(top, data, "seed", 1, 0, 2**63 - 1),
-        duration=duration,
-        connect_timeout=_num(top, data, "connect_timeout", 10.0, 0.0, 300.0, low_open=True),
-        workers=_int(top, data, "workers", 0, 0, MAX_WORKERS),
-        broker=broker,
-        mqtt=mqtt,
-        arrival=_arrival(top, data),
-        churn=_churn(top, data),
-        reconnect=_reconnect(top, data),
-        fleet=fleet,
-        faults=_faults(top, data),
-        events=_events(top, data, duration, fleet),
-        source=source,
-    )
+    return {
+        "name": _str(top, data, "name", Path(source).stem or "scenario"),
+        "description": _str(top, data, "description", ""),
+        "seed": _int(top, data, "seed", 1, 0, 2**63 - 1),
+        "duration": duration,
+        "connect_timeout": _num(top, data, "connect_timeout", 10.0, 0.0, 300.0, low_open=True),
+        "workers": _int(top, data, "workers", 0, 0, MAX_WORKERS),
+        "broker": broker,
+        "mqtt": mqtt,
+        "arrival": _arrival(top, data),
+        "churn": _churn(top, data),
+        "reconnect": _reconnect(top, data),
+        "fleet": fleet,
+        "faults": _faults(top, data),
+        "events": _events(top, data, duration, fleet),
+    }
 
 
 def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
@@ -420,15 +272,6 @@ def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
     return spec
 
 
-def _split_hostport(target: str) -> tuple[str, int] | None:
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", target)
-    if not m:
-        return None
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    return (host, port) if 1 <= port <= 65535 else None
-
-
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -439,7 +282,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_target(w: _Where, target: str, allow_remote: bool) -> None:
-    address = _split_hostport(target)
+    address = split_hostport(target)
     if address is None:
         close = difflib.get_close_matches(target, TARGETS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -518,8 +361,9 @@ def _fleet(top: _Where, data: Mapping[str, Any]) -> tuple[FleetGroup, ...]:
     if not isinstance(groups, list) or not groups:
         raise top.fail(
             "fleet",
-            "no device groups" if groups is None else f"must be [[fleet]] tables, got {_show(groups)}",
-            'add at least one [[fleet]] table with model = "..." and count = N',
+            "no device groups" if not groups else f"must be [[fleet]] tables, got {_show(groups)}",
+            'pass fleet=[Group("pulse-oximeter", 100)]' if top.api
+            else 'add at least one [[fleet]] table with model = "..." and count = N',
         )
     fleet = tuple(_group(top.sub(f"fleet[{i}]"), g) for i, g in enumerate(groups))
     total = sum(g.count for g in fleet)
@@ -620,7 +464,28 @@ def _event(w: _Where, t: Any, duration: float, lots: set[str]) -> Event:
     return Event(at=at, action=action, fraction=fraction, lot=lot)
 
 
-# ---------------------------------------------------------------- overrides and output
+
+
+def overridden(s: Scenario, *, devices: int | None, duration: float | None, workers: int | None,
+               broker: str | None, isolate: bool | None) -> Scenario:
+    """``s`` with the CLI's overrides, validated like the file (see Scenario.with_overrides)."""
+    data = s.to_dict()
+    where = _Where(f"{s.source} (with overrides)", "")
+    if devices is not None:
+        _check_int(where, "--devices", devices, 1, MAX_DEVICES)
+        data["fleet"] = _scale_fleet(data["fleet"], devices)
+    if duration is not None:
+        _check_number(where, "--duration", duration, 0.0, MAX_DURATION, low_open=True)
+        data["duration"] = duration
+        data["events"] = [e for e in data["events"] if e["at"] < duration]
+    if workers is not None:
+        _check_int(where, "--workers", workers, 0, MAX_WORKERS)
+        data["workers"] = workers
+    if broker is not None:
+        data["broker"]["target"] = broker
+    if isolate is not None:
+        data["broker"]["isolate"] = isolate
+    return _build(data, where.source)
 
 
 def _scale_fleet(groups: list[dict[str, Any]], devices: int) -> list[dict[str, Any]]:
@@ -632,74 +497,3 @@ def _scale_fleet(groups: list[dict[str, Any]], devices: int) -> list[dict[str, A
     for i in by_remainder[: devices - sum(counts)]:
         counts[i] += 1
     return [{**g, "count": c} for g, c in zip(groups, counts, strict=True) if c > 0]
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _dump_toml(data: Mapping[str, Any]) -> str:
-    """Minimal TOML writer for the scenario's shape: scalars, tables and arrays of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
-        elif isinstance(value, list):
-            for item in value:
-                lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- timing and faults
-
-
-def arrival_times(arrival: Arrival, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Offsets (s, non-decreasing, first at 0) at which n devices first connect."""
-    if n <= 0:
-        return np.zeros(0)
-    if arrival.pattern == "burst":
-        return np.zeros(n)
-    if arrival.pattern == "linear":
-        return np.arange(n, dtype=float) / arrival.rate
-    gaps = rng.exponential(1.0 / arrival.rate, size=n - 1)
-    return np.concatenate(([0.0], np.cumsum(gaps)))
-
-
-def backoff(attempt: int, reconnect: Reconnect, rng: np.random.Generator) -> float:
-    """Delay before reconnect attempt ``attempt`` (0-based): full jitter, uniform(0, min(cap, initial*2**attempt))."""
-    ceiling = min(reconnect.cap, reconnect.initial * 2.0 ** min(max(attempt, 0), 60))
-    return float(rng.uniform(0.0, ceiling))
-
-
-def assign_faults(scenario: Scenario, device_ids_by_group: Sequence[Sequence[str]]) -> dict[str, list[str]]:
-    """Which devices get which faulty identity: disjoint sets, same seed same choice.
-
-    ``device_ids_by_group`` lists the ids of each ``scenario.fleet`` group in order. Each fault takes
-    round(fraction * fleet size) devices drawn from the whole fleet; keys are the scenario's fault names
-    (see ``FAULTS`` for the PKI's names). Every fault of the scenario is a key, possibly with no devices.
-    """
-    ids = [d for group in device_ids_by_group for d in group]
-    rng = np.random.default_rng([scenario.seed, 0xFA017])
-    order = rng.permutation(len(ids))
-    out: dict[str, list[str]] = {}
-    start = 0
-    for name in FAULTS:
-        fraction = scenario.faults.get(name, 0.0)
-        if fraction <= 0:
-            continue
-        take = min(round(fraction * len(ids)), len(ids) - start)
-        out[name] = [ids[i] for i in np.sort(order[start : start + take])]
-        start += take
-    return out

@@ -1,0 +1,34 @@
+"""`fleetsim sweep SWEEP.toml`: the same fleet across a matrix of authentication settings, then a comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from fleetsim import report
+from fleetsim.cli.live import ConsoleReporter
+
+
+def sweep(
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP", help="Sweep file (see scenarios/sweep-*.toml)."),
+    out: Path = typer.Option(Path("results"), "--out", help="The sweep's directory goes here, named after it; "
+                                                            "running again resumes it."),
+) -> None:
+    """Run every cell of a sweep (a burst and a steady run each) and print the overhead comparison."""
+    from fleetsim import sweep as sweep_mod
+    from fleetsim.sweep_run import read_sweep, run_sweep
+
+    console = Console(markup=False, highlight=False)
+    definition = sweep_mod.load(sweep_file)
+    console.print(Text(f"sweep {definition.name}: {len(definition.cells)} cells, results in "
+                       f"{out / definition.name}"))
+    sweep_dir = run_sweep(definition, out=out, reporter=ConsoleReporter(console))
+    report.print_sweep(read_sweep(sweep_dir), console)
+    console.print(Text(f"results: {sweep_dir}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)

@@ -1,0 +1,226 @@
+"""What a scenario is: the fleet, the broker and how devices reach it, what goes wrong and when.
+
+Every field has the default a TOML file gets when it leaves the key out, so a notebook builds one in a line::
+
+    from fleetsim.scenario import Scenario, Group
+    s = Scenario(fleet=[Group("pulse-oximeter", 500)], duration=30)
+
+A Scenario is validated when it is made, by the same rules as a file (:mod:`fleetsim.scenario.validate`): a
+mistake is one ``ScenarioError`` naming the field (``fleet[0].count``) and the fix. Sub-tables may be given as
+their dataclasses or as plain dicts (``broker={"target": "mosquitto"}``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+MAX_DEVICES = 50_000
+MAX_DURATION = 3600.0
+MAX_WORKERS = 256
+TARGETS = ("embedded", "mosquitto")
+TLS_VERSIONS = ("1.2", "1.3", "any")
+AUTHS = ("mtls", "tls", "password", "none")
+MQTT_VERSIONS = ("3.1.1", "5")
+PATTERNS = ("linear", "poisson", "burst")
+ACTIONS = ("restart-broker", "revoke", "reenroll", "reload-crl")
+# Scenario fault names -> the PKI's Fault value (None: a valid identity revoked before the run).
+FAULTS: dict[str, str | None] = {
+    "expired": "expired",
+    "not_yet_valid": "not-yet-valid",
+    "unknown_ca": "unknown-ca",
+    "wrong_key": "wrong-key",
+    "cn_mismatch": "cn-mismatch",
+    "weak_key": "weak-key",
+    "revoked": None,
+}
+API_SOURCE = "Scenario(...)"  # the source of a scenario built in Python: error hints use the API's words
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FleetGroup:
+    """Devices of one model, lot, key type and site (``Group`` for short)."""
+
+    model: str
+    count: int
+    lot: str = "lot-1"
+    key_type: str = "ecdsa-p256"
+    site: str = "site-1"
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """Which broker the fleet targets and how it authenticates devices."""
+
+    target: str = "embedded"
+    tls_version: str = "any"
+    session_resumption: bool = False
+    auth: str = "mtls"
+    allow_remote: bool = False
+    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
+
+    @property
+    def kind(self) -> str:
+        """ "embedded", "mosquitto" or "external" (any HOST:PORT)."""
+        return self.target if self.target in TARGETS else "external"
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of an external broker, None for the ones fleetsim starts."""
+        if self.kind != "external":
+            return None
+        return split_hostport(self.target)
+
+
+@dataclass(frozen=True)
+class MqttSpec:
+    version: str = "3.1.1"
+    keepalive: int = 60
+    clean_session: bool = True
+    qos_telemetry: int = 0
+    qos_alarm: int = 1
+
+
+@dataclass(frozen=True)
+class Arrival:
+    pattern: str = "linear"
+    rate: float = 100.0
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Per connected device, probability per second of dropping; 0 means no churn."""
+
+    rate: float = 0.0
+    downtime: tuple[float, float] = (1.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Exponential backoff with full jitter; max_attempts 0 = unlimited within the duration."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    max_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A timed event; revoke takes fraction or lot, reenroll re-issues the previous revoke's devices."""
+
+    at: float
+    action: str
+    fraction: float | None = None
+    lot: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "scenario"
+    description: str = ""
+    seed: int = 1
+    duration: float = 60.0
+    connect_timeout: float = 10.0
+    workers: int = 0  # 0: one per core
+    broker: BrokerSpec = field(default_factory=lambda: BrokerSpec())
+    mqtt: MqttSpec = field(default_factory=lambda: MqttSpec())
+    arrival: Arrival = field(default_factory=lambda: Arrival())
+    churn: Churn = field(default_factory=lambda: Churn())
+    reconnect: Reconnect = field(default_factory=lambda: Reconnect())
+    fleet: tuple[FleetGroup, ...] = ()
+    faults: dict[str, float] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+    source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
+
+    def __post_init__(self) -> None:
+        from fleetsim.scenario.validate import validated  # validate builds the sub-tables defined here
+
+        for name, value in validated(self.to_dict(), self.source).items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def devices(self) -> int:
+        return sum(g.count for g in self.fleet)
+
+    def with_overrides(
+        self,
+        devices: int | None = None,
+        duration: float | None = None,
+        workers: int | None = None,
+        broker: str | None = None,
+        isolate: bool | None = None,
+    ) -> Scenario:
+        """The same scenario with CLI overrides, validated like the file.
+
+        ``devices`` scales every group proportionally (largest remainder, groups left empty are dropped);
+        a shorter ``duration`` drops the events it no longer reaches.
+        """
+        from fleetsim.scenario.validate import overridden
+
+        return overridden(self, devices=devices, duration=duration, workers=workers, broker=broker,
+                          isolate=isolate)
+
+    def replace(self, **changes: Any) -> Scenario:
+        """A copy with some fields changed (validated), e.g. ``s.replace(duration=10)``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return Scenario(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, TOML-ready (None fields left out); parse(to_toml()) gives back an equal Scenario."""
+        churn = _fields(self.churn)
+        if isinstance(churn, dict) and isinstance(churn.get("downtime"), tuple):
+            churn["downtime"] = list(churn["downtime"])
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "duration": self.duration,
+            "connect_timeout": self.connect_timeout,
+            "workers": self.workers,
+            "broker": _fields(self.broker),
+            "mqtt": _fields(self.mqtt),
+            "arrival": _fields(self.arrival),
+            "churn": churn,
+            "reconnect": _fields(self.reconnect),
+            "fleet": [_fields(g) for g in self.fleet] if isinstance(self.fleet, list | tuple) else self.fleet,
+            "faults": dict(self.faults),
+            "events": [_without_none(_fields(e)) for e in self.events] if isinstance(self.events, list | tuple)
+            else self.events,
+        }
+
+    def to_toml(self) -> str:
+        """The scenario as run, for the results directory."""
+        from fleetsim.scenario.toml_writer import dump
+
+        return dump(self.to_dict())
+
+
+Group = FleetGroup
+
+
+def _fields(obj: Any) -> Any:
+    """A sub-table as plain data, whether given as its dataclass or as a dict (anything else as it is, for the
+    validator to refuse in one line)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+    return obj
+
+
+def split_hostport(target: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``[v6]:PORT``; None when it is not one."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", target)
+    if not m:
+        return None
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    return (host, port) if 1 <= port <= 65535 else None
+
+
+def _without_none(table: Any) -> Any:
+    return {k: v for k, v in table.items() if v is not None} if isinstance(table, dict) else table
