@@ -22,18 +22,19 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "Run": "fleetsim.api", "Summary": "fleetsim.api", "load_run": "fleetsim.api", "run": "fleetsim.api",
-    "start_broker": "fleetsim.api", "FleetsimError": "fleetsim.errors", "Pki": "fleetsim.pki",
+    "start_broker": "fleetsim.api", "run_sweep": "fleetsim.api", "load_sweep": "fleetsim.api",
+    "SweepResult": "fleetsim.api", "FleetsimError": "fleetsim.errors", "Pki": "fleetsim.pki",
     "Progress": "fleetsim.progress", "Arrival": "fleetsim.scenario", "BrokerSpec": "fleetsim.scenario",
     "Churn": "fleetsim.scenario", "Event": "fleetsim.scenario", "Group": "fleetsim.scenario",
     "MqttSpec": "fleetsim.scenario", "Reconnect": "fleetsim.scenario", "Scenario": "fleetsim.scenario",
     "load_scenario": ("fleetsim.scenario", "load"), "parse_scenario": ("fleetsim.scenario", "parse"),
 }
 __all__ = ["Arrival", "BrokerSpec", "Churn", "Event", "FleetsimError", "Group", "MqttSpec", "Pki", "Progress",
-           "Reconnect", "Run", "Scenario", "Summary", "__version__", "load_run", "load_scenario", "parse_scenario",
-           "run", "start_broker"]
+           "Reconnect", "Run", "Scenario", "Summary", "SweepResult", "__version__", "load_run", "load_scenario",
+           "load_sweep", "parse_scenario", "run", "run_sweep", "start_broker"]
 
 if TYPE_CHECKING:
-    from fleetsim.api import Run, Summary, load_run, run, start_broker
+    from fleetsim.api import Run, Summary, SweepResult, load_run, load_sweep, run, run_sweep, start_broker
     from fleetsim.errors import FleetsimError
     from fleetsim.pki import Pki
     from fleetsim.progress import Progress

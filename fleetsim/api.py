@@ -171,3 +171,64 @@ def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broke
     run_dir, _ = run_scenario(s, pki=pki if isinstance(pki, Pki) else Path(pki), out_dir=Path(out), broker=handle,
                               reporter=Callback(progress) if progress else None)
     return Run(run_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """A sweep's directory: every cell's settings and figures (``table()`` flattens them, one row per cell), the
+    crypto floor, the s_time cross-check, and each cell's two runs."""
+
+    dir: Path
+
+    @cached_property
+    def index(self) -> dict[str, Any]:
+        from fleetsim.sweep_run import read_sweep
+
+        return read_sweep(self.dir)
+
+    @property
+    def cells(self) -> list[View]:
+        return [View(c) for c in self.index["cells"]]
+
+    @property
+    def crypto_floor(self) -> View:
+        return View(self.index.get("crypto_floor", {}))
+
+    @property
+    def cross_check(self) -> list[View]:
+        return [View(x) for x in self.index.get("cross_check", [])]
+
+    def run(self, cell: str, which: str = "steady") -> Run:
+        """One of a cell's runs ("burst" or "steady") as a :class:`Run`."""
+        for c in self.index["cells"]:
+            if c["name"] == cell:
+                return Run(self.dir / c[which])
+        raise FleetsimError(f"no cell {cell!r} in {self.dir}", "cells: " + ", ".join(c["name"] for c in self.index["cells"]))
+
+    def table(self) -> pa.Table:
+        """One row per cell: its settings, then its figures (latencies as <phase>_<pNN>_ms)."""
+        rows = []
+        for c in self.index["cells"]:
+            f = c["figures"]
+            row = {"cell": c["name"], **c["settings"],
+                   **{k: v for k, v in f.items() if not isinstance(v, dict)}}
+            for phase, dist in f.get("latency_ms", {}).items():
+                row.update({f"{phase}_{p}_ms": dist.get(p) for p in ("p50", "p90", "p99")})
+            rows.append(row)
+        return pa.Table.from_pylist(rows)
+
+
+def run_sweep(definition: str | Path | Any, *, out: str | Path = "results",
+              progress: Callable[[Progress], None] | None = None) -> SweepResult:
+    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept."""
+    from fleetsim.sweep import Sweep, load
+    from fleetsim.sweep_run import run_sweep as run_all
+
+    s = definition if isinstance(definition, Sweep) else load(definition)
+    return SweepResult(run_all(s, out=Path(out), reporter=Callback(progress) if progress else None))
+
+
+def load_sweep(path: str | Path) -> SweepResult:
+    result = SweepResult(Path(path))
+    result.index  # noqa: B018 - one clear line now if it is not a sweep
+    return result
