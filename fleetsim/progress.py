@@ -20,6 +20,7 @@ class Progress:
     devices: int
     events: int = 0
     state: Mapping[str, Any] = field(default_factory=dict)
+    broker: Mapping[str, Any] = field(default_factory=dict)  # kind, and cpu_seconds when fleetsim can read it
 
 
 class Reporter(Protocol):

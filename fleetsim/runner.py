@@ -195,8 +195,10 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 if now - last_sample >= SAMPLE_EVERY_S:
                     last_sample = now
                     _sample(broker, elapsed, out.broker_samples)
+                cpu = out.broker_samples[-1]["cpu_seconds"] if out.broker_samples else None
                 reporter.progress(Progress(elapsed=max(0.0, elapsed), duration=scenario.duration,
-                                           devices=scenario.devices, events=len(out.events), state=state))
+                                           devices=scenario.devices, events=len(out.events), state=state,
+                                           broker={"kind": broker.kind, "cpu_seconds": cpu}))
                 if not stop.is_set() and (why := nothing_connects(state, elapsed, len(fleet), target)):
                     out.stopped_early = why
                     stop.set()
