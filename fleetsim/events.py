@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class EventRunner:
         self.last_revoked: list[str] = []
         self.log = EventLog()
 
-    def fire_due(self, elapsed: float) -> list[dict[str, Any]]:
+    def fire_due(self, elapsed: float, state: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         fired = []
         while self.pending and self.pending[0].at <= elapsed:
             event = self.pending.pop(0)

@@ -143,6 +143,45 @@ def events_table(events: list[Mapping[str, Any]]) -> Table:
     return t
 
 
+def _after(v: Any) -> str:
+    return "never" if v is None else f"{v:,.3f} s"
+
+
+def revocation_table(r: Mapping[str, Any]) -> Table:
+    """The rehearsal: each step's time from the decision, honesty counts, and the re-enrolment storm."""
+    t = _table(f"Revocation rehearsal: {r.get('revoked', 0):,} devices, strategy {r.get('strategy')} "
+               "(times from the decision)", ("what", "value"), header=False)
+    rows = [
+        ("CRL written", _after(r.get("crl_written_after_s"))),
+        ("broker's enforcement step returned", _after(r.get("enforcement_step_after_s"))),
+        ("first revoked device refused", _after(r.get("first_revoked_refused_after_s"))),
+        ("last revoked live session gone", _after(r.get("last_revoked_session_gone_after_s"))
+         + (f"  ({r['revoked_still_connected_at_end']:,} still connected at the end)"
+            if r.get("revoked_still_connected_at_end") else "")),
+        ("last revoked device refused", _after(r.get("last_revoked_refused_after_s"))),
+        ("false accepts (revoked let in, or left in by a strategy that cuts)", _fmt(r.get("false_accepts"))),
+        ("false rejects (healthy refused or dropped)", _fmt(r.get("false_rejects"))
+         + (f"  (+ {r['collateral_drops']:,} collateral drops of the strategy)" if r.get("collateral_drops") else "")),
+        ("healthy devices' QoS 1/2 messages lost", _fmt(r.get("healthy_messages_lost"))),
+    ]
+    if r.get("reenrolled"):
+        st = r.get("storm", {})
+        rows += [
+            ("re-enrolled (waves, PKI time)", f"{r['reenrolled']:,} in {r.get('waves', 1)} waves, "
+                                              f"{r.get('reenroll_ms', 0):,.0f} ms"),
+            ("every re-enrolled device back", _after(r.get("all_back_after_s"))),
+            ("fleet back to its level before", _after(r.get("fleet_back_after_s"))
+             + f"  ({r.get('connected_before', 0):,} devices)"),
+            ("re-enrolment storm: peak connects/s, tls p50 / p99 (ms)",
+             f"{st.get('peak_connects_per_s', 0):,}, {_fmt(st.get('tls_ms', {}).get('p50'))} / "
+             f"{_fmt(st.get('tls_ms', {}).get('p99'))}"
+             + (f", broker CPU {st['broker_cpu_s']:,.2f} s" if st.get("broker_cpu_s") is not None else "")),
+        ]
+    for what, value in rows:
+        _row(t, what, value)
+    return t
+
+
 def thresholds_table(results: list[Mapping[str, Any]]) -> Table:
     t = _table("--fail-on", ("rule", "measured", "verdict"))
     for r in results:
@@ -205,6 +244,8 @@ def render(summary: Mapping[str, Any]) -> Group:
         parts.append(faults_table(summary["faults"]))
     if summary.get("events"):
         parts.append(events_table(summary["events"]))
+    if summary.get("revocation"):
+        parts.append(revocation_table(summary["revocation"]))
     if summary.get("thresholds"):
         parts.append(thresholds_table(summary["thresholds"]))
     parts += [Text.assemble(("warning: ", "bold yellow"), w) for w in summary.get("warnings", [])]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetsim import placement, progress, provision, results, stats
+from fleetsim import placement, progress, provision, rehearsal, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
@@ -35,7 +35,9 @@ from fleetsim.errors import BrokerError, FleetsimError, PkiError
 from fleetsim.events import EventRunner
 from fleetsim.pki import Layout, Pki
 from fleetsim.progress import Progress, Reporter, Silent
+from fleetsim.rehearse import Rehearsal
 from fleetsim.scenario import Scenario
+from fleetsim.scenario.schema import strategy_of
 from fleetsim.series import run_series
 from fleetsim.shards import deal, merge_results
 
@@ -168,15 +170,20 @@ def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, tar
 
 
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, reporter: Reporter,
-              fleet: Mapping[str, str], worker_cores: frozenset[int] = frozenset()) -> Outcome:
-    """Start one process per shard, fire events on time, show progress, collect results whatever happens."""
+              fleet: Mapping[str, tuple[str, str]], worker_cores: frozenset[int] = frozenset()) -> Outcome:
+    """Start one process per shard, fire events on time, show progress, collect results whatever happens.
+
+    ``fleet``: the healthy devices, id -> (lot, model), the devices events and rehearsals act on."""
     ctx = mp.get_context("fork")
     progress_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_worker, args=(scenario, s, progress_q, result_q, stop, worker_cores),
                          name=f"fleetsim-shard-{s.index}", daemon=True) for s in shards]
     for p in procs:
         p.start()
-    events = EventRunner(scenario.events, pki, broker, dict(fleet), scenario.seed)
+    events = EventRunner(scenario.events, pki, broker, {d: lot for d, (lot, _) in fleet.items()}, scenario.seed)
+    drivers: list[Any] = [events]
+    if scenario.revocation is not None:
+        drivers.append(Rehearsal(scenario, pki, broker, fleet))
     out = Outcome()
     t0 = shards[0].t0
     deadline = t0 + scenario.duration + scenario.connect_timeout + COLLECT_GRACE_S
@@ -191,7 +198,8 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 elapsed = now - t0
                 state = progress.merge(snapshots)
                 if now >= t0:
-                    out.events += events.fire_due(elapsed)
+                    for driver in drivers:
+                        out.events += driver.fire_due(elapsed, state)
                 if now - last_sample >= SAMPLE_EVERY_S:
                     last_sample = now
                     _sample(broker, elapsed, out.broker_samples)
@@ -279,13 +287,16 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
     results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers,
                                                **cores.as_dict()})
-    healthy = {p.device_id: p.slot.lot for p in fleet if p.slot.fault is None}
+    healthy = {p.device_id: (p.slot.lot, p.slot.model) for p in fleet if p.slot.fault is None}
+    if scenario.revocation is not None and scenario.revocation.crl_prefill:
+        _prefill_crl(pki, scenario.revocation.crl_prefill, reporter)
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
         with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
             outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, reporter,
                                                                   healthy, run_dir / "broker.log", cores, broker)
-    summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind)
+    summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind,
+                     healthy=list(healthy))
     return run_dir, summary
 
 
@@ -299,8 +310,16 @@ def _provision(pki: Pki, scenario: Scenario, reporter: Reporter) -> list[provisi
     return provision.provision(pki, provision.plan(scenario), progress=tell)
 
 
+def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
+    """Earlier revocations on the CRL up to ``entries`` (a rehearsal with a large CRL already in place)."""
+    have = sum(1 for r in pki.inventory.revoked if not r.device_id)
+    if have < entries:
+        reporter.step(f"putting {entries - have:,} earlier revocations on the CRL")
+        pki.pad_crl(entries - have)
+
+
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
-                        workers: int, reporter: Reporter, healthy: dict[str, str], broker_log: Path,
+                        workers: int, reporter: Reporter, healthy: dict[str, tuple[str, str]], broker_log: Path,
                         cores: placement.Placement, given: BrokerHandle | None
                         ) -> tuple[Outcome, dict[str, Any], float, str]:
     if given is None:
@@ -339,8 +358,18 @@ def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def _rehearsal(scenario: Scenario, outcome: Outcome, m: Any, series: dict[str, list[Any]], t0: float,
+               stopped_s: float, healthy: list[str]) -> dict[str, Any]:
+    """summary["revocation"], and the rehearsal's own columns added to the timeline (``series``, in place)."""
+    revoked = {d for e in outcome.events if e.get("action") == "revoke" for d in e.get("device_ids", [])}
+    series.update(rehearsal.timeline(series, m.attempts, m.sessions, revoked, t0=t0))
+    return rehearsal.measure(outcome.events, m.attempts, m.sessions, m.devices, t0=t0, stopped_s=stopped_s,
+                             healthy=[d for d in healthy if d not in revoked], strategy=strategy_of(scenario),
+                             broker_samples=outcome.broker_samples)
+
+
 def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: dict[str, Any], *, t0: float,
-           workers: int, kind: str) -> dict[str, Any]:
+           workers: int, kind: str, healthy: list[str]) -> dict[str, Any]:
     m = merge_results(outcome.results)
     stops = [r.loop["stopped_at"] for r in outcome.results.values() if r.loop.get("stopped_at")]
     stopped_s = (max(stops) - t0) if stops else min(scenario.duration, outcome.wall_s)
@@ -354,6 +383,9 @@ def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: di
                               wall_s=outcome.wall_s, broker_kind=kind, broker_final=broker_stats,
                               broker_samples=outcome.broker_samples, events=outcome.events)
     summary = {"scenario": scenario.name, "t0": t0, **summary}
+    if scenario.revocation is not None:
+        summary["revocation"] = _rehearsal(scenario, outcome, m, series, t0, stopped_s, healthy)
+        results.write_table(run_dir / "series.parquet", series)
     if outcome.interrupted:
         summary["interrupted"] = outcome.interrupted
     if outcome.stopped_early:

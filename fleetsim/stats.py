@@ -260,6 +260,7 @@ def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessi
     """Each timed event with what it did to the fleet: how long until the connected count was back (or the
     revoked devices were cut, or the re-enrolled ones back)."""
     out = []
+    back = {d: float(e["fired_at_s"]) for e in events if e.get("action") == "reenroll" for d in e.get("device_ids", [])}
     for i, e in enumerate(events):
         at = float(e["fired_at_s"])
         horizon = float(events[i + 1]["fired_at_s"]) if i + 1 < len(events) else stopped_s
@@ -267,7 +268,7 @@ def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessi
         rec["connected_before"] = level.at(at)
         ids = set(e.get("device_ids", []))
         if e.get("action") == "revoke" and ids:
-            rec.update(_cut(ids, sessions, at, t0, stopped_s))
+            rec.update(_cut(ids, sessions, at, t0, back))
         elif e.get("action") == "reenroll" and ids:
             rec.update(_back(ids, sessions, at, t0))
         else:
@@ -285,16 +286,20 @@ def _recovery(level: Concurrency, at: float, horizon: float, target: int) -> flo
     return _r(back - at) if back is not None else None
 
 
-def _cut(ids: set[str], sessions: Mapping[str, Sequence[Any]], at: float, t0: float, stopped_s: float) -> dict[str, Any]:
+def _cut(ids: set[str], sessions: Mapping[str, Sequence[Any]], at: float, t0: float,
+         reenrolled: Mapping[str, float]) -> dict[str, Any]:
+    """How the revoked devices' connections ended; connects after the event before the device's re-enrolment
+    (with its revoked certificate) are the ones a broker should not have let in."""
     start, end, _ = session_times(sessions, t0)
     dev = np.asarray(sessions.get("device_id", []), dtype=object)
     live = np.isin(dev, list(ids)) & (start <= at) & (end > at)
     still = int(np.isinf(end[live]).sum())
     ended = end[live][~np.isinf(end[live])]
-    later = np.isin(dev, list(ids)) & (start > at)
+    until = np.asarray([reenrolled.get(d, np.inf) for d in dev], dtype=float)
+    later = np.isin(dev, list(ids)) & (start > at) & (start < until)
     return {"revoked_live_at_event": int(live.sum()), "revoked_cut_after_s": _r(ended.max() - at) if ended.size
             and not still else None, "revoked_still_connected_at_end": still,
-            "revoked_connects_after_event": int(later.sum())}
+            "revoked_connects_before_reenrolment": int(later.sum())}
 
 
 def _back(ids: set[str], sessions: Mapping[str, Sequence[Any]], at: float, t0: float) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_summary_states_drops_faults_and_identity_problems():
     (revoke,) = out["events"]
     assert "device_ids" not in revoke and revoke["revoked_live_at_event"] == 1
     assert revoke["revoked_cut_after_s"] == pytest.approx(1.0) and revoke["revoked_still_connected_at_end"] == 0
-    assert revoke["revoked_connects_after_event"] == 1
+    assert revoke["revoked_connects_before_reenrolment"] == 1
 
 
 def test_recovery_after_a_restart_is_the_time_until_the_count_is_back():

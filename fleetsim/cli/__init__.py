@@ -41,11 +41,12 @@ def _root(
 
 
 def _register() -> None:
-    from fleetsim.cli import broker, pki, report, run, sweep
+    from fleetsim.cli import broker, pki, rehearse, report, run, sweep
 
     app.add_typer(pki.app, name="pki")
     broker.register(app)
     run.register(app)
+    rehearse.register(app)
     sweep.register(app)
     report.register(app)
 

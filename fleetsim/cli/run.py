@@ -48,10 +48,10 @@ def run(
         results.write_json(run_dir / results.SUMMARY, summary)
     report.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))
-    raise typer.Exit(_exit_code(summary))
+    raise typer.Exit(exit_code(summary))
 
 
-def _exit_code(summary: dict) -> int:
+def exit_code(summary: dict) -> int:
     err = Console(stderr=True, markup=False, highlight=False)
     if "Ctrl-C" in str(summary.get("interrupted", "")):
         return INTERRUPTED

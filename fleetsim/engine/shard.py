@@ -55,7 +55,8 @@ ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "wait_ms", "tcp_
                    "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "tls_cpu_ms",
                    "tls_tx_bytes", "tls_rx_bytes", "key_type", "fault", "group", "shard")
 SESSION_COLUMNS = ("device_id", "attempt", "start", "end", "cause")  # start: CONNACK; end: wall clock
-DEVICE_COLUMNS = ("device_id", "attempts", "state")  # state: connected, gave_up, retrying, never_tried
+DEVICE_COLUMNS = ("device_id", "attempts", "state", "lost")  # state: connected, gave_up, retrying, never_tried;
+# lost: its QoS 1/2 messages not acknowledged when the run ended
 BIN_COLUMNS = ("published", "acked", "sent_qos0", LAG_COLUMN, CPU_COLUMN, CPU_MAX_COLUMN)
 
 
@@ -589,6 +590,7 @@ class _Shard:
             devices["device_id"].append(dev.spec.id)
             devices["attempts"].append(dev.attempts)
             devices["state"].append(_final_state(dev, dev.spec.id in self.up_at_end))
+            devices["lost"].append(dev.conn.unacked() if dev.conn is not None else 0)
         loop = {"lag_ms": self.monitor.lag_ms.tolist(), **self.monitor.totals(), "stopped_at": self.stopped_at,
                 "admission_limit": self.admission.limit, "admission_peak_waiting": self.admission.peak_waiting}
         return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,

@@ -27,6 +27,7 @@ from fleetsim.scenario.schema import (
     Group,
     MqttSpec,
     Reconnect,
+    Revocation,
     Scenario,
 )
 from fleetsim.scenario.timing import arrival_times, assign_faults, backoff
@@ -34,4 +35,4 @@ from fleetsim.scenario.validate import load, parse
 
 __all__ = ["ACTIONS", "AUTHS", "FAULTS", "MAX_DEVICES", "MAX_DURATION", "MAX_WORKERS", "MQTT_VERSIONS", "PATTERNS",
            "TARGETS", "TLS_VERSIONS", "Arrival", "BrokerSpec", "Churn", "Event", "FleetGroup", "Group", "MqttSpec",
-           "Reconnect", "Scenario", "arrival_times", "assign_faults", "backoff", "load", "parse"]
+           "Reconnect", "Revocation", "Scenario", "arrival_times", "assign_faults", "backoff", "load", "parse"]

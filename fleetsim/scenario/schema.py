@@ -117,6 +117,38 @@ class Event:
     lot: str | None = None
 
 
+STRATEGIES = {  # broker kind -> how fleetsim can make it enforce a new CRL (the first is the default)
+    "embedded": ("reload", "poll"),
+    "mosquitto": ("sighup", "restart", "kick", "none"),
+    "external": ("hook", "none"),
+}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A mass-revocation rehearsal (``fleetsim rehearse``): when, whom, how the broker enforces it, re-enrolment.
+
+    Exactly one target: ``lot``, ``model``, ``devices`` (ids) or a seeded random ``fraction`` of the healthy fleet.
+    ``steady``: "connected" (every healthy device connected, waiting at most ``steady_timeout`` s) or a time (s).
+    ``reenroll_after``: seconds after enforcement (None: the devices stay revoked); ``reenroll_rate``: devices per
+    second in waves (0: all at once). ``crl_prefill``: earlier revocations already on the CRL (CRL size).
+    """
+
+    lot: str | None = None
+    model: str | None = None
+    devices: tuple[str, ...] = ()
+    fraction: float | None = None
+    reason: str = "keyCompromise"
+    steady: str | float = "connected"
+    steady_timeout: float = 60.0
+    strategy: str = ""  # "": the broker's default (STRATEGIES)
+    hook: str = ""  # external broker: shell command run once the CRL is written
+    crl_copy_to: str = ""  # external broker: where the CRL is written for it
+    reenroll_after: float | None = 5.0
+    reenroll_rate: float = 0.0
+    crl_prefill: int = 0
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str = "scenario"
@@ -133,6 +165,7 @@ class Scenario:
     fleet: tuple[FleetGroup, ...] = ()
     faults: dict[str, float] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
+    revocation: Revocation | None = None
     source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
 
     def __post_init__(self) -> None:
@@ -190,6 +223,7 @@ class Scenario:
             "faults": dict(self.faults),
             "events": [_without_none(_fields(e)) for e in self.events] if isinstance(self.events, list | tuple)
             else self.events,
+            **({"revocation": _revocation_data(self.revocation)} if self.revocation is not None else {}),
         }
 
     def to_toml(self) -> str:
@@ -224,3 +258,22 @@ def split_hostport(target: str) -> tuple[str, int] | None:
 
 def _without_none(table: Any) -> Any:
     return {k: v for k, v in table.items() if v is not None} if isinstance(table, dict) else table
+
+
+def strategy_of(scenario: Scenario) -> str:
+    """The rehearsal's enforcement strategy: the one asked for, or the broker's default."""
+    asked = scenario.revocation.strategy if scenario.revocation else ""
+    return asked or STRATEGIES[scenario.broker.kind][0]
+
+
+def _revocation_data(r: Any) -> Any:
+    data = _without_none(_fields(r))
+    if isinstance(data, dict):
+        if not data.get("devices"):
+            data.pop("devices", None)
+        elif isinstance(data["devices"], tuple):
+            data["devices"] = list(data["devices"])
+        for key in ("strategy", "hook", "crl_copy_to"):
+            if data.get(key) == "":
+                data.pop(key)
+    return data

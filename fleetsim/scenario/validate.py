@@ -32,6 +32,7 @@ from fleetsim.scenario.schema import (
     MAX_WORKERS,
     MQTT_VERSIONS,
     PATTERNS,
+    STRATEGIES,
     TARGETS,
     TLS_VERSIONS,
     Arrival,
@@ -41,6 +42,7 @@ from fleetsim.scenario.schema import (
     FleetGroup,
     MqttSpec,
     Reconnect,
+    Revocation,
     Scenario,
     split_hostport,
 )
@@ -218,7 +220,7 @@ def _choose(value: str, choices: Sequence[str]) -> str:
     return f"{hint}(choose one of: {', '.join(choices)})"
 
 
-_TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers",
+_TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers", "revocation",
         "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events")  # fmt: skip
 
 
@@ -249,6 +251,7 @@ def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         "fleet": fleet,
         "faults": _faults(top, data),
         "events": _events(top, data, duration, fleet),
+        "revocation": _revocation(top, data, duration, fleet, broker),
     }
 
 
@@ -497,3 +500,75 @@ def _scale_fleet(groups: list[dict[str, Any]], devices: int) -> list[dict[str, A
     for i in by_remainder[: devices - sum(counts)]:
         counts[i] += 1
     return [{**g, "count": c} for g, c in zip(groups, counts, strict=True) if c > 0]
+
+
+_REVOCATION_KEYS = ("lot", "model", "devices", "fraction", "reason", "steady", "steady_timeout", "strategy", "hook",
+                    "crl_copy_to", "reenroll_after", "reenroll_rate", "crl_prefill")
+
+
+def _revocation(top: _Where, data: Mapping[str, Any], duration: float, fleet: Sequence[FleetGroup],
+                broker: BrokerSpec) -> Revocation | None:
+    """The [revocation] section of a rehearsal; None when there is none."""
+    if "revocation" not in data or data["revocation"] is None:
+        return None
+    t = _table(top, data, "revocation", _REVOCATION_KEYS)
+    w = top.sub("revocation")
+    targets = [k for k in ("lot", "model", "devices", "fraction") if k in t]
+    if len(targets) != 1:
+        raise w.fail("lot", f"needs exactly one target, got {', '.join(targets) or 'none'}",
+                     'give one of lot = "...", model = "...", devices = ["id", ...] or fraction = 0.1')
+    from fleetsim.pki import REASONS  # the PKI's revocation reasons
+
+    r = Revocation(
+        lot=_name(w, t, "lot", "") if "lot" in t else None,
+        model=_str(w, t, "model", "", tuple(MODELS)) if "model" in t else None,
+        devices=_ids(w, t),
+        fraction=_num(w, t, "fraction", 0.1, 0.0, 1.0, low_open=True) if "fraction" in t else None,
+        reason=_str(w, t, "reason", "keyCompromise", tuple(REASONS)),
+        steady=_steady(w, t, duration),
+        steady_timeout=_num(w, t, "steady_timeout", 60.0, 0.0, MAX_DURATION, low_open=True),
+        strategy=_strategy(w, t, broker),
+        hook=_str(w, t, "hook", ""),
+        crl_copy_to=_str(w, t, "crl_copy_to", ""),
+        reenroll_after=None if t.get("reenroll_after", 5.0) is False
+        else _num(w, t, "reenroll_after", 5.0, 0.0, MAX_DURATION),
+        reenroll_rate=_num(w, t, "reenroll_rate", 0.0, 0.0, 100_000.0),
+        crl_prefill=_int(w, t, "crl_prefill", 0, 0, 1_000_000),
+    )
+    if r.lot is not None and r.lot not in {g.lot for g in fleet}:
+        raise w.fail("lot", f"no [[fleet]] group has lot {r.lot!r}", _choose(r.lot, sorted({g.lot for g in fleet})))
+    if r.model is not None and r.model not in {g.model for g in fleet}:
+        raise w.fail("model", f"no [[fleet]] group has model {r.model!r}",
+                     _choose(r.model, sorted({g.model for g in fleet})))
+    if broker.kind == "external" and r.strategy in ("", "hook") and not (r.hook or r.crl_copy_to):
+        raise w.fail("hook", "an external broker needs a hook command or crl_copy_to (or strategy = \"none\")",
+                     'e.g. crl_copy_to = "/etc/mosquitto/crl.pem" and hook = "systemctl reload mosquitto"')
+    return r
+
+
+def _ids(w: _Where, t: Mapping[str, Any]) -> tuple[str, ...]:
+    if "devices" not in t:
+        return ()
+    ids = t["devices"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and _NAME_RE.match(i) for i in ids):
+        raise w.fail("devices", "must be a non-empty list of device ids", 'e.g. devices = ["hr-2026-heart-rate-monitor-00001"]')
+    return tuple(ids)
+
+
+def _steady(w: _Where, t: Mapping[str, Any], duration: float) -> str | float:
+    value = t.get("steady", "connected")
+    if value == "connected":
+        return value
+    at = _check_number(w, "steady", value, 0.0, MAX_DURATION)
+    if at >= duration:
+        raise w.fail("steady", f"{at:g} s is not within the duration ({duration:g} s)", "make it earlier or run longer")
+    return at
+
+
+def _strategy(w: _Where, t: Mapping[str, Any], broker: BrokerSpec) -> str:
+    """The strategy asked for ("" = the broker's default, chosen at run time, so --broker may change)."""
+    allowed = STRATEGIES[broker.kind]
+    value = _str(w, t, "strategy", "")
+    if value and value not in allowed:
+        raise w.fail("strategy", f"the {broker.kind} broker cannot do {value!r}", _choose(value, allowed))
+    return value
