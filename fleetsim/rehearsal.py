@@ -45,6 +45,13 @@ def waves(ids: Sequence[str], rate: float, start: float) -> list[tuple[float, li
     return [(start + i * size / rate, list(ids[j:j + size])) for i, j in enumerate(range(0, len(ids), size))]
 
 
+def reenrolled_at(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Device -> the run second its new identity was in place (its wave's start plus the PKI's work): attempts
+    before it still present the revoked certificate."""
+    return {d: float(e["fired_at_s"]) + float(e.get("reenroll_ms", 0)) / 1000 for e in events
+            if e.get("action") == "reenroll" for d in e.get("device_ids", [])}
+
+
 def _first(values: np.ndarray) -> float | None:
     return float(values.min()) if values.size else None
 
@@ -68,12 +75,11 @@ def measure(events: Sequence[Mapping[str, Any]], attempts: Mapping[str, Sequence
         return {"revoked": 0, "strategy": strategy, "note": "the revocation never fired"}
     decision = float(revoke["fired_at_s"])
     revoked = set(revoke.get("device_ids", []))
-    reenrolled_at = {d: float(e["fired_at_s"]) for e in events if e.get("action") == "reenroll"
-                     for d in e.get("device_ids", [])}
+    back = reenrolled_at(events)
     start, end, ok = attempt_times(attempts, t0)
     dev = np.asarray(attempts.get("device_id", []), dtype=object)
     is_revoked = np.isin(dev, list(revoked))
-    back_at = np.asarray([reenrolled_at.get(d, math.inf) for d in dev], dtype=float)
+    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
     while_revoked = is_revoked & (start >= decision) & (start < back_at)
     refused = while_revoked & ~ok
     enforced = revoke.get("enforced_at_s", decision)
@@ -94,7 +100,7 @@ def measure(events: Sequence[Mapping[str, Any]], attempts: Mapping[str, Sequence
         "refused_by": _classes(attempts, refused),
     }
     out.update(_honesty(attempts, sessions, ok, while_revoked, enforced, revoked, healthy, decision, t0, strategy))
-    out.update(_recovery(attempts, sessions, devices, events, reenrolled_at, decision, t0, stopped_s, healthy,
+    out.update(_recovery(attempts, sessions, devices, events, back, decision, t0, stopped_s, healthy,
                          broker_samples))
     return out
 
@@ -129,31 +135,31 @@ def _honesty(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Seque
 
 def _recovery(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Sequence[Any]],
               devices: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, Any]],
-              reenrolled_at: Mapping[str, float], decision: float, t0: float, stopped_s: float,
+              back: Mapping[str, float], decision: float, t0: float, stopped_s: float,
               healthy: Sequence[str], samples: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     s_start, s_end, _ = session_times(sessions, t0)
     level = Concurrency(s_start, s_end)
     before = level.at(decision)
-    out: dict[str, Any] = {"connected_before": before, "reenrolled": len(reenrolled_at)}
+    out: dict[str, Any] = {"connected_before": before, "reenrolled": len(back)}
     lost = dict(zip(devices.get("device_id", []), devices.get("lost", []), strict=False))
     out["healthy_messages_lost"] = int(sum(lost.get(d, 0) for d in healthy))
-    if not reenrolled_at:
+    if not back:
         return out
     waves_at = sorted({float(e["fired_at_s"]) for e in events if e.get("action") == "reenroll"})
     out["waves"] = len(waves_at)
     out["reenroll_ms"] = round(sum(float(e.get("reenroll_ms", 0)) for e in events if e.get("action") == "reenroll"), 3)
     start, end, ok = attempt_times(attempts, t0)
     dev = np.asarray(attempts.get("device_id", []), dtype=object)
-    back_at = np.asarray([reenrolled_at.get(d, math.inf) for d in dev], dtype=float)
+    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
     returned = ok & (start >= back_at)
     first: dict[str, float] = {}
     for d, t in zip(dev[returned], end[returned], strict=True):
         first[d] = min(t, first.get(d, math.inf))
     out["reenrolled_back"] = len(first)
-    out["all_back_after_s"] = _after(max(first.values()), decision) if len(first) == len(reenrolled_at) else None
-    back = level.first_at_least(before, waves_at[-1])
-    out["fleet_back_after_s"] = _after(back, decision)
-    storm = np.isin(dev, list(reenrolled_at)) & (start >= back_at)  # each device from its own wave on
+    out["all_back_after_s"] = _after(max(first.values()), decision) if len(first) == len(back) else None
+    fleet_back = level.first_at_least(before, waves_at[-1])
+    out["fleet_back_after_s"] = _after(fleet_back, decision)
+    storm = np.isin(dev, list(back)) & (start >= back_at)  # each device from its own wave on
     out["storm"] = _storm(attempts, storm, end, ok, waves_at[0], max(first.values(), default=waves_at[0]), samples)
     return out
 
@@ -177,9 +183,13 @@ def _storm(attempts: Mapping[str, Sequence[Any]], pick: np.ndarray, end: np.ndar
 
 
 def timeline(series: Mapping[str, Sequence[Any]], attempts: Mapping[str, Sequence[Any]],
-             sessions: Mapping[str, Sequence[Any]], revoked: set[str], *, t0: float) -> dict[str, list[Any]]:
+             sessions: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, Any]], *,
+             t0: float) -> dict[str, list[Any]]:
     """Per-second columns a rehearsal adds to series.parquet: connected healthy and revoked (at each second's
-    end), refusals of the revoked devices by class, and the p99 TLS handshake of the connects in the second."""
+    end), refusals of the revoked devices while revoked, by class, and the p99 TLS handshake of the second's
+    connects."""
+    revoked = {d for e in events if e.get("action") == "revoke" for d in e.get("device_ids", [])}
+    back = reenrolled_at(events)
     n = len(series.get("second", []))
     s_start, s_end, _ = session_times(sessions, t0)
     s_dev = np.asarray(sessions.get("device_id", []), dtype=object)
@@ -188,10 +198,12 @@ def timeline(series: Mapping[str, Sequence[Any]], attempts: Mapping[str, Sequenc
     for name, pick in (("connected_healthy", ~mine), ("connected_revoked", mine)):
         level = Concurrency(s_start[pick], s_end[pick])
         out[name] = [level.at(min(s + 1.0, float(n))) for s in range(n)]
-    _start, end, ok = attempt_times(attempts, t0)
+    start, end, ok = attempt_times(attempts, t0)
     dev = np.asarray(attempts.get("device_id", []), dtype=object)
     failure = np.asarray(attempts.get("failure", []), dtype=object)
-    refused = np.isin(dev, list(revoked)) & ~ok
+    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
+    decided = min((float(e["fired_at_s"]) for e in events if e.get("action") == "revoke"), default=math.inf)
+    refused = np.isin(dev, list(revoked)) & ~ok & (start >= decided) & (start < back_at)
     for cls in sorted({str(f) for f in failure[refused]}):
         hit = refused & (failure == cls)
         out[f"refused_{cls}"] = np.bincount(np.clip(np.floor(end[hit]).astype(int), 0, None), minlength=n)[:n].tolist()

@@ -362,7 +362,7 @@ def _rehearsal(scenario: Scenario, outcome: Outcome, m: Any, series: dict[str, l
                stopped_s: float, healthy: list[str]) -> dict[str, Any]:
     """summary["revocation"], and the rehearsal's own columns added to the timeline (``series``, in place)."""
     revoked = {d for e in outcome.events if e.get("action") == "revoke" for d in e.get("device_ids", [])}
-    series.update(rehearsal.timeline(series, m.attempts, m.sessions, revoked, t0=t0))
+    series.update(rehearsal.timeline(series, m.attempts, m.sessions, outcome.events, t0=t0))
     return rehearsal.measure(outcome.events, m.attempts, m.sessions, m.devices, t0=t0, stopped_s=stopped_s,
                              healthy=[d for d in healthy if d not in revoked], strategy=strategy_of(scenario),
                              broker_samples=outcome.broker_samples)

@@ -1,0 +1,131 @@
+"""fleetsim rehearse against real brokers: 100 devices, a lot of 20 revoked once the fleet is steady, enforced by
+each strategy, re-enrolled; exactly the revoked are refused, the healthy never are, and every figure is read from
+the rows of the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fleetsim.pki import Pki
+from fleetsim.runner import run_scenario
+from fleetsim.scenario import parse
+
+pytestmark = pytest.mark.timeout(240)
+FLEETSIM = [sys.executable, "-m", "fleetsim"]
+
+
+def toml(target: str, *, strategy: str = "", reenroll: str = "2", duration: float = 12, revocation: str = "") -> str:
+    return f"""
+name = "rehearse-{target}"
+seed = 9
+duration = {duration}
+connect_timeout = 5
+[broker]
+target = "{target}"
+[mqtt]
+qos_telemetry = 1
+clean_session = false
+[arrival]
+pattern = "linear"
+rate = 200
+[reconnect]
+initial = 0.2
+cap = 0.5
+[[fleet]]
+model = "infusion-pump"
+count = 20
+lot = "leaked"
+[[fleet]]
+model = "heart-rate-monitor"
+count = 80
+lot = "fine"
+[revocation]
+{revocation or 'lot = "leaked"'}
+{'' if 'steady' in revocation else 'steady = "connected"'}
+steady_timeout = 8
+reenroll_after = {reenroll}
+{f'strategy = "{strategy}"' if strategy else ""}
+"""
+
+
+def rehearse(tmp_path: Path, text: str) -> tuple[Path, dict[str, Any]]:
+    return run_scenario(parse(text, "rehearse.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
+
+
+def rows(run_dir: Path, name: str) -> dict[str, list[Any]]:
+    return pq.read_table(run_dir / f"{name}.parquet").to_pydict()
+
+
+def test_embedded_reload_refuses_exactly_the_revoked_and_takes_them_back_renewed(tmp_path: Path) -> None:
+    run_dir, s = rehearse(tmp_path, toml("embedded"))
+    r = s["revocation"]
+    revoke = next(e for e in s["events"] if e["action"] == "revoke")
+    assert r["revoked"] == 20 and r["strategy"] == "reload" and revoke["steady"] == "100 of 100 connected"
+    a = rows(run_dir, "attempts")
+    t0 = s["t0"]
+    start = np.asarray(a["start"]) - t0
+    leaked = np.asarray([d.startswith("leaked-") for d in a["device_id"]])
+    ok = np.asarray(a["outcome"]) == "connected"
+    events = json.loads((run_dir / "events.json").read_text())  # with the devices each step acted on
+    reenrolled = {d: e["fired_at_s"] for e in events if e["action"] == "reenroll" for d in e["device_ids"]}
+    back = np.asarray([reenrolled.get(d, np.inf) for d in a["device_id"]])
+    while_revoked = leaked & (start >= revoke["enforced_at_s"]) & (start < back)
+    assert while_revoked.sum() > 0 and not ok[while_revoked].any()  # every attempt refused while revoked
+    assert set(np.asarray(a["failure"], dtype=object)[while_revoked]) <= {"alert_revoked", "rejected_after_handshake"}
+    assert ok[~leaked].all()  # the healthy fleet never noticed
+    assert r["false_accepts"] == 0 and r["false_rejects"] == 0 and r["healthy_messages_lost"] == 0
+    assert r["revoked_live_at_decision"] == 20 and r["revoked_still_connected_at_end"] == 0
+    assert 0 < r["last_revoked_session_gone_after_s"] < 2 and r["first_revoked_refused_after_s"] > 0
+    assert r["reenrolled_back"] == 20 and r["all_back_after_s"] is not None and r["fleet_back_after_s"] is not None
+    pki = Pki.open(tmp_path / "pki")
+    renewed = [pki.device(d) for d in reenrolled]
+    assert all(d.status == "valid" and d.generation == 2 for d in renewed)
+    series = rows(run_dir, "series")
+    assert max(series["connected_revoked"]) == 20 and series["connected_healthy"][-1] == 80
+    assert sum(series["refused_alert_revoked"]) == r["refused_by"].get("alert_revoked", 0)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("strategy", ["sighup", "none", "restart"])
+def test_each_mosquitto_strategy_is_measured_for_what_it_does(tmp_path: Path, strategy: str) -> None:
+    reenroll = "2" if strategy == "restart" else "false"
+    _, s = rehearse(tmp_path, toml("mosquitto", strategy=strategy, reenroll=reenroll, duration=9))
+    r = s["revocation"]
+    assert r["strategy"] == strategy and r["revoked"] == 20 and r["false_accepts"] == 0
+    if strategy in ("sighup", "none"):  # Mosquitto never cuts live sessions: they stay, reported not hidden
+        assert r["revoked_still_connected_at_end"] == 20 and r["last_revoked_session_gone_after_s"] is None
+        assert r["false_rejects"] == 0 and r["revoked_refused_attempts"] == 0
+    else:  # a restart cuts everyone: the healthy drops are its collateral, the revoked are refused on return
+        assert r["revoked_still_connected_at_end"] == 0 and r["collateral_drops"] == 80 and r["false_rejects"] == 0
+        assert r["revoked_refused_attempts"] > 0 and r["reenrolled_back"] == 20
+        assert r["healthy_messages_lost"] == 0
+
+
+@pytest.mark.parametrize("revocation, strategy, says", [
+    ('devices = []', "", "revocation.devices: must be a non-empty list"),
+    ('lot = "nowhere"', "", "revocation.lot: no [[fleet]] group has lot 'nowhere'"),
+    ('lot = "leaked"\nsteady = 99', "", "revocation.steady: 99 s is not within the duration"),
+    ('lot = "leaked"', "sighup", "revocation.strategy: the embedded broker cannot do 'sighup'"),
+    ('devices = ["leaked-infusion-pump-00099"]', "", "names devices the fleet does not have"),
+])
+def test_bad_rehearsals_are_one_line(tmp_path: Path, revocation: str, strategy: str, says: str) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(toml("embedded", strategy=strategy, revocation=revocation))
+    r = subprocess.run([*FLEETSIM, "rehearse", str(path), "--pki", str(tmp_path / "pki"), "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_scenario_without_revocation_is_not_a_rehearsal(tmp_path: Path) -> None:
+    r = subprocess.run([*FLEETSIM, "rehearse", "scenarios/ward.toml"], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode == 2 and "no [revocation] section" in r.stderr
