@@ -46,10 +46,16 @@ def waves(ids: Sequence[str], rate: float, start: float) -> list[tuple[float, li
 
 
 def reenrolled_at(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Device -> the run second its new identity was in place (its wave's start plus the PKI's work): attempts
-    before it still present the revoked certificate."""
-    return {d: float(e["fired_at_s"]) + float(e.get("reenroll_ms", 0)) / 1000 for e in events
-            if e.get("action") == "reenroll" for d in e.get("device_ids", [])}
+    """Device -> the run second its re-enrolment wave began."""
+    return {d: float(e["fired_at_s"]) for e in events if e.get("action") == "reenroll" for d in e.get("device_ids", [])}
+
+
+def presenting_revoked(attempts: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Per attempt: did it present a certificate the rehearsal revoked? Read from the serial each attempt
+    records, so an attempt made while the PKI was re-enrolling its device is judged by what it really sent."""
+    serials = {x for e in events if e.get("action") == "revoke" for x in e.get("serials", [])}
+    return np.isin(np.asarray(attempts.get("serial", [None] * len(attempts.get("outcome", []))), dtype=object),
+                   list(serials))
 
 
 def _first(values: np.ndarray) -> float | None:
@@ -77,10 +83,7 @@ def measure(events: Sequence[Mapping[str, Any]], attempts: Mapping[str, Sequence
     revoked = set(revoke.get("device_ids", []))
     back = reenrolled_at(events)
     start, end, ok = attempt_times(attempts, t0)
-    dev = np.asarray(attempts.get("device_id", []), dtype=object)
-    is_revoked = np.isin(dev, list(revoked))
-    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
-    while_revoked = is_revoked & (start >= decision) & (start < back_at)
+    while_revoked = presenting_revoked(attempts, events) & (start >= decision)
     refused = while_revoked & ~ok
     enforced = revoke.get("enforced_at_s", decision)
     s_start, s_end, stopped = session_times(sessions, t0)
@@ -100,7 +103,9 @@ def measure(events: Sequence[Mapping[str, Any]], attempts: Mapping[str, Sequence
         "refused_by": _classes(attempts, refused),
     }
     out.update(_honesty(attempts, sessions, ok, while_revoked, enforced, revoked, healthy, decision, t0, strategy))
-    out.update(_recovery(attempts, sessions, devices, events, back, decision, t0, stopped_s, healthy,
+    back_with_new = ok & np.isin(np.asarray(attempts.get("device_id", []), dtype=object), list(revoked)) \
+        & ~presenting_revoked(attempts, events) & (start >= decision)
+    out.update(_recovery(attempts, sessions, devices, events, back, back_with_new, decision, t0, healthy,
                          broker_samples))
     return out
 
@@ -135,7 +140,7 @@ def _honesty(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Seque
 
 def _recovery(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Sequence[Any]],
               devices: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, Any]],
-              back: Mapping[str, float], decision: float, t0: float, stopped_s: float,
+              back: Mapping[str, float], returned: np.ndarray, decision: float, t0: float,
               healthy: Sequence[str], samples: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     s_start, s_end, _ = session_times(sessions, t0)
     level = Concurrency(s_start, s_end)
@@ -150,8 +155,6 @@ def _recovery(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Sequ
     out["reenroll_ms"] = round(sum(float(e.get("reenroll_ms", 0)) for e in events if e.get("action") == "reenroll"), 3)
     start, end, ok = attempt_times(attempts, t0)
     dev = np.asarray(attempts.get("device_id", []), dtype=object)
-    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
-    returned = ok & (start >= back_at)
     first: dict[str, float] = {}
     for d, t in zip(dev[returned], end[returned], strict=True):
         first[d] = min(t, first.get(d, math.inf))
@@ -159,7 +162,7 @@ def _recovery(attempts: Mapping[str, Sequence[Any]], sessions: Mapping[str, Sequ
     out["all_back_after_s"] = _after(max(first.values()), decision) if len(first) == len(back) else None
     fleet_back = level.first_at_least(before, waves_at[-1])
     out["fleet_back_after_s"] = _after(fleet_back, decision)
-    storm = np.isin(dev, list(back)) & (start >= back_at)  # each device from its own wave on
+    storm = np.isin(dev, list(back)) & (start >= waves_at[0]) & ~presenting_revoked(attempts, events)
     out["storm"] = _storm(attempts, storm, end, ok, waves_at[0], max(first.values(), default=waves_at[0]), samples)
     return out
 
@@ -189,7 +192,6 @@ def timeline(series: Mapping[str, Sequence[Any]], attempts: Mapping[str, Sequenc
     end), refusals of the revoked devices while revoked, by class, and the p99 TLS handshake of the second's
     connects."""
     revoked = {d for e in events if e.get("action") == "revoke" for d in e.get("device_ids", [])}
-    back = reenrolled_at(events)
     n = len(series.get("second", []))
     s_start, s_end, _ = session_times(sessions, t0)
     s_dev = np.asarray(sessions.get("device_id", []), dtype=object)
@@ -199,11 +201,9 @@ def timeline(series: Mapping[str, Sequence[Any]], attempts: Mapping[str, Sequenc
         level = Concurrency(s_start[pick], s_end[pick])
         out[name] = [level.at(min(s + 1.0, float(n))) for s in range(n)]
     start, end, ok = attempt_times(attempts, t0)
-    dev = np.asarray(attempts.get("device_id", []), dtype=object)
     failure = np.asarray(attempts.get("failure", []), dtype=object)
-    back_at = np.asarray([back.get(d, math.inf) for d in dev], dtype=float)
     decided = min((float(e["fired_at_s"]) for e in events if e.get("action") == "revoke"), default=math.inf)
-    refused = np.isin(dev, list(revoked)) & ~ok & (start >= decided) & (start < back_at)
+    refused = presenting_revoked(attempts, events) & ~ok & (start >= decided)
     for cls in sorted({str(f) for f in failure[refused]}):
         hit = refused & (failure == cls)
         out[f"refused_{cls}"] = np.bincount(np.clip(np.floor(end[hit]).astype(int), 0, None), minlength=n)[:n].tolist()

@@ -72,7 +72,7 @@ class Rehearsal:
     def _revoke(self, elapsed: float, state: Mapping[str, Any]) -> dict[str, Any]:
         self.revoked_at = elapsed
         t = time.perf_counter()
-        self.pki.revoke(device_ids=self.targets, reason=self.r.reason)
+        revoked = self.pki.revoke(device_ids=self.targets, reason=self.r.reason)
         crl_ms = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         detail = self._enforce()
@@ -82,7 +82,8 @@ class Rehearsal:
                   "revoke_and_crl_ms": round(crl_ms, 3), "strategy": self.strategy,
                   "enforce_ms": round(enforce_ms, 3),
                   "enforced_at_s": round(elapsed + (crl_ms + enforce_ms) / 1000, 3),
-                  "crl_number": self.pki.inventory.crl_number, **detail, "device_ids": self.targets}
+                  "crl_number": self.pki.inventory.crl_number, **detail, "device_ids": self.targets,
+                  "serials": [format(d.serial, "x") for d in revoked]}
         if self.r.reenroll_after is not None:
             self.waves = rehearsal.waves(self.targets, self.r.reenroll_rate,
                                          record["enforced_at_s"] + self.r.reenroll_after)

@@ -74,13 +74,15 @@ def test_embedded_reload_refuses_exactly_the_revoked_and_takes_them_back_renewed
     start = np.asarray(a["start"]) - t0
     leaked = np.asarray([d.startswith("leaked-") for d in a["device_id"]])
     ok = np.asarray(a["outcome"]) == "connected"
-    events = json.loads((run_dir / "events.json").read_text())  # with the devices each step acted on
-    reenrolled = {d: e["fired_at_s"] for e in events if e["action"] == "reenroll" for d in e["device_ids"]}
-    back = np.asarray([reenrolled.get(d, np.inf) for d in a["device_id"]])
-    while_revoked = leaked & (start >= revoke["enforced_at_s"]) & (start < back)
-    assert while_revoked.sum() > 0 and not ok[while_revoked].any()  # every attempt refused while revoked
+    events = json.loads((run_dir / "events.json").read_text())  # with the devices and serials each step acted on
+    reenrolled = {d for e in events if e["action"] == "reenroll" for d in e["device_ids"]}
+    revoked_serials = next(e["serials"] for e in events if e["action"] == "revoke")
+    presented = np.isin(np.asarray(a["serial"], dtype=object), revoked_serials)  # the certificate it sent
+    while_revoked = presented & (start >= revoke["enforced_at_s"])
+    assert while_revoked.sum() > 0 and not ok[while_revoked].any()  # every attempt with a revoked one refused
     assert set(np.asarray(a["failure"], dtype=object)[while_revoked]) <= {"alert_revoked", "rejected_after_handshake"}
     assert ok[~leaked].all()  # the healthy fleet never noticed
+    assert set(np.asarray(a["device_id"], dtype=object)[ok & leaked & ~presented]) == reenrolled  # back, renewed
     assert r["false_accepts"] == 0 and r["false_rejects"] == 0 and r["healthy_messages_lost"] == 0
     assert r["revoked_live_at_decision"] == 20 and r["revoked_still_connected_at_end"] == 0
     assert 0 < r["last_revoked_session_gone_after_s"] < 2 and r["first_revoked_refused_after_s"] > 0

@@ -102,8 +102,9 @@ def _read(path: Path) -> tuple[bytes, tuple[int, int]]:
         raise DeviceError(Failure.CLIENT_IDENTITY, f"{path}: {exc.strerror or exc}") from None
 
 
-def check(ident: Identity) -> None:
-    """Refuse, before anything reaches the broker, an identity the device could not present.
+def check(ident: Identity) -> str:
+    """Refuse, before anything reaches the broker, an identity the device could not present; return the serial
+    (hex) of the certificate it presents, so each attempt says which certificate it used.
 
     A corrupt or missing file is the simulator's (or its user's) problem, not the broker's: without this, garbage
     PEM surfaced after the TCP connect as a TLS error and the broker logged an aborted handshake. The two faults
@@ -125,6 +126,7 @@ def check(ident: Identity) -> None:
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise DeviceError(Failure.CLIENT_KEY_REJECTED, f"RSA-{key.key_size} key: the device's TLS library refuses "
                                                        f"keys below {MIN_RSA_BITS} bits (security level 2)")
+    return format(leaf.serial_number, "x")
 
 
 def as_source(identities: Mapping[str, Identity] | IdentitySource) -> IdentitySource:

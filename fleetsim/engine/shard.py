@@ -53,7 +53,7 @@ ADJUST_EVERY_S = 0.1  # admission limit follows the loop lag at this period
 ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
 ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms",
                    "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "tls_cpu_ms",
-                   "tls_tx_bytes", "tls_rx_bytes", "key_type", "fault", "group", "shard")
+                   "tls_tx_bytes", "tls_rx_bytes", "serial", "key_type", "fault", "group", "shard")
 SESSION_COLUMNS = ("device_id", "attempt", "start", "end", "cause")  # start: CONNACK; end: wall clock
 DEVICE_COLUMNS = ("device_id", "attempts", "state", "lost")  # state: connected, gave_up, retrying, never_tried;
 # lost: its QoS 1/2 messages not acknowledged when the run ended
@@ -102,8 +102,8 @@ class ShardResult:
 
 
 class _Device:
-    __slots__ = ("attempts", "conn", "fails", "gave_up", "identity", "pub_due", "session", "spec", "stream",
-                 "wake")
+    __slots__ = ("attempts", "conn", "fails", "gave_up", "identity", "pub_due", "serial", "session", "spec",
+                 "stream", "wake")
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
@@ -112,6 +112,7 @@ class _Device:
         self.gave_up = False  # stopped trying after reconnect.max_attempts failures in a row
         self.conn: MqttConnection | None = None
         self.identity: int | None = None  # hash of the identity version last checked (and last used for TLS)
+        self.serial: str | None = None  # serial (hex) of the certificate that version presents
         self.stream: TelemetryStream | None = None
         self.pub_due: float | None = None  # loop time of its next publish (the object queued in _Publishes)
         self.wake: asyncio.Future[str] | None = None
@@ -301,7 +302,7 @@ class _Shard:
         ident = self.ids.get(dev.spec.id)
         version = hash(ident.version)  # a small int kept per device, not the version's tuple
         if dev.identity != version:
-            check(ident)
+            dev.serial = check(ident)
             if dev.conn is not None:  # a TLS session cannot cross identities
                 dev.conn.last_session = None
             dev.identity = version
@@ -351,6 +352,7 @@ class _Shard:
             clock.lap("wait_ms")
             conn = self._connection(dev)
             ident = self._identity(dev)
+            row["serial"] = dev.serial if ident is not None else None
             clock.lap("setup_ms")
             async with asyncio.timeout(self.sc.connect_timeout):
                 clock.phase = Phase.TCP
