@@ -157,7 +157,7 @@ def available_brokers() -> tuple[dict[str, Starter], list[str]]:
     except Exception as exc:
         skipped.append(f"mosquitto: {exc}")
     try:
-        from fleetsim.broker.embedded import start_embedded
+        from fleetsim.broker.embedded_process import start_embedded
 
         found["embedded"] = start_embedded
     except Exception as exc:

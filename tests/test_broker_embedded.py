@@ -381,3 +381,14 @@ def test_cli_run_prints_where_it_listens(pki: Pki) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
+
+
+def test_spawning_the_broker_does_not_load_amqtt(pki: Pki) -> None:
+    """The child's entry point imports the broker, never the reverse: the simulator stays free of amqtt."""
+    code = ("import sys\nfrom fleetsim.broker.launch import start_broker\nfrom fleetsim.broker.handle import BrokerOptions\n"
+            "import fleetsim.runner\n"
+            f"h = start_broker('embedded', {str(pki.root)!r}, BrokerOptions(port=0))\n"
+            "h.stop()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'amqtt'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

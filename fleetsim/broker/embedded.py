@@ -25,8 +25,7 @@ histogram}; cpu_seconds (this process's user+system CPU); current_connections; d
         broker.port; broker.reload_crl(); broker.stats()
 
 For a broker in its own process (CPU measured apart from the simulator): ``start_embedded`` in
-``fleetsim.broker.embedded_process``; this module is that process's entry point
-(``python -m fleetsim.broker.embedded DIR --options-json '{...}'``).
+``fleetsim.broker.embedded_process`` (re-exported here), which runs ``fleetsim.broker.embedded_main``.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from amqtt.broker import Broker
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded_auth import (
     BAD_USERNAME_PASSWORD,
-    CURRENT_GATE,
     Connect,
     PasswordFile,
     Peer,
@@ -58,6 +56,7 @@ from fleetsim.broker.embedded_auth import (
     parse_connect,
 )
 from fleetsim.broker.embedded_http import start_json_server
+from fleetsim.broker.embedded_plugins import CURRENT_GATE
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
@@ -78,7 +77,7 @@ log = logging.getLogger("fleetsim.broker.embedded")
 
 MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
 PLAIN_LISTENER = "plain"
-AUTH_PLUGIN = "fleetsim.broker.embedded_auth.FleetsimAuthPlugin"
+AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
 CONNECT_TIMEOUT_S = 30.0
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
@@ -355,9 +354,3 @@ def _parsed(body: bytes | None) -> Connect | None:
         return parse_connect(body)
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-if __name__ == "__main__":
-    from fleetsim.broker.embedded_process import main
-
-    main()

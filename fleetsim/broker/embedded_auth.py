@@ -2,8 +2,9 @@
 
 The broker reads each connection's first packet itself and refuses (CONNACK 5, "not authorized") before
 amqtt sees it: amqtt deletes or takes over the session named by the client id BEFORE it asks its auth
-plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin below
-asks the same gate again as a second line.
+plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin
+(``embedded_plugins``) asks the same gate again as a second line. Pure: no amqtt, no I/O but the password file,
+so the simulator can write password files without loading the broker.
 
 Identity is bound from the NEW connection's own TLS object, never from ``session.ssl_object``: on a
 reconnect with a persistent session amqtt keeps the previous connection's TLS object in the session.
@@ -17,14 +18,10 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from amqtt.plugins.base import BaseAuthPlugin
-from amqtt.session import Session
 
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import write_file
@@ -58,11 +55,6 @@ class Connect:
     client_id: str
     username: str | None = None
     password: bytes | None = None
-
-
-# The gate for the connection being authenticated: (client id, username, password) -> Verdict.
-Gate = Callable[[Connect], Verdict]
-CURRENT_GATE: ContextVar[Gate] = ContextVar("fleetsim_gate")
 
 
 def _field(body: bytes, pos: int) -> tuple[bytes, int]:
@@ -195,15 +187,3 @@ def verify_mosquitto_hash(hashed: str, password: bytes) -> bool:
     except (ValueError, IndexError):
         return False
     return hmac.compare_digest(computed, digest)
-
-
-class FleetsimAuthPlugin(BaseAuthPlugin):
-    """amqtt auth plugin: asks the gate of the connection being authenticated; no gate, no entry."""
-
-    async def authenticate(self, *, session: Session) -> bool | None:
-        gate = CURRENT_GATE.get(None)
-        if gate is None:
-            return False
-        password = session.password
-        secret = password.encode() if isinstance(password, str) else password
-        return gate(Connect(session.client_id or "", session.username, secret)).ok

@@ -53,7 +53,7 @@ def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file
     ``log_file`` takes the embedded broker's log (Mosquitto keeps its own, see its stats()["log"]).
     """
     if target == "embedded":
-        from fleetsim.broker.embedded import start_embedded
+        from fleetsim.broker.embedded_process import start_embedded
 
         return start_embedded(pki_dir, options, log_file=log_file)
     if target == "mosquitto":
