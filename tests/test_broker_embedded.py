@@ -22,8 +22,9 @@ import pytest
 
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded import EmbeddedBroker, EmbeddedProcess, start_embedded
-from fleetsim.broker.embedded_auth import cert_identities, parse_connect, verify_mosquitto_hash
+from fleetsim.broker.embedded_auth import cert_identities, verify_mosquitto_hash
 from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.mqtt_wire import Violation, parse_connect
 from fleetsim.errors import BrokerError
 from fleetsim.pki import Layout, Pki
 
@@ -149,7 +150,7 @@ def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path
 def test_connect_parsing_and_mosquitto_hashes() -> None:
     connect = parse_connect(connect_packet("dev-7", user="u", password="p")[2:])
     assert (connect.client_id, connect.username, connect.password) == ("dev-7", "u", b"p")
-    with pytest.raises(ValueError):
+    with pytest.raises(Violation):
         parse_connect(b"\x00\x04MQ")
     line = "$7$101$b84v8OsJCRVni5uc$xYJKV+Rz6cJOmixb8V1Exzee7ujjnq+H3lqjtcE1pez7wQj6XwdwrQqjwFJNxxxias9Z2/qtvUx3uMYdOAMu1A=="
     assert verify_mosquitto_hash(line, b"s3cret") and not verify_mosquitto_hash(line, b"wrong")
@@ -369,15 +370,20 @@ def test_bad_configuration_is_one_line(pki: Pki, make_pki: Callable[..., Pki], t
     assert "unreadable" in _one_line_error(broken.root, BrokerOptions(port=0))
 
 
-def test_cli_run_prints_where_it_listens(pki: Pki) -> None:
+def test_cli_run_prints_where_it_listens(pki: Pki, tmp_path: Path) -> None:
+    settings = tmp_path / "broker.toml"
+    settings.write_text("max_packet_size = 4096\nconnect_timeout_s = 2.5\nport = 8883\n")
     proc = subprocess.Popen([sys.executable, "-c", "from fleetsim.cli import main; main()", "broker", "run",
-                             str(pki.root), "--port", "0"], stdout=subprocess.PIPE, text=True)
+                             str(pki.root), "--port", "0", "--config", str(settings)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "listening on mqtts://127.0.0.1:" in line and "/stats" in line
         port = int(line.split("mqtts://127.0.0.1:")[1].split(" ")[0])
         assert attempt(port, device_context(pki, "dev-00002"), "dev-00002") == "connack 0"
+        stats_port = int(line.split("/stats")[0].rsplit(":", 1)[1])
+        stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=5))
+        assert (stats["max_packet_size"], stats["connect_timeout_s"]) == (4096, 2.5)  # the file's; --port won
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0

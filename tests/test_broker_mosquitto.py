@@ -96,7 +96,7 @@ def test_render_mtls_listener(tmp_path: Path) -> None:
     for line in ("listener 1883 127.0.0.1", "require_certificate true", "use_identity_as_username true",
                  "set_tcp_nodelay true", "max_connections -1", "tls_version tlsv1.3", "persistence false",
                  f"crlfile {tmp_path}/crl.pem", f"log_dest file {tmp_path}/mosquitto.log", "allow_anonymous false",
-                 f"acl_file {tmp_path}/acl", "log_type information"):
+                 f"acl_file {tmp_path}/acl", "log_type information", "max_packet_size 65536"):
         assert line in text.splitlines(), line
 
 

@@ -35,7 +35,7 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,28 +46,21 @@ from amqtt.broker import Broker
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded_auth import (
     BAD_USERNAME_PASSWORD,
-    Connect,
     PasswordFile,
     Peer,
     Verdict,
     cert_identities,
     cert_serial,
     connack,
-    parse_connect,
 )
 from fleetsim.broker.embedded_http import start_json_server
 from fleetsim.broker.embedded_plugins import CURRENT_GATE
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded_stream import ConnackWatch, PacketReader
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
-from fleetsim.broker.tls_server import (
-    PrefixReader,
-    TlsConnection,
-    TlsReader,
-    TlsWriter,
-    read_first_packet,
-    set_nodelay,
-)
+from fleetsim.broker.mqtt_wire import Connect, Violation
+from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import Layout
 
@@ -78,7 +71,6 @@ log = logging.getLogger("fleetsim.broker.embedded")
 MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
 PLAIN_LISTENER = "plain"
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
-CONNECT_TIMEOUT_S = 30.0
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
@@ -254,7 +246,7 @@ class EmbeddedBroker:
         peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain), cert_serial(conn.peer_cert),
                     conn.peername[0] if conn.peername else "?")
         self._live[conn] = peer
-        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer))
+        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close))
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
         """TlsHooks: a handshake failed; the alert has been sent."""
@@ -269,34 +261,55 @@ class EmbeddedBroker:
         set_nodelay(writer.transport)
         self.metrics.accepted += 1
         peer = Peer(PLAIN_LISTENER, address=str(writer.get_extra_info("peername", ("?",))[0]))
-        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer)
+        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer) -> None:
-        """Admit or refuse the CONNECT, then let amqtt run the session."""
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None]) -> None:
+        """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
+        has not read and checked (``embedded_stream``). The CONNECT timeout runs until amqtt's CONNACK."""
+        packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
+        timer = asyncio.get_running_loop().call_later(self.options.connect_timeout_s, self._connect_timed_out,
+                                                      peer, abort)
         try:
-            raw, body = await asyncio.wait_for(read_first_packet(reader), CONNECT_TIMEOUT_S)
-            admitted = _parsed(body)
-            if admitted is not None:
-                verdict = self._admit(peer, admitted)
-                if not verdict.ok:
-                    writer.write(connack(verdict.code))
-                    await writer.drain()
-                    return
+            connect = await packets.first_connect()
+            verdict = self._admit(peer, connect)
+            if not verdict.ok:
+                writer.write(connack(verdict.code))
+                await writer.drain()
+                return
             # copied into the tasks amqtt's auth plugin runs in
-            CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, admitted))
+            CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
             if self._amqtt is not None:
-                await self._amqtt.external_connected(PrefixReader(raw, reader), writer, peer.listener)
+                await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel), peer.listener)
+        except Violation as exc:
+            self._violation(peer, None, exc)
+            if exc.connack is not None:
+                writer.write(connack(exc.connack))
+                await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         except Exception:
             log.exception("session from %s failed", peer.address)
         finally:
+            timer.cancel()
             await writer.close()
+
+    def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
+        """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""
+        self.metrics.reject(exc.reason)
+        log.warning("closing the connection from %s (certificate names %s): %s", peer.address,
+                    ",".join(sorted(peer.identities)) or "nothing", exc.reason)
+        if abort is not None:
+            abort()
+
+    def _connect_timed_out(self, peer: Peer, abort: Callable[[], None]) -> None:
+        self.metrics.reject("connect timeout")
+        log.info("no accepted CONNECT from %s within %g s: closed", peer.address, self.options.connect_timeout_s)
+        abort()
 
     def _admit(self, peer: Peer, connect: Connect) -> Verdict:
         verdict = self._gate(peer, connect)
@@ -319,11 +332,10 @@ class EmbeddedBroker:
             return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
         return Verdict(True)
 
-    def _gate_for_amqtt(self, peer: Peer, admitted: Connect | None, connect: Connect) -> Verdict:
+    def _gate_for_amqtt(self, peer: Peer, admitted: Connect, connect: Connect) -> Verdict:
         """What amqtt's auth plugin asks. The CONNECT admitted above, as amqtt parsed it, passes without a second
-        round of the rule (a password check is a PBKDF2); anything else -- a CONNECT this front could not parse,
-        or one amqtt reads differently -- goes through the rule."""
-        if connect == admitted:
+        round of the rule (a password check is a PBKDF2); one amqtt reads differently goes through the rule."""
+        if connect.credentials == admitted.credentials:
             return Verdict(True)
         return self._gate(peer, connect)
 
@@ -341,16 +353,7 @@ class EmbeddedBroker:
             "session_tickets": self.options.session_tickets,
             "require_certificate": self.options.require_certificate,
             "drop_revoked": self.options.drop_revoked,
+            "max_packet_size": self.options.max_packet_size,
+            "connect_timeout_s": self.options.connect_timeout_s,
         })
         return snapshot
-
-
-def _parsed(body: bytes | None) -> Connect | None:
-    """The first packet's CONNECT fields; None when it is not a CONNECT this front can read (amqtt refuses it in
-    its own words, asking the gate through its auth plugin)."""
-    if body is None:
-        return None
-    try:
-        return parse_connect(body)
-    except (ValueError, UnicodeDecodeError):
-        return None

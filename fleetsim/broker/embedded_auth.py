@@ -48,45 +48,6 @@ class Verdict:
     code: int = NOT_AUTHORIZED  # the CONNACK return code that refuses it
 
 
-@dataclass(frozen=True)
-class Connect:
-    """The fields of an MQTT CONNECT that decide admission."""
-
-    client_id: str
-    username: str | None = None
-    password: bytes | None = None
-
-
-def _field(body: bytes, pos: int) -> tuple[bytes, int]:
-    if pos + 2 > len(body):
-        raise ValueError("CONNECT truncated")
-    size = int.from_bytes(body[pos:pos + 2], "big")
-    end = pos + 2 + size
-    if end > len(body):
-        raise ValueError("CONNECT truncated")
-    return body[pos + 2:end], end
-
-
-def parse_connect(body: bytes) -> Connect:
-    """Client id, username and password of an MQTT 3.1/3.1.1 CONNECT body (after the fixed header)."""
-    _protocol, pos = _field(body, 0)
-    if pos + 4 > len(body):
-        raise ValueError("CONNECT truncated")
-    flags = body[pos + 1]
-    pos += 4  # level, flags, keep-alive
-    client_id, pos = _field(body, pos)
-    if flags & 0x04:  # will flag: topic and message
-        _topic, pos = _field(body, pos)
-        _message, pos = _field(body, pos)
-    username = password = None
-    if flags & 0x80:
-        raw_user, pos = _field(body, pos)
-        username = raw_user.decode("utf-8")
-    if flags & 0x40:
-        password, pos = _field(body, pos)
-    return Connect(client_id.decode("utf-8"), username, password)
-
-
 def connack(return_code: int) -> bytes:
     """A CONNACK refusing (or accepting) without a session present: 5 = not authorized, 4 = bad password."""
     return bytes((0x20, 0x02, 0x00, return_code))

@@ -13,7 +13,8 @@ from contextvars import ContextVar
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-from fleetsim.broker.embedded_auth import Connect, Verdict
+from fleetsim.broker.embedded_auth import Verdict
+from fleetsim.broker.mqtt_wire import Connect
 
 # The gate for the connection being authenticated: (client id, username, password) -> Verdict.
 Gate = Callable[[Connect], Verdict]

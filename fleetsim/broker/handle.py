@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 TlsVersion = Literal["1.2", "1.3", "any"]
+# Telemetry is well under 1 KB a message (ECG bursts ~0.8 KB): 64 KiB leaves room for any CONNECT a device sends
+# and keeps what one connection can make a broker buffer small.
+DEFAULT_MAX_PACKET = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class BrokerOptions:
     password_file: Path | None = None  # optional username/password auth on top, for overhead comparisons
     plain_port: int | None = None  # optional plain-TCP listener, for the no-auth/no-TLS baseline
     require_certificate: bool = True  # False only for the server-only-TLS baseline, on purpose
+    max_packet_size: int = DEFAULT_MAX_PACKET  # bytes, fixed header included; larger packets close the connection
+    connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
 
 
 class BrokerHandle(Protocol):

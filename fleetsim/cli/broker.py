@@ -9,11 +9,12 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fleetsim.broker import config as broker_config
-from fleetsim.broker.handle import BrokerOptions, TlsVersion
+from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
 from fleetsim.errors import BrokerError
 
 app = typer.Typer(help="Run a broker that requires client certificates from a fleetsim PKI.", no_args_is_help=True)
@@ -34,24 +35,20 @@ def run(
                                           help="Also listen on plain TCP (no TLS, baseline for comparisons)."),
     stats_port: int = typer.Option(0, "--stats-port", min=0, max=65535,
                                    help="Loopback port of GET /stats (embedded); 0 picks a free one."),
+    max_packet_size: int = typer.Option(DEFAULT_MAX_PACKET, "--max-packet-size", min=1024, max=268_435_460,
+                                        help="Largest packet a device may send, in bytes; larger ones close it."),
     config: Path | None = typer.Option(None, "--config", help="Settings file (see brokers/embedded.toml); flags win."),
 ) -> None:
     """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
-    if config is not None:
-        given = {"kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
-                 "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
-                 "stats_port": stats_port}
-        settings = {**broker_config.load(config), **_explicit(given)}
-        kind, host, port = settings["kind"], settings["host"], settings["port"]
-        tls_version, tickets = settings["tls_version"], settings.get("session_tickets", tickets)
-        drop_revoked = settings.get("drop_revoked", drop_revoked)
-        password_file, plain_port = settings.get("password_file"), settings.get("plain_port")
-        stats_port = settings.get("stats_port", stats_port)
-    if tls_version not in ("1.2", "1.3", "any"):
-        raise BrokerError(f"unknown TLS version {tls_version!r}", "use --tls-version 1.2, 1.3 or any")
-    version: TlsVersion = tls_version  # type: ignore[assignment]
-    options = BrokerOptions(host=host, port=port, tls_version=version, session_tickets=tickets,
-                            drop_revoked=drop_revoked, password_file=password_file, plain_port=plain_port)
+    given: dict[str, Any] = {
+        "kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
+        "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
+        "stats_port": stats_port, "max_packet_size": max_packet_size}
+    settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
+    if settings["tls_version"] not in ("1.2", "1.3", "any"):
+        raise BrokerError(f"unknown TLS version {settings['tls_version']!r}", "use --tls-version 1.2, 1.3 or any")
+    kind, stats_port = settings.pop("kind"), settings.pop("stats_port")
+    options = BrokerOptions(**settings)
     if kind == "embedded":
         asyncio.run(_run_embedded(pki_dir, options, stats_port))
     elif kind == "mosquitto":
@@ -60,8 +57,10 @@ def run(
         raise BrokerError(f"unknown broker kind {kind!r}", "use --kind embedded or --kind mosquitto")
 
 
-DEFAULTS = {"kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
-            "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0}
+DEFAULTS: dict[str, Any] = {
+    "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
+    "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
+    "max_packet_size": DEFAULT_MAX_PACKET}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:
