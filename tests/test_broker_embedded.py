@@ -22,7 +22,7 @@ import pytest
 
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded import EmbeddedBroker, EmbeddedProcess, start_embedded
-from fleetsim.broker.embedded_auth import cert_identities, verify_mosquitto_hash
+from fleetsim.broker.embedded_auth import verify_mosquitto_hash
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mqtt_wire import Violation, parse_connect
 from fleetsim.errors import BrokerError
@@ -134,14 +134,6 @@ def broker(pki: Pki) -> Iterator[EmbeddedProcess]:
 
 
 # --- pure logic ---------------------------------------------------------------------------------------------
-def test_identities_from_cn_and_spiffe_san() -> None:
-    cert = {"subject": ((("commonName", "dev-1"),),),
-            "subjectAltName": (("URI", "spiffe://fleet.local/device/dev-1"), ("URI", "spiffe://x/other/y"))}
-    assert cert_identities(cert, "fleet.local") == {"dev-1"}
-    assert cert_identities({"subjectAltName": (("URI", "spiffe://evil/device/dev-2"),)}, "fleet.local") == set()
-    assert cert_identities(None) == set()
-
-
 def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path) -> None:
     assert embedded_pki.trust_domain(pki.layout) == pki.inventory.trust_domain
     assert embedded_pki.trust_domain(Layout(tmp_path)) is None  # no inventory: any trust domain

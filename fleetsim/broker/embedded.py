@@ -44,15 +44,8 @@ from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapt
 from amqtt.broker import Broker
 
 from fleetsim.broker import embedded_pki
-from fleetsim.broker.embedded_auth import (
-    BAD_USERNAME_PASSWORD,
-    PasswordFile,
-    Peer,
-    Verdict,
-    cert_identities,
-    cert_serial,
-    connack,
-)
+from fleetsim.broker.cert_rules import CertRules, Refused
+from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
 from fleetsim.broker.embedded_http import start_json_server
 from fleetsim.broker.embedded_plugins import CURRENT_GATE
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
@@ -68,16 +61,14 @@ __all__ = ["EmbeddedBroker", "EmbeddedProcess", "start_embedded"]
 
 log = logging.getLogger("fleetsim.broker.embedded")
 
-MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
-PLAIN_LISTENER = "plain"
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
 def _amqtt_config(plain: bool) -> dict[str, Any]:
-    listeners: dict[str, Any] = {MTLS_LISTENER: {"type": "external", "bind": "fleetsim-mtls"}}
+    listeners: dict[str, Any] = {MTLS: {"type": "external", "bind": "fleetsim-mtls"}}
     if plain:
-        listeners[PLAIN_LISTENER] = {"type": "external", "bind": "fleetsim-plain"}
+        listeners[PLAIN] = {"type": "external", "bind": "fleetsim-plain"}
     return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}}}
 
 
@@ -110,6 +101,7 @@ class EmbeddedBroker:
         self._revoked: frozenset[int] = frozenset()
         self._crl_stamp: embedded_pki.FileStamp | None = None
         self._passwords: PasswordFile | None = None
+        self._rules: CertRules | None = None
         self._amqtt: Broker | None = None
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
@@ -133,6 +125,7 @@ class EmbeddedBroker:
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
+            self._rules = CertRules(embedded_pki.issuing_ca(self.layout), self._trust_domain)
             self._revoked = embedded_pki.revoked_serials(self.layout.crl)
             self._crl_stamp = embedded_pki.FileStamp.of(self.layout.crl)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
@@ -214,9 +207,9 @@ class EmbeddedBroker:
 
     def _drop_revoked(self) -> None:
         for conn, peer in list(self._live.items()):
-            if peer.serial is not None and peer.serial in self._revoked:
+            if peer.identity is not None and peer.identity.serial in self._revoked:
                 log.warning("dropping live session of revoked certificate serial %x (%s)",
-                            peer.serial, ",".join(sorted(peer.identities)))
+                            peer.identity.serial, peer.name)
                 self.metrics.dropped_revoked += 1
                 del self._live[conn]
                 conn.close()
@@ -243,10 +236,18 @@ class EmbeddedBroker:
         self.metrics.accepted += 1
         if conn.handshake_ms is not None:
             self.metrics.handshake(conn.handshake_ms)
-        peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain), cert_serial(conn.peer_cert),
-                    conn.peername[0] if conn.peername else "?")
+        peer = self._peer(conn)
         self._live[conn] = peer
         self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close))
+
+    def _peer(self, conn: TlsConnection) -> Peer:
+        address = conn.peername[0] if conn.peername else "?"
+        if conn.peer_der is None or self._rules is None:
+            return Peer(MTLS, address=address)
+        try:
+            return Peer(MTLS, self._rules.judge(conn.peer_der), address=address)
+        except Refused as exc:
+            return Peer(MTLS, refusal=exc.reason, address=address)
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
         """TlsHooks: a handshake failed; the alert has been sent."""
@@ -260,7 +261,7 @@ class EmbeddedBroker:
     async def _plain_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         set_nodelay(writer.transport)
         self.metrics.accepted += 1
-        peer = Peer(PLAIN_LISTENER, address=str(writer.get_extra_info("peername", ("?",))[0]))
+        peer = Peer(PLAIN, address=str(writer.get_extra_info("peername", ("?",))[0]))
         await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close)
 
     def _spawn(self, coro: Any) -> None:
@@ -301,8 +302,7 @@ class EmbeddedBroker:
     def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
         """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""
         self.metrics.reject(exc.reason)
-        log.warning("closing the connection from %s (certificate names %s): %s", peer.address,
-                    ",".join(sorted(peer.identities)) or "nothing", exc.reason)
+        log.warning("closing the connection from %s (%s): %s", peer.address, peer.name, exc.reason)
         if abort is not None:
             abort()
 
@@ -312,32 +312,23 @@ class EmbeddedBroker:
         abort()
 
     def _admit(self, peer: Peer, connect: Connect) -> Verdict:
-        verdict = self._gate(peer, connect)
+        verdict = admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked,
+                        passwords=self._passwords)
         if verdict.ok:
             self.metrics.authorized += 1
         else:
             self.metrics.reject(verdict.reason)
             log.warning("CONNECT from %s as %r refused: %s (certificate names %s)", peer.address,
-                        connect.client_id, verdict.reason, ",".join(sorted(peer.identities)) or "nothing")
+                        connect.client_id, verdict.reason, peer.name)
         return verdict
-
-    def _gate(self, peer: Peer, connect: Connect) -> Verdict:
-        """The admission rule; pure apart from reading the current CRL set and password file."""
-        if peer.listener == MTLS_LISTENER and self.options.require_certificate:
-            if peer.serial is not None and peer.serial in self._revoked:
-                return Verdict(False, "revoked at connect")
-            if connect.client_id not in peer.identities:
-                return Verdict(False, "client id mismatch")
-        if self._passwords is not None and not self._passwords.check(connect.username, connect.password):
-            return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
-        return Verdict(True)
 
     def _gate_for_amqtt(self, peer: Peer, admitted: Connect, connect: Connect) -> Verdict:
         """What amqtt's auth plugin asks. The CONNECT admitted above, as amqtt parsed it, passes without a second
         round of the rule (a password check is a PBKDF2); one amqtt reads differently goes through the rule."""
         if connect.credentials == admitted.credentials:
             return Verdict(True)
-        return self._gate(peer, connect)
+        return admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked,
+                     passwords=self._passwords)
 
     # --- counters ------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

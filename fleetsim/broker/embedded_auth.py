@@ -1,5 +1,7 @@
 """Who may CONNECT to the embedded broker: identity binding, revocation at CONNECT, optional passwords.
 
+Identity comes from the certificate by ``cert_rules``; the rule here binds the client id to it.
+
 The broker reads each connection's first packet itself and refuses (CONNACK 5, "not authorized") before
 amqtt sees it: amqtt deletes or takes over the session named by the client id BEFORE it asks its auth
 plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin
@@ -19,26 +21,33 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from fleetsim.broker.cert_rules import Identity
+from fleetsim.broker.mqtt_wire import Connect
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import write_file
 
-SPIFFE_PREFIX = "spiffe://"
 NOT_AUTHORIZED = 5  # MQTT 3.1.1 CONNACK return codes
 BAD_USERNAME_PASSWORD = 4
+MTLS, PLAIN = "default", "plain"  # listener names (amqtt requires one named "default")
 
 
 @dataclass(frozen=True)
 class Peer:
     """What the broker knows about one connection before MQTT starts."""
 
-    listener: str  # "mtls" or "plain"
-    identities: frozenset[str] = frozenset()  # client ids the certificate allows (CN, SPIFFE device id)
-    serial: int | None = None
+    listener: str  # MTLS or PLAIN
+    identity: Identity | None = None  # what the certificate allows, when cert_rules accepted it
+    refusal: str | None = None  # why cert_rules refused the certificate
     address: str = "?"
+
+    @property
+    def name(self) -> str:
+        """Who this is, for the log."""
+        return self.identity.name if self.identity else (self.refusal or "no certificate")
 
 
 @dataclass(frozen=True)
@@ -48,42 +57,29 @@ class Verdict:
     code: int = NOT_AUTHORIZED  # the CONNACK return code that refuses it
 
 
+ACCEPT = Verdict(True)
+
+
+def admit(peer: Peer, connect: Connect, *, certificates: bool, revoked: AbstractSet[int],
+          passwords: PasswordFile | None) -> Verdict:
+    """The admission rule. On the certificate listener (``certificates``): the certificate passed cert_rules,
+    its serial is not on the current CRL (a resumed TLS session skipped the handshake's check), and the client id
+    is the one it names. Then the password, when a password file is configured."""
+    if peer.listener == MTLS and certificates:
+        if peer.identity is None:
+            return Verdict(False, peer.refusal or "no certificate identity")
+        if peer.identity.serial in revoked:
+            return Verdict(False, "revoked at connect")
+        if connect.client_id != peer.identity.name:
+            return Verdict(False, "client id mismatch")
+    if passwords is not None and not passwords.check(connect.username, connect.password):
+        return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
+    return ACCEPT
+
+
 def connack(return_code: int) -> bytes:
     """A CONNACK refusing (or accepting) without a session present: 5 = not authorized, 4 = bad password."""
     return bytes((0x20, 0x02, 0x00, return_code))
-
-
-def cert_identities(peer_cert: dict[str, Any] | None, trust_domain: str | None = None) -> frozenset[str]:
-    """Client ids a certificate names: its subject CN and the <id> of URI SAN spiffe://<td>/device/<id>
-    (of ``trust_domain`` only, when given)."""
-    if not peer_cert:
-        return frozenset()
-    names: set[str] = set()
-    for rdn in peer_cert.get("subject", ()):
-        names.update(value for key, value in rdn if key == "commonName")
-    for kind, value in peer_cert.get("subjectAltName", ()):
-        device = _spiffe_device(value, trust_domain) if kind == "URI" else None
-        if device:
-            names.add(device)
-    return frozenset(names)
-
-
-def _spiffe_device(uri: str, trust_domain: str | None) -> str | None:
-    if not uri.startswith(SPIFFE_PREFIX):
-        return None
-    domain, _, path = uri[len(SPIFFE_PREFIX):].partition("/")
-    kind, _, device = path.partition("/")
-    if kind != "device" or not device or "/" in device:
-        return None
-    if trust_domain is not None and domain != trust_domain:
-        return None
-    return device
-
-
-def cert_serial(peer_cert: dict[str, Any] | None) -> int | None:
-    if not peer_cert or "serialNumber" not in peer_cert:
-        return None
-    return int(peer_cert["serialNumber"], 16)
 
 
 @dataclass

@@ -34,7 +34,7 @@ def check_layout(layout: Layout, *, require_certificate: bool = True) -> None:
         raise BrokerError(f"PKI directory {layout.root} does not exist", "create it with `fleetsim pki init DIR`")
     needed = [layout.server_cert, layout.server_key]
     if require_certificate:
-        needed += [layout.ca_chain, layout.crl]
+        needed += [layout.ca_chain, layout.crl, layout.issuing_ca]
     missing = [p.name for p in needed if not p.exists()]
     if missing:
         raise BrokerError(
@@ -92,6 +92,15 @@ def _load_verify(ctx: ssl.SSLContext, path: Path, what: str) -> None:
         ctx.load_verify_locations(cafile=path)
     except OSError as exc:  # ssl.SSLError included
         raise BrokerError(f"cannot load the {what} {path}: {exc}", "check it is a PEM file from the PKI") from None
+
+
+def issuing_ca(layout: Layout) -> x509.Certificate:
+    """The CA whose leaves the broker admits (see cert_rules)."""
+    try:
+        return x509.load_pem_x509_certificate(layout.issuing_ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot read the issuing CA {layout.issuing_ca}: {exc}",
+                          "point the broker at a directory made by `fleetsim pki init`") from None
 
 
 def revoked_serials(crl_path: Path) -> frozenset[int]:

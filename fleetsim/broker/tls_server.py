@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 
@@ -66,7 +66,7 @@ class TlsConnection(asyncio.Protocol):
         self.peername: tuple[str, int] | None = None
         self.established = False
         self.handshake_ms: float | None = None
-        self.peer_cert: dict[str, Any] | None = None
+        self.peer_der: bytes | None = None  # the client certificate OpenSSL verified, DER
         self._t0: float | None = None
         self._buffer = bytearray()
         self._eof = False
@@ -140,7 +140,7 @@ class TlsConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.peer_cert = self.sslobj.getpeercert() or None
+        self.peer_der = self.sslobj.getpeercert(binary_form=True)
         self._hooks.established(self)
 
     def _read_records(self) -> None:

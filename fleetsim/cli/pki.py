@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fleetsim.errors import PkiError
 from fleetsim.pki import REASONS, Fault, KeyType, Pki
+from fleetsim.pki.certs import ROLES
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True)  # soft wrap: paths stay whole when piped
@@ -104,6 +105,19 @@ def issue(
 
 @app.command()
 @_os_errors
+def monitor(
+    directory: Path = DirArg,
+    name: str = typer.Argument("monitor", help="Its client id, CN and SPIFFE name."),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+) -> None:
+    """Issue a monitor identity: it may subscribe to every topic (a dashboard, a test's subscriber), publish none."""
+    identity = Pki.open(directory).issue_monitor(name, days=days)
+    out.print(f"issued monitor {identity.id}: devices/{identity.id}.pem and .key "
+              f"(subscribes to any topic on the embedded broker and Mosquitto; publishes none)")
+
+
+@app.command()
+@_os_errors
 def revoke(
     directory: Path = DirArg,
     device: list[str] = typer.Option([], "--device", "-d", help="Device id; repeatable."),
@@ -167,24 +181,26 @@ def list_(
     lot: str | None = typer.Option(None, "--lot"),
     model: str | None = typer.Option(None, "--model"),
     fault: str | None = typer.Option(None, "--fault", help=f"none, {', '.join(Fault)}."),
+    role: str | None = typer.Option(None, "--role", help="device or monitor (default: both)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     limit: int | None = typer.Option(None, "--limit", help=f"At most this many (table default {TABLE_LIMIT})."),
 ) -> None:
     """The inventory: a table, or JSON lines for scripts."""
     _choice(status, list(STATUSES), "status")
     _choice(fault, ["none", *Fault], "fault")
+    _choice(role, list(ROLES), "role")
     if limit is not None and limit < 0:
         raise PkiError(f"limit must not be negative, not {limit}")
-    devices = Pki.open(directory).devices(status=status, lot=lot, model=model, fault=fault)
+    devices = Pki.open(directory).devices(status=status, lot=lot, model=model, fault=fault, role=role)
     if as_json:
         for d in devices[:limit]:
             typer.echo(json.dumps(d.to_json()))
         return
     shown = devices[: TABLE_LIMIT if limit is None else limit]
-    table = Table("id", "serial", "model", "lot", "key", "not after", "fault", "status", "gen")
+    table = Table("id", "serial", "model", "lot", "key", "not after", "fault", "status", "gen", "role")
     for d in shown:
         table.add_row(d.id, format(d.serial, "x")[:16], d.model, d.lot, d.key_type, d.not_after.date().isoformat(),
-                      d.fault.value if d.fault else "", d.status, str(d.generation))
+                      d.fault.value if d.fault else "", d.status, str(d.generation), d.role)
     wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: whole ids, not "dev-00…"
     wide.print(table)
     more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""

@@ -198,7 +198,7 @@ class Pki:
         return certs.Issuer(cert, key)
 
     def devices(self, **filters: str | None) -> list[Device]:
-        """Devices matching ``status``, ``lot``, ``model`` and ``fault`` filters (see Inventory.select)."""
+        """Devices matching ``status``, ``lot``, ``model``, ``fault`` and ``role`` filters (see Inventory.select)."""
         return self.inventory.select(**filters)
 
     def device(self, device_id: str) -> Device:
@@ -238,6 +238,27 @@ class Pki:
                 self.inventory.devices[d.id] = d
             self._save()
         return issued
+
+    def issue_monitor(self, name: str = "monitor", *, days: int = 365,
+                      key_type: str | KeyType = KeyType.ECDSA_P256) -> Device:
+        """An identity that may subscribe to every topic and publish to none: a dashboard, a test's subscriber.
+
+        Its certificate names it like a device's (CN = client id = ``name``) with the URI SAN
+        ``spiffe://<trust-domain>/monitor/<name>``; the inventory lists it with role "monitor" (``pki.devices()``
+        leaves it out; ``pki.devices(role="monitor")`` finds it). Files: ``devices/<name>.pem`` and ``.key``.
+        """
+        _check_positive(days=days)
+        _check_prefix(name)
+        kt = _key_type(key_type)
+        with locked(self.layout):
+            self._reload()
+            if name in self.inventory.devices:
+                raise PkiError(f"{name!r} is already an identity in {self.root}", "choose another name")
+            monitor, = self._run_jobs([name], model="monitor", lot="monitors", key_type=kt, days=days, fault=None,
+                                      workers=1, role=certs.MONITOR)
+            self.inventory.devices[name] = monitor
+            self._save()
+        return monitor
 
     def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1, **spec: object) -> list[Device]:
         fault = spec.get("fault")

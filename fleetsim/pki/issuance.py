@@ -58,6 +58,7 @@ class IssueJob:
     now: dt.datetime  # one clock reading for every job of a batch: workers and the parent agree on validity
     fault: Fault | None = None
     generation: int = 1
+    role: str = certs.DEVICE
 
     @property
     def actual_key_type(self) -> KeyType:
@@ -75,7 +76,8 @@ class IssueJob:
         """The inventory records for ``ids``, given their certificates' serials in the same order."""
         not_before, not_after = self.validity()
         return Device.batch(self.ids, serials, model=self.model, lot=self.lot, key_type=self.actual_key_type.value,
-                            not_before=not_before, not_after=not_after, fault=self.fault, generation=self.generation)
+                            not_before=not_before, not_after=not_after, fault=self.fault, generation=self.generation,
+                            role=self.role)
 
 
 def imposter_name(device_id: str) -> str:
@@ -109,14 +111,15 @@ def _sign(job: IssueJob, signer: certs.DeviceSigner) -> Signed:
     key_type = job.actual_key_type
     not_before, not_after = job.validity()
     imposter, wrong_key = job.fault is Fault.CN_MISMATCH, job.fault is Fault.WRONG_KEY
-    pem, to_pem, generate, model = Encoding.PEM, keys.to_pem, keys.generate, job.model
+    pem, to_pem, generate, model, role = Encoding.PEM, keys.to_pem, keys.generate, job.model, job.role
     serials: list[int] = []
     parts: list[bytes] = []
     ends: list[int] = []
     end = 0
     for device_id in job.ids:
         key = generate(key_type)
-        cert = signer.sign(key, imposter_name(device_id) if imposter else device_id, model, not_before, not_after)
+        cert = signer.sign(key, imposter_name(device_id) if imposter else device_id, model, not_before, not_after,
+                           role)
         key_pem, leaf_pem = to_pem(generate(key_type) if wrong_key else key), cert.public_bytes(pem)
         serials.append(cert.serial_number)
         parts += (key_pem, leaf_pem)
