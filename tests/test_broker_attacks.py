@@ -38,6 +38,7 @@ def subtree(device_id: str) -> str:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     p = Pki.init(tmp_path_factory.mktemp("attacks") / "pki")
     p.issue(80, prefix="dev", model=MODEL, workers=1)
+    p.issue_monitor("watch")
     return p
 
 
@@ -118,6 +119,76 @@ def test_valid_connect_as_another_device(target: object, pki: Pki, devices: Devi
         assert ack == (0, 0) and b.closed_within(3)  # Mosquitto's session take-over: limitation
     a.close()
     b.close()
+
+
+# --- hole 2: topic authorization ---------------------------------------------------------------------------------
+OUTSIDE = ["#", "$SYS/#", "fleet/+/+/{other}/#", "fleet/+/+/+/alarm", f"fleet/{SITE}/#", "+/+/+/{other}/alarm"]
+
+
+def test_device_may_subscribe_only_under_its_own_subtree(target: object, pki: Pki, devices: Devices) -> None:
+    """Embedded: SUBACK 0x80 for anything outside its subtree. Mosquitto 2.0 grants such a subscription and
+    filters each delivery by the ACL instead: the attacker receives nothing of the other device either way."""
+    me, other = devices.take(2)
+    port = target.port  # type: ignore[attr-defined]
+    a = connected(port, device_context(pki, me), me)
+    filters = [f.format(other=other) for f in OUTSIDE]
+    codes = a.subscribe(*filters)
+    if target.kind == "embedded":  # type: ignore[attr-defined]
+        assert codes == [0x80] * len(filters)
+        assert rejected(target, "subscribe not authorized") >= len(filters)
+    b = connected(port, device_context(pki, other), other)
+    b.publish(own(other, "alarm"), b"private vitals", qos=1)
+    assert not a.receives(b"private vitals", timeout=1.0)
+    assert a.subscribe(subtree(me), own(me), f"fleet/{SITE}/{MODEL}/{me}/#") == [1, 1, 1]
+    assert a.echo(own(me), b"mine")
+    a.close()
+    b.close()
+
+
+def test_forged_alarm_never_reaches_the_victim(target: object, pki: Pki, devices: Devices) -> None:
+    attacker, victim = devices.take(2)
+    port = target.port  # type: ignore[attr-defined]
+    b = connected(port, device_context(pki, victim), victim)
+    assert b.subscribe(subtree(victim)) == [1]
+    a = connected(port, device_context(pki, attacker), attacker)
+    a.publish(own(victim, "alarm"), b"forged: asystole", qos=1)  # 3.1.1 has no way to refuse a PUBLISH
+    a.publish(own(victim, "alarm"), b"forged: asystole", qos=0)
+    assert not b.receives(b"forged: asystole", timeout=1.0)
+    assert b.echo(own(victim, "alarm"), b"the real one")
+    if target.kind == "embedded":  # type: ignore[attr-defined]
+        assert rejected(target, "publish not authorized") >= 2
+    a.close()
+    b.close()
+
+
+def test_will_on_another_devices_topic_is_never_published(target: object, pki: Pki, devices: Devices) -> None:
+    attacker, victim = devices.take(2)
+    port = target.port  # type: ignore[attr-defined]
+    b = connected(port, device_context(pki, victim), victim)
+    assert b.subscribe(subtree(victim)) == [1]
+    a = Raw(port, device_context(pki, attacker))
+    a.send(connect(attacker, will=(own(victim, "alarm"), b"forged will"), will_qos=1))
+    ack = a.connack()
+    a.close()  # no DISCONNECT: the will would go out now
+    assert ack is None or ack[1] != 0 or not b.receives(b"forged will", timeout=1.0)
+    if target.kind == "embedded":  # type: ignore[attr-defined]
+        assert ack == (0, 5)  # refused at CONNECT, before any session exists
+    b.close()
+
+
+def test_the_monitor_reads_everything_and_publishes_nothing(target: object, pki: Pki, devices: Devices) -> None:
+    me, = devices.take(1)
+    port = target.port  # type: ignore[attr-defined]
+    watch = connected(port, device_context(pki, "watch"), "watch")
+    assert watch.subscribe("#") == [1]
+    a = connected(port, device_context(pki, me), me)
+    assert a.subscribe(subtree(me)) == [1]
+    a.publish(own(me, "alarm"), b"real alarm", qos=1)
+    assert watch.receives(b"real alarm")
+    watch.publish(own(me, "alarm"), b"monitor forgery", qos=1)
+    assert not a.receives(b"monitor forgery", timeout=1.0)
+    a.close()
+    watch.close()
 
 
 # --- hole 3: a large publish must close, not wedge, the connection ---------------------------------------------

@@ -103,8 +103,8 @@ def mosquitto_args(pki: Pki, port: int, device_id: str | None, client_id: str | 
 
 def mosquitto_pub(pki: Pki, port: int, device_id: str | None, client_id: str | None = None,
                   *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["mosquitto_pub", *mosquitto_args(pki, port, device_id, client_id), "-t", "fleet/x", "-m", "hi",
-           "-d", *extra]
+    topic = f"fleet/site-1/generic/{device_id}/telemetry"  # a device's own topic
+    cmd = ["mosquitto_pub", *mosquitto_args(pki, port, device_id, client_id), "-t", topic, "-m", "hi", "-d", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=10)
 
 
@@ -151,9 +151,10 @@ def test_connect_parsing_and_mosquitto_hashes() -> None:
 # --- accepted devices -----------------------------------------------------------------------------------------
 @needs_mosquitto_clients
 def test_valid_device_publishes_paho_and_mosquitto(pki: Pki, broker: EmbeddedProcess) -> None:
+    """Devices publish on their own topics (mosquitto_pub, paho); the monitor identity reads them all."""
     received: list[bytes] = []
     got = threading.Event()
-    sub = paho_client(pki, "dev-00001")
+    watcher = paho_client(pki, "monitor")
     subscribed = threading.Event()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -163,28 +164,50 @@ def test_valid_device_publishes_paho_and_mosquitto(pki: Pki, broker: EmbeddedPro
     def on_connect(client: mqtt.Client, *_: object) -> None:
         client.subscribe("fleet/#", qos=1)
 
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_connect = on_connect
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
+    watcher.on_message = on_message
+    watcher.on_subscribe = lambda *_: subscribed.set()
+    watcher.on_connect = on_connect
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    device = paho_client(pki, "dev-00001")
+    device.connect("127.0.0.1", broker.port)
+    device.loop_start()
+    retained = "fleet/site-1/generic/dev-00001/telemetry"
     try:
         assert subscribed.wait(5)
         result = mosquitto_pub(pki, broker.port, "dev-00002")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "received CONNACK (0)" in result.stdout
         assert got.wait(5) and received == [b"hi"]
-        # paho publishes a retained message; mosquitto_sub, another device, reads it
-        info = sub.publish("fleet/retained", b"vitals", qos=1, retain=True)
-        info.wait_for_publish(5)
-        out = subprocess.run(["mosquitto_sub", *mosquitto_args(pki, broker.port, "dev-00003"), "-t", "fleet/retained",
+        # paho, as a device, publishes a retained message on its own topic; mosquitto_sub, the monitor, reads it
+        device.publish(retained, b"vitals", qos=1, retain=True).wait_for_publish(5)
+        out = subprocess.run(["mosquitto_sub", *mosquitto_args(pki, broker.port, "monitor"), "-t", "fleet/#",
                               "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=10)
         assert out.stdout.strip() == "vitals", out.stderr
+        device.publish(retained, b"", qos=1, retain=True).wait_for_publish(5)  # clear it
     finally:
-        sub.loop_stop()
-        sub.disconnect()
+        for client in (watcher, device):
+            client.loop_stop()
+            client.disconnect()
     stats = broker.stats()
-    assert stats["authorized"] >= 3 and stats["handshake_ms"]["count"] >= 3 and stats["cpu_seconds"] > 0
+    assert stats["authorized"] >= 4 and stats["handshake_ms"]["count"] >= 4 and stats["cpu_seconds"] > 0
+
+
+def test_a_device_is_confined_to_its_own_topics_and_the_monitor_reads_all(pki: Pki, broker: EmbeddedProcess) -> None:
+    from mqtt_raw import connected
+
+    device = connected(broker.port, device_context(pki, "dev-00003"), "dev-00003")
+    monitor = connected(broker.port, device_context(pki, "monitor"), "monitor")
+    assert device.subscribe("#", "fleet/+/+/dev-00003/#") == [0x80, 1]
+    assert monitor.subscribe("#", "$SYS/#", "fleet/+/+/+/alarm") == [1, 1, 1]
+    assert device.publish("fleet/site-1/generic/dev-00003/alarm", b"spo2 low")
+    assert monitor.receives(b"spo2 low")
+    before = broker.stats()["rejected"].get("publish not authorized", 0)
+    monitor.publish("fleet/site-1/generic/dev-00003/alarm", b"forged by the monitor")
+    assert not device.receives(b"forged by the monitor", timeout=0.5)
+    assert broker.stats()["rejected"]["publish not authorized"] == before + 1
+    device.close()
+    monitor.close()
 
 
 # --- refused devices: the device reads the reason -------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_render_baselines(tmp_path: Path) -> None:
 
 def test_render_acl() -> None:
     acl = render_acl(readers=("obs",)).splitlines()
-    assert "pattern readwrite fleet/+/+/%u/#" in acl and acl[-2:] == ["user obs", "topic read fleet/#"]
+    assert "pattern readwrite fleet/+/+/%u/#" in acl and acl[-3:] == ["user obs", "topic read #", "topic read $SYS/#"]
 
 
 def test_log_tally_counts_reasons() -> None:

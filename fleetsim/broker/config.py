@@ -8,12 +8,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fleetsim.broker.topic_rules import check_patterns
 from fleetsim.errors import BrokerError
 
 TYPES: dict[str, type | tuple[type, ...]] = {
     "kind": str, "host": str, "port": int, "tls_version": str, "session_tickets": bool, "drop_revoked": bool,
     "password_file": str, "plain_port": int, "stats_port": int, "max_packet_size": int,
-    "connect_timeout_s": (int, float),
+    "connect_timeout_s": (int, float), "device_topics": list,
 }
 
 # Keys with a range, so a typo (max_packet_size = 64) is refused here rather than closing every connection.
@@ -42,6 +43,13 @@ def load(path: Path) -> dict[str, Any]:
         low, high = RANGES.get(key, (-math.inf, math.inf))
         if isinstance(value, int | float) and not low <= value <= high:
             raise BrokerError(f"{path}: {key} = {value!r} is out of range", f"use {low:g} to {high:g}")
+    if "device_topics" in data:
+        topics = data["device_topics"]
+        problem = "device_topics must list strings" if not all(isinstance(t, str) for t in topics) else \
+            check_patterns(topics)
+        if problem is not None:
+            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/+/%u/#"]')
+        data["device_topics"] = tuple(topics)
     if "password_file" in data:
         data["password_file"] = (path.parent / data["password_file"]).resolve()
     return data

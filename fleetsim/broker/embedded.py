@@ -47,13 +47,14 @@ from fleetsim.broker import embedded_pki
 from fleetsim.broker.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
 from fleetsim.broker.embedded_http import start_json_server
-from fleetsim.broker.embedded_plugins import CURRENT_GATE
+from fleetsim.broker.embedded_plugins import CURRENT_GATE, CURRENT_TOPICS
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
 from fleetsim.broker.embedded_stream import ConnackWatch, PacketReader
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
 from fleetsim.broker.mqtt_wire import Connect, Violation
 from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
+from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import Layout
 
@@ -62,6 +63,8 @@ __all__ = ["EmbeddedBroker", "EmbeddedProcess", "start_embedded"]
 log = logging.getLogger("fleetsim.broker.embedded")
 
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
+TOPIC_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimTopicPlugin"
+WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
@@ -69,7 +72,7 @@ def _amqtt_config(plain: bool) -> dict[str, Any]:
     listeners: dict[str, Any] = {MTLS: {"type": "external", "bind": "fleetsim-mtls"}}
     if plain:
         listeners[PLAIN] = {"type": "external", "bind": "fleetsim-plain"}
-    return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}}}
+    return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}, TOPIC_PLUGIN: {}}}
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> BrokerError:
@@ -102,6 +105,7 @@ class EmbeddedBroker:
         self._crl_stamp: embedded_pki.FileStamp | None = None
         self._passwords: PasswordFile | None = None
         self._rules: CertRules | None = None
+        self._warned: set[tuple[str, str]] = set()
         self._amqtt: Broker | None = None
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
@@ -121,6 +125,8 @@ class EmbeddedBroker:
         """Load the PKI, start amqtt, listen. Raises BrokerError (one line) on any bad configuration."""
         opts = self.options
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
+        if (problem := check_patterns(opts.device_topics)) is not None:
+            raise BrokerError(problem, 'use patterns like "fleet/+/+/%u/#" (%u: the device id)')
         self._context = embedded_pki.build_context(self.layout, opts)
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
@@ -245,9 +251,11 @@ class EmbeddedBroker:
         if conn.peer_der is None or self._rules is None:
             return Peer(MTLS, address=address)
         try:
-            return Peer(MTLS, self._rules.judge(conn.peer_der), address=address)
+            identity = self._rules.judge(conn.peer_der)
         except Refused as exc:
-            return Peer(MTLS, refusal=exc.reason, address=address)
+            return Peer(MTLS, refusal=exc.reason, address=address, grant=NOTHING)
+        grant = grant_for(identity.role, identity.name, self.options.device_topics)
+        return Peer(MTLS, identity, address=address, grant=grant)
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
         """TlsHooks: a handshake failed; the alert has been sent."""
@@ -282,8 +290,9 @@ class EmbeddedBroker:
                 writer.write(connack(verdict.code))
                 await writer.drain()
                 return
-            # copied into the tasks amqtt's auth plugin runs in
+            # copied into the tasks amqtt's plugins run in
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
+            CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
             if self._amqtt is not None:
                 await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel), peer.listener)
         except Violation as exc:
@@ -298,6 +307,18 @@ class EmbeddedBroker:
         finally:
             timer.cancel()
             await writer.close()
+
+    def _topic_allowed(self, peer: Peer, publish: bool, topic: str) -> bool:
+        """What the topic plugin asks for this connection; a refusal is counted and logged."""
+        if (publish and peer.grant.may_publish(topic)) or (not publish and peer.grant.may_subscribe(topic)):
+            return True
+        reason = "publish not authorized" if publish else "subscribe not authorized"
+        self.metrics.reject(reason)
+        if len(self._warned) < WARNED_LIMIT and (peer.name, reason) not in self._warned:  # once per identity
+            self._warned.add((peer.name, reason))
+            log.warning("%s from %s (%s) on %r (further ones are only counted)", reason, peer.address, peer.name,
+                        topic)
+        return False
 
     def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
         """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fleetsim.broker.cert_rules import Identity
 from fleetsim.broker.mqtt_wire import Connect
+from fleetsim.broker.topic_rules import EVERYTHING, Grant
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import write_file
 
@@ -43,6 +44,7 @@ class Peer:
     identity: Identity | None = None  # what the certificate allows, when cert_rules accepted it
     refusal: str | None = None  # why cert_rules refused the certificate
     address: str = "?"
+    grant: Grant = EVERYTHING  # its topics (topic_rules); the certificate-less baselines are not confined
 
     @property
     def name(self) -> str:
@@ -64,7 +66,8 @@ def admit(peer: Peer, connect: Connect, *, certificates: bool, revoked: Abstract
           passwords: PasswordFile | None) -> Verdict:
     """The admission rule. On the certificate listener (``certificates``): the certificate passed cert_rules,
     its serial is not on the current CRL (a resumed TLS session skipped the handshake's check), and the client id
-    is the one it names. Then the password, when a password file is configured."""
+    is the one it names. A will may only go to a topic the identity may publish on. Then the password, when a
+    password file is configured."""
     if peer.listener == MTLS and certificates:
         if peer.identity is None:
             return Verdict(False, peer.refusal or "no certificate identity")
@@ -72,6 +75,8 @@ def admit(peer: Peer, connect: Connect, *, certificates: bool, revoked: Abstract
             return Verdict(False, "revoked at connect")
         if connect.client_id != peer.identity.name:
             return Verdict(False, "client id mismatch")
+    if connect.will_topic is not None and not peer.grant.may_publish(connect.will_topic):
+        return Verdict(False, "will topic not authorized")  # amqtt publishes a will without asking any plugin
     if passwords is not None and not passwords.check(connect.username, connect.password):
         return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
     return ACCEPT

@@ -39,6 +39,8 @@ def options_from_json(text: str) -> BrokerOptions:
     data = json.loads(text)
     if data.get("password_file") is not None:
         data["password_file"] = Path(data["password_file"])
+    if "device_topics" in data:
+        data["device_topics"] = tuple(data["device_topics"])
     return BrokerOptions(**data)
 
 

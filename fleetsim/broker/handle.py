@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from fleetsim.broker.topic_rules import DEVICE_TOPICS
+
 TlsVersion = Literal["1.2", "1.3", "any"]
 # Telemetry is well under 1 KB a message (ECG bursts ~0.8 KB): 64 KiB leaves room for any CONNECT a device sends
 # and keeps what one connection can make a broker buffer small.
@@ -26,6 +28,7 @@ class BrokerOptions:
     require_certificate: bool = True  # False only for the server-only-TLS baseline, on purpose
     max_packet_size: int = DEFAULT_MAX_PACKET  # bytes, fixed header included; larger packets close the connection
     connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
+    device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
 
 
 class BrokerHandle(Protocol):

@@ -9,6 +9,7 @@ sends SIGHUP: Mosquitto rebuilds its TLS context, which also voids its old TLS 1
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -30,6 +31,7 @@ import psutil
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl, uses_identity
 from fleetsim.errors import BrokerError
+from fleetsim.pki.certs import MONITOR
 from fleetsim.pki.layout import Layout
 
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -144,6 +146,16 @@ def first_error(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def monitors(layout: Layout) -> list[str]:
+    """The PKI's valid monitor identities (their CN is their name): they may read every topic."""
+    try:
+        inventory = json.loads(layout.inventory.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [d["id"] for d in inventory.get("devices", ())
+            if d.get("role") == MONITOR and d.get("status") == "valid"]
+
+
 # -- the broker ---------------------------------------------------------------------------------------------
 class MosquittoBroker:
     """A Mosquitto process over one PKI; implements fleetsim.broker.handle.BrokerHandle."""
@@ -221,7 +233,8 @@ class MosquittoBroker:
         if self.options.password_file is not None:
             self._place(Path(self.options.password_file).read_bytes(), f.password_file, 0o600)
         if uses_identity(self.options) and self.extras.acl:
-            self._place(render_acl(readers=self.extras.acl_readers).encode(), f.acl_file, 0o644)
+            readers = (*self.extras.acl_readers, *monitors(lay))
+            self._place(render_acl(self.options.device_topics, readers).encode(), f.acl_file, 0o644)
         if self.extras.persistence:
             f.persistence.mkdir(mode=0o700, exist_ok=True)
             if owner:

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.topic_rules import DEVICE_TOPICS
 
 TLS_VERSIONS: dict[str, str | None] = {"1.2": "tlsv1.2", "1.3": "tlsv1.3", "any": None}  # None: 1.2 and 1.3
 
 # Devices publish on fleet/<site>/<model>/<device-id>/<kind>. With use_identity_as_username the username is
-# the certificate's CN, so this pattern confines each device to its own subtree, whatever client id it claims.
-DEVICE_ACL_PATTERNS: tuple[str, ...] = ("fleet/+/+/%u/#",)
+# the certificate's CN, so BrokerOptions.device_topics (topic_rules.DEVICE_TOPICS, the embedded broker's rule too)
+# confines each device to its own subtree, whatever client id it claims.
+READER_TOPICS = ("#", "$SYS/#")  # what a monitor identity may read: everything
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ class Extras:
     """Mosquitto-only knobs that BrokerOptions does not carry."""
 
     persistence: bool = False  # on: sessions survive restart() (persistent-session tests)
-    acl: bool = True  # tie each device's topics to its certificate CN (see DEVICE_ACL_PATTERNS)
-    acl_readers: tuple[str, ...] = ()  # CNs allowed to read all of fleet/# (an observer, a test subscriber)
+    acl: bool = True  # tie each device's topics to its certificate CN (BrokerOptions.device_topics)
+    acl_readers: tuple[str, ...] = ()  # more CNs allowed to read every topic (the PKI's monitors always are)
 
 
 def uses_identity(options: BrokerOptions) -> bool:
@@ -81,12 +83,12 @@ def uses_identity(options: BrokerOptions) -> bool:
     return options.require_certificate and options.password_file is None
 
 
-def render_acl(patterns: Sequence[str] = DEVICE_ACL_PATTERNS, readers: Sequence[str] = ()) -> str:
-    """An acl_file: per-device patterns, plus full read access for the named observer identities."""
+def render_acl(patterns: Sequence[str] = DEVICE_TOPICS, readers: Sequence[str] = ()) -> str:
+    """An acl_file: per-device patterns, plus read access to every topic for the named monitor identities."""
     lines = ["# fleetsim: each device reads and writes only its own subtree (username = certificate CN)"]
     lines += [f"pattern readwrite {p}" for p in patterns]
-    for cn in readers:
-        lines += ["", f"user {cn}", "topic read fleet/#"]
+    for cn in dict.fromkeys(readers):
+        lines += ["", f"user {cn}", *(f"topic read {t}" for t in READER_TOPICS)]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ import typer
 
 from fleetsim.broker import config as broker_config
 from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
+from fleetsim.broker.topic_rules import DEVICE_TOPICS
 from fleetsim.errors import BrokerError
 
 app = typer.Typer(help="Run a broker that requires client certificates from a fleetsim PKI.", no_args_is_help=True)
@@ -43,7 +44,7 @@ def run(
     given: dict[str, Any] = {
         "kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
         "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
-        "stats_port": stats_port, "max_packet_size": max_packet_size}
+        "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS}
     settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
     if settings["tls_version"] not in ("1.2", "1.3", "any"):
         raise BrokerError(f"unknown TLS version {settings['tls_version']!r}", "use --tls-version 1.2, 1.3 or any")
@@ -60,7 +61,7 @@ def run(
 DEFAULTS: dict[str, Any] = {
     "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
     "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
-    "max_packet_size": DEFAULT_MAX_PACKET}
+    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:
