@@ -86,6 +86,7 @@ class Raw:
         self._buf = b""
         self._eof = False
         self._next_id = 1
+        self.alert: str | None = None  # the TLS error that ended the connection (TLS 1.3: at the first read)
 
     # -- bytes -----------------------------------------------------------------------------------------------
     def send(self, data: bytes) -> bool:
@@ -102,7 +103,9 @@ class Raw:
             chunk = self.sock.recv(65536)
         except TimeoutError:
             raise
-        except (OSError, ssl.SSLError):  # reset, alert, close_notify races: the broker hung up
+        except ssl.SSLError as exc:  # an alert: the broker said why it hung up
+            self.alert, chunk = str(exc), b""
+        except OSError:  # reset: the broker hung up
             chunk = b""
         if not chunk:
             self._eof = True
@@ -240,3 +243,19 @@ def connected(port: int, ctx: ssl.SSLContext, client_id: str, **connect_options:
     ack = conn.connack()
     assert ack is not None and ack[1] == 0, f"{client_id} was not admitted: {ack}"
     return conn
+
+
+def attempt(port: int, ctx: ssl.SSLContext, client_id: str) -> str:
+    """One connection attempt: 'connack N', 'closed', or the TLS error the device saw (handshake or first read)."""
+    try:
+        conn = Raw(port, ctx)
+        conn.send(connect(client_id))
+        ack = conn.connack()
+    except ssl.SSLError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"connection error {exc}"
+    conn.close()
+    if ack is None:
+        return conn.alert or "closed"
+    return f"connack {ack[1]}"

@@ -141,3 +141,11 @@ def test_monitor_and_list_by_role(tmp_path: Path) -> None:
     assert roles == ["device", "device", "monitor"]
     assert [json.loads(x)["id"] for x in ok("pki", "list", root, "--json", "--role", "monitor").splitlines()] == [
         "dashboard"]
+
+
+def test_crl_renew_only_when_due(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    ok("pki", "init", root)
+    assert "not due for renewal yet" in ok("pki", "crl", root, "--renew")
+    out = ok("pki", "crl", root, "--days", "0.5")
+    assert "number 2" in out and "no local embedded broker registered" in out

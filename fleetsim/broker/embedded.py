@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,7 @@ from amqtt.broker import Broker
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
+from fleetsim.broker.embedded_crl import CrlKeeper
 from fleetsim.broker.embedded_http import start_json_server
 from fleetsim.broker.embedded_plugins import CURRENT_GATE, CURRENT_TOPICS
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
@@ -56,6 +56,7 @@ from fleetsim.broker.mqtt_wire import Connect, Violation
 from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
 from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
+from fleetsim.pki import notify
 from fleetsim.pki.layout import Layout
 
 __all__ = ["EmbeddedBroker", "EmbeddedProcess", "start_embedded"]
@@ -100,9 +101,9 @@ class EmbeddedBroker:
         self._crl_poll_s = crl_poll_s
         self._trust_domain = trust_domain  # None: the PKI's own, read at start
         self.metrics = BrokerMetrics()
-        self._context = None  # type: Any
-        self._revoked: frozenset[int] = frozenset()
-        self._crl_stamp: embedded_pki.FileStamp | None = None
+        self._context = None  # type: Any  # the server-only baseline's; with certificates, self.crl's
+        self.crl: CrlKeeper | None = None
+        self._registration: Path | None = None
         self._passwords: PasswordFile | None = None
         self._rules: CertRules | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -127,13 +128,15 @@ class EmbeddedBroker:
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
         if (problem := check_patterns(opts.device_topics)) is not None:
             raise BrokerError(problem, 'use patterns like "fleet/+/+/%u/#" (%u: the device id)')
-        self._context = embedded_pki.build_context(self.layout, opts)
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
-            self._rules = CertRules(embedded_pki.issuing_ca(self.layout), self._trust_domain)
-            self._revoked = embedded_pki.revoked_serials(self.layout.crl)
-            self._crl_stamp = embedded_pki.FileStamp.of(self.layout.crl)
+            issuing = embedded_pki.issuing_ca(self.layout)
+            self._rules = CertRules(issuing, self._trust_domain)
+            self.crl = CrlKeeper(self.layout, opts, issuing, renew=opts.renew_crl)
+            await asyncio.get_running_loop().run_in_executor(None, self.crl.load_initial)
+        else:
+            self._context = embedded_pki.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
         self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
         await self._amqtt.start()
@@ -142,8 +145,22 @@ class EmbeddedBroker:
         except BaseException:
             await self.stop()
             raise
-        if opts.require_certificate and self._crl_poll_s > 0:
-            self._watcher = asyncio.create_task(self._watch_crl())
+        if self.crl is not None:
+            self._register()
+            if self._crl_poll_s > 0:
+                self._watcher = asyncio.create_task(self._watch_crl())
+
+    def _register(self) -> None:
+        """Be told of every CRL the PKI writes (fleetsim.pki.notify), then catch one written meanwhile."""
+        if self.stats_port is not None:
+            try:
+                self._registration = notify.register(self.layout,
+                                                     f"http://127.0.0.1:{self.stats_port}/reload-crl")
+            except OSError as exc:
+                log.info("cannot register in %s (%s): new CRLs apply within %g s (polling)",
+                         self.layout.brokers_dir, exc.strerror or exc, self._crl_poll_s)
+        if self.crl is not None and self.crl.changed_on_disk():
+            self.reload_crl()
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,6 +187,8 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         """Stop listening, end every session, shut amqtt down. Safe to call twice."""
+        notify.unregister(self._registration)
+        self._registration = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -193,27 +212,14 @@ class EmbeddedBroker:
 
     # --- CRL ---------------------------------------------------------------------------------------------------
     def reload_crl(self) -> None:
-        """Serve the next handshakes from the current crl.pem; drop live revoked sessions (drop_revoked)."""
-        if not self.options.require_certificate:
-            return
-        started = time.perf_counter()
-        stamp = embedded_pki.FileStamp.of(self.layout.crl)
-        try:
-            context = embedded_pki.build_context(self.layout, self.options)
-            revoked = embedded_pki.revoked_serials(self.layout.crl)
-        except BrokerError as exc:
-            self.metrics.crl_reload_errors += 1
-            log.warning("CRL reload failed, keeping the previous one: %s", exc)
-            return
-        self._context, self._revoked, self._crl_stamp = context, revoked, stamp
-        self.metrics.crl_reloads += 1
-        self.metrics.crl_reload_ms = round((time.perf_counter() - started) * 1000, 3)
-        if self.options.drop_revoked:
+        """Judge crl.pem and, if it may replace the CRL in force, serve the next handshakes from it and drop the
+        live sessions it revokes (drop_revoked). Returns once that is done: what a notified revoke waits for."""
+        if self.crl is not None and self.crl.reload() and self.options.drop_revoked:
             self._drop_revoked()
 
     def _drop_revoked(self) -> None:
         for conn, peer in list(self._live.items()):
-            if peer.identity is not None and peer.identity.serial in self._revoked:
+            if peer.identity is not None and peer.identity.serial in self._revoked():
                 log.warning("dropping live session of revoked certificate serial %x (%s)",
                             peer.identity.serial, peer.name)
                 self.metrics.dropped_revoked += 1
@@ -225,15 +231,28 @@ class EmbeddedBroker:
         return self.stats()
 
     async def _watch_crl(self) -> None:
+        """A CRL written without notifying this broker applies within ``crl_poll_s``; renewal and expiry warnings
+        are checked at the same pace."""
+        assert self.crl is not None
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._crl_poll_s)
-            stamp = embedded_pki.FileStamp.of(self.layout.crl)
-            if stamp is not None and stamp != self._crl_stamp:
+            if self.crl.changed_on_disk():
                 self.reload_crl()
+            if self.crl.renewal_wanted():
+                await loop.run_in_executor(None, self.crl.renew)  # notifies this broker too: keep the loop free
+                if self.crl.changed_on_disk():
+                    self.reload_crl()
+
+    def _revoked(self) -> frozenset[int]:
+        return self.crl.revoked if self.crl is not None else frozenset()
+
+    def _context_now(self) -> Any:
+        return self.crl.context if self.crl is not None else self._context
 
     # --- connections -------------------------------------------------------------------------------------------
     def _new_connection(self) -> TlsConnection:
-        conn = TlsConnection(lambda: self._context, self)
+        conn = TlsConnection(self._context_now, self)
         self._all.add(conn)
         return conn
 
@@ -333,7 +352,7 @@ class EmbeddedBroker:
         abort()
 
     def _admit(self, peer: Peer, connect: Connect) -> Verdict:
-        verdict = admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked,
+        verdict = admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked(),
                         passwords=self._passwords)
         if verdict.ok:
             self.metrics.authorized += 1
@@ -348,13 +367,14 @@ class EmbeddedBroker:
         round of the rule (a password check is a PBKDF2); one amqtt reads differently goes through the rule."""
         if connect.credentials == admitted.credentials:
             return Verdict(True)
-        return admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked,
+        return admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked(),
                      passwords=self._passwords)
 
     # --- counters ------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
-        snapshot = self.metrics.snapshot(current_connections=len(self._live), revoked_serials=len(self._revoked))
+        snapshot = self.metrics.snapshot(current_connections=len(self._live))
+        snapshot["crl"] = self.crl.stats() if self.crl is not None else None
         snapshot.update({
             "kind": self.kind,
             "host": self.host,

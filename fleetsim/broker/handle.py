@@ -29,6 +29,7 @@ class BrokerOptions:
     max_packet_size: int = DEFAULT_MAX_PACKET  # bytes, fixed header included; larger packets close the connection
     connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
     device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
+    renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
 
 
 class BrokerHandle(Protocol):

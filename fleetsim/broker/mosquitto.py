@@ -9,7 +9,9 @@ sends SIGHUP: Mosquitto rebuilds its TLS context, which also voids its old TLS 1
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
+import logging
 import os
 import pwd
 import re
@@ -27,16 +29,26 @@ from types import TracebackType
 from typing import IO, Any
 
 import psutil
+from cryptography import x509
 
+from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl, uses_identity
-from fleetsim.errors import BrokerError
+from fleetsim.errors import BrokerError, FleetsimError
+from fleetsim.pki import crl_policy
 from fleetsim.pki.certs import MONITOR
+from fleetsim.pki.crl_policy import CrlFacts
 from fleetsim.pki.layout import Layout
+
+log = logging.getLogger("fleetsim.broker.mosquitto")
 
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 RUN_AS = "mosquitto"  # Mosquitto's default `user`: whom it becomes when started as root
 ADDRESS_IN_USE = "Address already in use"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def find_binary() -> str:
@@ -178,6 +190,9 @@ class MosquittoBroker:
         self._log_offset = 0
         self._log_rest = b""
         self.tally = LogTally()
+        self._crl: CrlFacts | None = None  # the CRL Mosquitto enforces
+        self._warned_crls: set[bytes] = set()
+        self.crl_refused = 0
 
     @property
     def plain_port(self) -> int | None:
@@ -229,7 +244,7 @@ class MosquittoBroker:
         self._place(lay.ca_chain.read_bytes(), f.cafile, 0o644)
         self._place(lay.server_cert.read_bytes(), f.certfile, 0o644)
         self._place(lay.server_key.read_bytes(), f.keyfile, 0o600)
-        self._place(lay.crl.read_bytes(), f.crlfile, 0o644)
+        self._place(self._crl_for_start(), f.crlfile, 0o644)
         if self.options.password_file is not None:
             self._place(Path(self.options.password_file).read_bytes(), f.password_file, 0o600)
         if uses_identity(self.options) and self.extras.acl:
@@ -327,11 +342,70 @@ class MosquittoBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    # -- CRL: judged here (fleetsim.pki.crl_policy), since Mosquitto loads whatever the CA signed -------------
+    def _read_crl(self) -> CrlFacts:
+        try:
+            return crl_policy.read_crl(self.layout.crl.read_bytes(), self._issuing_ca())
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot read the CRL {self.layout.crl}: {exc}",
+                              f"rewrite it with `fleetsim pki crl {self.layout.root}`") from None
+
+    def _issuing_ca(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.layout.issuing_ca.read_bytes())
+
+    def _crl_for_start(self) -> bytes:
+        """The CRL Mosquitto starts with: renewed first when past half its validity (Mosquitto refuses every
+        client once it expires, issue 1826), rewritten from the inventory when stale; else a one-line error."""
+        if self.options.renew_crl:
+            self._renew(force=False)
+        facts = self._read_crl()
+        problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
+        if problem is not None and self.options.renew_crl:
+            log.warning("%s: %s; rewriting it before Mosquitto starts", self.layout.crl, problem)
+            self._renew(force=True)
+            facts = self._read_crl()
+            problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
+        if problem is not None:
+            raise BrokerError(f"{self.layout.crl}: {problem}", f"rewrite it with `fleetsim pki crl {self.layout.root}`")
+        self._crl = facts
+        return facts.pem
+
+    def _renew(self, *, force: bool) -> bool:
+        from fleetsim.pki import Pki
+
+        try:
+            pki = Pki.open(self.layout.root)
+            if force:
+                pki.write_crl()
+                return True
+            return pki.renew_crl()
+        except (FleetsimError, OSError) as exc:
+            log.warning("cannot renew %s here: %s", self.layout.crl, exc)
+            return False
+
+    def renew_crl_if_due(self) -> None:
+        """What a long-running supervisor calls now and then (`fleetsim broker run --kind mosquitto` does)."""
+        if self.options.renew_crl and self._renew(force=False):
+            self.reload_crl()
+
     def reload_crl(self, timeout: float = 2.0) -> None:
-        """Copy the PKI's crl.pem in, SIGHUP, and wait for Mosquitto to log that it reloaded."""
+        """Judge the PKI's crl.pem; if it may replace the one in force, copy it in, SIGHUP, and wait for Mosquitto
+        to log that it reloaded. A refused one is warned about once per version and Mosquitto keeps its CRL."""
         if not self.alive or self._proc is None:
             raise BrokerError("mosquitto is not running", "start it again (restart())")
-        self._place(self.layout.crl.read_bytes(), self.files.crlfile, 0o644)
+        facts = self._read_crl()
+        if self._crl is not None and facts.pem == self._crl.pem:
+            return
+        problem = crl_policy.refusal(facts, self._crl, _utcnow())
+        if problem is not None:
+            self.crl_refused += 1
+            if facts.pem not in self._warned_crls:
+                self._warned_crls.add(facts.pem)
+                log.warning("%s refused: %s; Mosquitto keeps %s", self.layout.crl, problem,
+                            self._crl.label if self._crl else "its CRL")
+            return
+        self._crl = facts
+        self._place(facts.pem, self.files.crlfile, 0o644)
         before = self._read_log().reloads
         self._proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
@@ -366,7 +440,8 @@ class MosquittoBroker:
     def stats(self) -> dict[str, Any]:
         """Process CPU and memory, live connections, and accepted/refused counts read from the log."""
         out: dict[str, Any] = {"kind": self.kind, "host": self.host, "port": self.port, "alive": self.alive,
-                               "pid": self.pid, "log": str(self.files.log), **self._read_log().as_dict()}
+                               "pid": self.pid, "log": str(self.files.log), **self._read_log().as_dict(),
+                               "crl": {"number": self._crl.number if self._crl else None, "refused": self.crl_refused}}
         if self._proc is None:
             return out
         if not self.alive:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,9 +15,13 @@ from typing import Any
 import typer
 
 from fleetsim.broker import config as broker_config
+from fleetsim.broker.embedded_pki import FileStamp
 from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
 from fleetsim.broker.topic_rules import DEVICE_TOPICS
 from fleetsim.errors import BrokerError
+
+MOSQUITTO_CRL_POLL_S = 0.5  # a new crl.pem reaches the Mosquitto `broker run` supervises within this (+ SIGHUP)
+RENEW_CHECK_S = 60.0
 
 app = typer.Typer(help="Run a broker that requires client certificates from a fleetsim PKI.", no_args_is_help=True)
 
@@ -101,9 +106,15 @@ def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: handle.reload_crl())
     typer.echo(_where("mosquitto", handle.host, handle.port, options.plain_port))
+    stamp, renew_at = FileStamp.of(handle.layout.crl), time.monotonic() + RENEW_CHECK_S
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(MOSQUITTO_CRL_POLL_S):  # Mosquitto re-reads its CRL only on SIGHUP: do it for it
+            if (now := FileStamp.of(handle.layout.crl)) != stamp:
+                stamp = now
+                handle.reload_crl()
+            if time.monotonic() >= renew_at:
+                renew_at = time.monotonic() + RENEW_CHECK_S
+                handle.renew_crl_if_due()
     finally:
         handle.stop()
 

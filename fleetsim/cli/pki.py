@@ -5,6 +5,7 @@ Every bad input ends as one ``FleetsimError`` line, printed by ``fleetsim.cli.ma
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import time
@@ -132,6 +133,20 @@ def revoke(
     inv = pki.inventory
     out.print(f"revoked {len(revoked):,} device(s) ({reason}); CRL #{inv.crl_number} lists "
               f"{len(inv.revoked):,} serial(s): {pki.layout.crl}")
+    _report_brokers(pki)
+
+
+def _report_brokers(pki: Pki) -> None:
+    """Which local brokers already enforce the new CRL (fleetsim.pki.notify), and what holds for the others."""
+    for n in pki.notified:
+        if n.error is None:
+            out.print(f"  enforced by the embedded broker pid {n.pid} (CRL #{n.crl_number}) {n.ms:.1f} ms after "
+                      f"it was written")
+        else:
+            out.print(f"  broker pid {n.pid} did not confirm ({n.error}); it polls crl.pem every 0.2 s")
+    if not pki.notified:
+        out.print("  no local embedded broker registered: a running one applies it within 0.2 s; Mosquitto "
+                  "only after SIGHUP (see brokers/README.md)")
 
 
 @app.command()
@@ -159,10 +174,18 @@ def reenroll(
 
 @app.command()
 @_os_errors
-def crl(directory: Path = DirArg) -> None:
-    """Rewrite the CRL (higher number, later thisUpdate) and show it."""
+def crl(
+    directory: Path = DirArg,
+    renew: bool = typer.Option(False, "--renew", help="Only if it is past half its validity (for a supervisor's timer)."),
+    days: float = typer.Option(7.0, "--days", min=0.001, help="Validity of the new CRL in days."),
+) -> None:
+    """Rewrite the CRL (higher number, later thisUpdate) and show it; local embedded brokers enforce it at once."""
     pki = Pki.open(directory)
-    path = pki.write_crl()
+    valid_for = dt.timedelta(days=days)
+    if renew and not pki.renew_crl(valid_for=valid_for):
+        out.print(f"{pki.layout.crl}: not due for renewal yet")
+        return
+    path = pki.write_crl(valid_for=valid_for) if not renew else pki.layout.crl
     try:
         parsed = x509.load_pem_x509_crl(path.read_bytes())
     except ValueError as exc:
@@ -171,6 +194,7 @@ def crl(directory: Path = DirArg) -> None:
     out.print(f"{path}: number {number}, thisUpdate {parsed.last_update_utc.isoformat()}, "
               f"nextUpdate {parsed.next_update_utc.isoformat() if parsed.next_update_utc else '-'}, "
               f"{len(parsed)} revoked serial(s)")
+    _report_brokers(pki)
 
 
 @app.command("list")

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
-from fleetsim.pki import certs, issuance, keys
+from fleetsim.pki import certs, crl_policy, issuance, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, locked, write_file
@@ -95,6 +95,7 @@ class Pki:
     def __init__(self, root: Path, inventory: Inventory) -> None:
         self.layout = Layout(root)
         self.inventory = inventory
+        self.notified: list[notify.Notified] = []  # the brokers that confirmed the last CRL this Pki wrote
 
     # -- creating and opening ------------------------------------------------------------------------
     @classmethod
@@ -348,24 +349,52 @@ class Pki:
             self._write_crl(self._issuer())  # saves the inventory too
         return out
 
-    def write_crl(self) -> Path:
-        """(Re)write the CRL with a higher number and a strictly later thisUpdate."""
+    def write_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> Path:
+        """(Re)write the CRL with a higher number and a strictly later thisUpdate; brokers are told (notify)."""
         with locked(self.layout):
             self._reload()
-            self._write_crl(self._issuer())
+            self._write_crl(self._issuer(), valid_for=valid_for)
         return self.layout.crl
 
-    def _write_crl(self, issuer: certs.Issuer) -> None:
-        inv = self.inventory
+    def renew_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> bool:
+        """Rewrite the CRL if it is past half its validity (or unreadable); True if it did. What a broker, or
+        its supervisor running `fleetsim pki crl --renew`, calls so the CRL never reaches its nextUpdate."""
+        with locked(self.layout):
+            self._reload()
+            issuer = self._issuer()
+            try:
+                facts = crl_policy.read_crl(self.layout.crl.read_bytes(), issuer.cert)
+            except (OSError, ValueError):
+                facts = None
+            if facts is not None and facts.issuer_ok and not crl_policy.renewal_due(facts, certs.utcnow()):
+                return False
+            self._write_crl(issuer, valid_for=valid_for)
+        return True
+
+    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> None:
+        inv = self._after_crl_on_disk(self.inventory, issuer)
         this_update = inv.next_crl_time(certs.utcnow())
         wait = (this_update - dt.datetime.now(dt.UTC)).total_seconds()
         if wait > 0:  # more CRLs in a burst than the backdating leaves room for
             time.sleep(wait)
         entries = [certs.Revocation(r.serial, r.when, REASONS[r.reason]) for r in inv.revoked]
-        crl = certs.crl(issuer, entries, number=inv.crl_number + 1, this_update=this_update)
+        crl = certs.crl(issuer, entries, number=inv.crl_number + 1, this_update=this_update, valid_for=valid_for)
         write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
         self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
         self._save()
+        self.notified = notify.notify(self.layout)
+
+    def _after_crl_on_disk(self, inv: Inventory, issuer: certs.Issuer) -> Inventory:
+        """The inventory's CRL counters, raised past the CRL on disk if that one is ahead (written by hand or by
+        another tool): a broker refuses a new CRL that reuses a number or time it has seen."""
+        try:
+            facts = crl_policy.read_crl(self.layout.crl.read_bytes(), issuer.cert)
+        except (OSError, ValueError):
+            return inv
+        if not facts.issuer_ok or facts.number is None or facts.number <= inv.crl_number:
+            return inv
+        last = max(facts.this_update, inv.crl_this_update) if inv.crl_this_update else facts.this_update
+        return replace(inv, crl_number=facts.number, crl_this_update=last)
 
     def _reload(self) -> None:
         self.inventory = Pki.open(self.root).inventory

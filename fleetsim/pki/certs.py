@@ -220,15 +220,19 @@ class DeviceSigner:
         return builder.sign(self.issuer.key, self._hash)
 
 
+CRL_VALIDITY = dt.timedelta(days=7)  # brokers renew at half of it (fleetsim.pki.crl_policy)
+
+
 def crl(
-    issuer: Issuer, revoked: Iterable[Revocation], *, number: int, this_update: dt.datetime, days: int = 7
+    issuer: Issuer, revoked: Iterable[Revocation], *, number: int, this_update: dt.datetime,
+    valid_for: dt.timedelta = CRL_VALIDITY,
 ) -> x509.CertificateRevocationList:
     """A CRL signed by ``issuer``; callers keep ``number`` and ``this_update`` strictly increasing."""
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
         .last_update(this_update)
-        .next_update(this_update + dt.timedelta(days=days))
+        .next_update(this_update + valid_for)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
