@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from mqtt_raw import attempt, connected, device_context
+from mqtt_raw import Raw, attempt, connect, connected, device_context
 
 from fleetsim.broker.embedded import start_embedded
 from fleetsim.broker.handle import BrokerOptions
@@ -212,3 +212,37 @@ def test_mosquitto_starts_with_a_renewed_crl_when_the_old_one_expired(make_pki: 
     with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
         assert attempt(broker.port, device_context(pki, dev), dev) == "connack 0"
         assert broker.stats()["crl"]["number"] == Pki.open(pki.root).inventory.crl_number
+
+
+# --- hole 7: resumption is off unless tickets are on ---------------------------------------------------------
+def _resume_twice(port: int, ctx: object, dev: str) -> tuple[bool, str]:
+    """A TLS 1.2 session id offered again: (resumed?, what the second connection got)."""
+    import ssl
+
+    first = Raw(port, ctx)  # type: ignore[arg-type]
+    first.send(connect(dev))
+    assert first.connack() == (0, 0)
+    session = first.sock.session
+    first.close()
+    second = Raw(port, ctx, session=session)  # type: ignore[arg-type]
+    resumed = second.sock.session_reused
+    second.send(connect(dev))
+    try:
+        ack = second.connack()
+    except (TimeoutError, ssl.SSLError):
+        ack = None
+    return resumed, "closed" if ack is None else f"connack {ack[1]}"
+
+
+@pytest.mark.parametrize("tickets", [False, True])
+def test_tls12_session_resumption_only_with_tickets(make_pki: Callable[..., Pki], tickets: bool) -> None:
+    pki = make_pki()
+    dev, = (d.id for d in pki.issue(1))
+    with start_embedded(pki.root, BrokerOptions(port=0, session_tickets=tickets)) as broker:
+        ctx = device_context(pki, dev, tls="1.2")
+        resumed, seen = _resume_twice(broker.port, ctx, dev)
+        if tickets:
+            assert resumed and seen == "connack 0"
+        else:  # Python's ssl has no switch for OpenSSL's server session cache: a resumed session is closed
+            assert not resumed or seen == "closed", (resumed, seen)
+            assert broker.stats()["rejected"].get("resumed session (resumption is off)", 0) == (1 if resumed else 0)

@@ -66,6 +66,7 @@ log = logging.getLogger("fleetsim.broker.embedded")
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
 TOPIC_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimTopicPlugin"
 WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
+RESUMPTION_OFF = "resumed session (resumption is off)"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
@@ -258,6 +259,12 @@ class EmbeddedBroker:
 
     def established(self, conn: TlsConnection) -> None:
         """TlsHooks: a handshake completed; hand the connection to amqtt in its own task."""
+        if not self.options.session_tickets and conn.sslobj is not None and conn.sslobj.session_reused:
+            # Tickets off means no resumption at all. TLS 1.2 session ids still resume (Python's ssl has no
+            # switch for OpenSSL's server session cache): close such a session, the device's next try is full.
+            self.metrics.reject(RESUMPTION_OFF)
+            conn.close()
+            return
         self.metrics.accepted += 1
         if conn.handshake_ms is not None:
             self.metrics.handshake(conn.handshake_ms)

@@ -21,7 +21,7 @@ class BrokerOptions:
     host: str = "127.0.0.1"
     port: int = 8883  # 0 picks a free port (tests)
     tls_version: TlsVersion = "any"
-    session_tickets: bool = False  # off by default: a resumed TLS 1.3 session skips the CRL check
+    session_tickets: bool = False  # resumption; off by default: a resumed session skips the handshake's CRL check
     drop_revoked: bool = True  # embedded only: end live sessions whose certificate the new CRL revokes
     password_file: Path | None = None  # optional username/password auth on top, for overhead comparisons
     plain_port: int | None = None  # optional plain-TCP listener, for the no-auth/no-TLS baseline

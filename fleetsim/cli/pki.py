@@ -29,6 +29,12 @@ STATUSES = ("valid", "revoked")
 TABLE_LIMIT = 100  # rows a table shows when --limit is not given; --json lists everything
 
 
+class Interrupted(PkiError):
+    """Ctrl-C: said in one line (typer would exit 130 silently), exit code 130 as for any interrupted command."""
+
+    exit_code = 130
+
+
 app = typer.Typer(help="Create and manage a fleet's PKI: CAs, broker and device identities, CRL.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -96,8 +102,12 @@ def issue(
     """Issue COUNT new device identities; existing files are not touched."""
     pki = Pki.open(directory)
     t0 = time.perf_counter()
-    devices = pki.issue(count, prefix=prefix, model=model, lot=lot, key_type=key_type, days=days, fault=fault,
-                        workers=workers)
+    try:
+        devices = pki.issue(count, prefix=prefix, model=model, lot=lot, key_type=key_type, days=days, fault=fault,
+                            workers=workers)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: no identity was issued and its partial files were removed",
+                          "run the same command again") from None
     elapsed = time.perf_counter() - t0
     label = f" with fault {fault}" if fault else ""
     out.print(f"issued {len(devices):,} {devices[0].key_type} identities{label} "

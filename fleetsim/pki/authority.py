@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
-from fleetsim.pki import certs, crl_policy, issuance, keys, notify
+from fleetsim.pki import certs, crl_policy, issuance, journal, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, locked, write_file
@@ -233,11 +233,12 @@ class Pki:
         with locked(self.layout):
             self._reload()
             ids = self.inventory.next_ids(prefix, count)
-            issued = self._run_jobs(ids, model=model, lot=lot, key_type=kt, days=days, fault=flt,
-                                    workers=workers)
-            for d in issued:
-                self.inventory.devices[d.id] = d
-            self._save()
+            with journal.pending(self.layout, ids, staged=False):  # interrupted: its files go, nothing is issued
+                issued = self._run_jobs(ids, model=model, lot=lot, key_type=kt, days=days, fault=flt,
+                                        workers=workers)
+                for d in issued:
+                    self.inventory.devices[d.id] = d
+                self._save()
         return issued
 
     def issue_monitor(self, name: str = "monitor", *, days: int = 365,
@@ -255,10 +256,11 @@ class Pki:
             self._reload()
             if name in self.inventory.devices:
                 raise PkiError(f"{name!r} is already an identity in {self.root}", "choose another name")
-            monitor, = self._run_jobs([name], model="monitor", lot="monitors", key_type=kt, days=days, fault=None,
-                                      workers=1, role=certs.MONITOR)
-            self.inventory.devices[name] = monitor
-            self._save()
+            with journal.pending(self.layout, [name], staged=False):
+                monitor, = self._run_jobs([name], model="monitor", lot="monitors", key_type=kt, days=days,
+                                          fault=None, workers=1, role=certs.MONITOR)
+                self.inventory.devices[name] = monitor
+                self._save()
         return monitor
 
     def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1, **spec: object) -> list[Device]:
@@ -341,12 +343,14 @@ class Pki:
                 kt = (_key_type(key_type) if key_type else KeyType(d.key_type)).value
                 groups.setdefault((d.model, d.lot, kt, d.generation + 1), []).append(i)
             out: list[Device] = []
-            for (model, lot, kt, gen), group in groups.items():
-                out += self._run_jobs(group, model=model, lot=lot, key_type=KeyType(kt), days=days, fault=None,
-                                      workers=workers, generation=gen)
-            for d in out:
-                self.inventory.devices[d.id] = d
-            self._write_crl(self._issuer())  # saves the inventory too
+            with journal.pending(self.layout, ids, staged=True):  # new files take their place after the save
+                for (model, lot, kt, gen), group in groups.items():
+                    out += self._run_jobs(group, model=model, lot=lot, key_type=KeyType(kt), days=days,
+                                          fault=None, workers=workers, generation=gen)
+                for d in out:
+                    self.inventory.devices[d.id] = d
+                self._save()
+            self._write_crl(self._issuer())  # the old serials on the CRL; brokers told
         return out
 
     def write_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> Path:
@@ -397,7 +401,9 @@ class Pki:
         return replace(inv, crl_number=facts.number, crl_this_update=last)
 
     def _reload(self) -> None:
+        """The inventory as on disk, and a killed batch's files cleaned up (journal); under the lock."""
         self.inventory = Pki.open(self.root).inventory
+        journal.recover(self.layout, self.inventory)
 
     def _save(self) -> None:
         # No indent: indenting 10,000 devices costs more than the rest of saving them.

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.pki import certs, keys
 from fleetsim.pki.inventory import Device, Fault
+from fleetsim.pki.journal import staged_name
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, write_file
 
@@ -132,8 +133,9 @@ def _sign(job: IssueJob, signer: certs.DeviceSigner) -> Signed:
 
 class DeviceFiles:
     """Writes device files relative to one open directory. New ids get a plain exclusive create (no temp file,
-    no rename: nobody reads them before the inventory names them); a file already there, i.e. a re-enrolment or
-    a leftover of an interrupted run, is replaced atomically instead."""
+    no rename: nobody reads them before the inventory names them; fleetsim.pki.journal lists them meanwhile); a
+    file already there is replaced atomically instead. Re-enrolments (``replace``) write staged names, renamed
+    into place once the inventory names the new serials (journal.pending)."""
 
     def __init__(self, layout: Layout, *, replace: bool) -> None:
         self.layout = layout
@@ -167,7 +169,8 @@ class DeviceFiles:
                 finally:
                     os.close(fd)
                 return
-        write_file(self.layout.devices / name, b"".join(parts), private=mode == 0o600)
+        target = staged_name(name) if self.replace else name
+        write_file(self.layout.devices / target, b"".join(parts), private=mode == 0o600)
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
