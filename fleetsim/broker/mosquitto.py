@@ -19,10 +19,13 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +36,14 @@ from cryptography import x509
 
 from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl, uses_identity
+from fleetsim.broker.mosquitto_config import (
+    DYNSEC_TOPIC,
+    Extras,
+    RuntimeFiles,
+    render,
+    render_acl,
+    uses_identity,
+)
 from fleetsim.errors import BrokerError, FleetsimError
 from fleetsim.pki import crl_policy
 from fleetsim.pki.certs import MONITOR
@@ -250,11 +260,38 @@ class MosquittoBroker:
         if uses_identity(self.options) and self.extras.acl:
             readers = (*self.extras.acl_readers, *monitors(lay))
             self._place(render_acl(self.options.device_topics, readers).encode(), f.acl_file, 0o644)
+        if self.extras.dynsec_admin is not None:
+            self._place(self._dynsec_config(self.extras.dynsec_admin), f.dynsec, 0o600)
         if self.extras.persistence:
             f.persistence.mkdir(mode=0o700, exist_ok=True)
             if owner:
                 os.chown(f.persistence, *owner)
         self._place(render(self.options, f, self.extras).encode(), f.config, 0o600)
+
+    @staticmethod
+    def _dynsec_config(admin: str) -> bytes:
+        """A dynamic-security config whose admin is the certificate CN ``admin``, made by mosquitto_ctrl itself. Its
+        password is never used: with use_identity_as_username Mosquitto 2.0 skips password checks altogether."""
+        tool = shutil.which("mosquitto_ctrl")
+        if tool is None:
+            raise BrokerError("mosquitto_ctrl is not installed", "install it: apt-get install mosquitto-clients")
+        with tempfile.TemporaryDirectory(prefix="fleetsim-dynsec-") as tmp:
+            path = Path(tmp) / "dynamic-security.json"
+            result = subprocess.run([tool, "dynsec", "init", str(path), admin, os.urandom(12).hex()],
+                                    capture_output=True, text=True, timeout=10)
+            if result.returncode != 0 or not path.exists():
+                raise BrokerError(f"mosquitto_ctrl dynsec init failed: {result.stderr.strip() or result.stdout.strip()}")
+            return path.read_bytes()
+
+    def disconnect(self, usernames: Sequence[str], timeout: float = 10.0) -> float:
+        """Cut the live sessions of these certificate CNs now (Mosquitto never does on a new CRL): one
+        $CONTROL/dynamic-security message, createClient + deleteClient each (deleteClient kicks by username and
+        leaves no state). Needs Extras(dynsec_admin=...). Returns the seconds until Mosquitto answered."""
+        admin = self.extras.dynsec_admin
+        if admin is None:
+            raise BrokerError("disconnect needs the dynamic-security plugin", "start it with Extras(dynsec_admin=CN)")
+        commands = [{"command": c, "username": u} for u in usernames for c in ("createClient", "deleteClient")]
+        return control(self, admin, {"commands": commands}, timeout)
 
     # -- process ------------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
@@ -478,6 +515,32 @@ class MosquittoBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def control(broker: MosquittoBroker, admin: str, message: dict[str, Any], timeout: float) -> float:
+    """Publish one dynamic-security control message as the ``admin`` certificate and wait for the response."""
+    import paho.mqtt.client as mqtt
+
+    lay = broker.layout
+    ctx = ssl.create_default_context(cafile=str(lay.ca_chain))
+    ctx.load_cert_chain(lay.device_cert(admin), lay.device_key(admin))
+    answered = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=admin)
+    client.tls_set_context(ctx)
+    client.on_message = lambda *_: answered.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        client.subscribe(f"{DYNSEC_TOPIC}/response", qos=1)[0]
+        started = time.perf_counter()
+        client.publish(DYNSEC_TOPIC, json.dumps(message), qos=1)
+        if not answered.wait(timeout):
+            raise BrokerError(f"mosquitto's dynamic-security plugin did not answer within {timeout:g} s",
+                              f"see {broker.files.log}")
+        return time.perf_counter() - started
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def start_mosquitto(pki_dir: Path | str, options: BrokerOptions = BrokerOptions(), *,

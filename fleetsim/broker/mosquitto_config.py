@@ -19,7 +19,9 @@ TLS_VERSIONS: dict[str, str | None] = {"1.2": "tlsv1.2", "1.3": "tlsv1.3", "any"
 # Devices publish on fleet/<site>/<model>/<device-id>/<kind>. With use_identity_as_username the username is
 # the certificate's CN, so BrokerOptions.device_topics (topic_rules.DEVICE_TOPICS, the embedded broker's rule too)
 # confines each device to its own subtree, whatever client id it claims.
-READER_TOPICS = ("#", "$SYS/#")  # what a monitor identity may read: everything
+READER_TOPICS = ("#", "$SYS/#")
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian's mosquitto package
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"  # what a monitor identity may read: everything
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class RuntimeFiles:
         return self.root / "stderr.log"
 
     @property
+    def dynsec(self) -> Path:
+        return self.root / "dynamic-security.json"
+
+    @property
     def persistence(self) -> Path:
         return self.root / "persistence"
 
@@ -76,6 +82,9 @@ class Extras:
     persistence: bool = False  # on: sessions survive restart() (persistent-session tests)
     acl: bool = True  # tie each device's topics to its certificate CN (BrokerOptions.device_topics)
     acl_readers: tuple[str, ...] = ()  # more CNs allowed to read every topic (the PKI's monitors always are)
+    # Opt-in: load Debian's dynamic-security plugin with this certificate CN as its admin, to cut live clients
+    # (MosquittoBroker.disconnect). It cannot bind client ids to certificates (brokers/README.md): the ACL stays.
+    dynsec_admin: str | None = None
 
 
 def uses_identity(options: BrokerOptions) -> bool:
@@ -109,6 +118,8 @@ def _tls_listener(options: BrokerOptions, files: RuntimeFiles, extras: Extras) -
         lines += ["use_identity_as_username true", "allow_anonymous false"]
         if extras.acl:
             lines.append(f"acl_file {files.acl_file}")
+        if extras.dynsec_admin is not None:
+            lines += [f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {files.dynsec}"]
     elif options.password_file is not None:
         lines += [f"password_file {files.password_file}", "allow_anonymous false"]
     else:  # server-only TLS baseline, on purpose: anyone with the CA may connect
