@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from fleetsim.errors import ScenarioError
+from fleetsim.names import ID_RE as _NAME_RE
+from fleetsim.names import TLS_VERSIONS
+from fleetsim.names import split_hostport as _split_hostport
 from fleetsim.pki import KeyType
 from fleetsim.telemetry import MODELS
 
@@ -32,7 +35,6 @@ MAX_DEVICES = 50_000
 MAX_DURATION = 3600.0
 MAX_WORKERS = 256
 TARGETS = ("embedded", "mosquitto")
-TLS_VERSIONS = ("1.2", "1.3", "any")
 AUTHS = ("mtls", "tls", "password", "none")
 MQTT_VERSIONS = ("3.1.1", "5")
 PATTERNS = ("linear", "poisson", "burst")
@@ -47,7 +49,6 @@ FAULTS: dict[str, str | None] = {
     "weak_key": "weak-key",
     "revoked": None,
 }
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -418,15 +419,6 @@ def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
             raise w.fail("isolate", f"applies only to a broker fleetsim starts, not {spec.target}",
                          'use target = "embedded" or "mosquitto", or drop isolate')
     return spec
-
-
-def _split_hostport(target: str) -> tuple[str, int] | None:
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", target)
-    if not m:
-        return None
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    return (host, port) if 1 <= port <= 65535 else None
 
 
 def _is_loopback(host: str) -> bool:

@@ -19,13 +19,9 @@ from cryptography import x509
 
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS_VERSIONS, tls_range
 from fleetsim.pki.layout import Layout
 
-_VERSIONS: dict[str, tuple[ssl.TLSVersion, ssl.TLSVersion]] = {
-    "1.2": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
-    "1.3": (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3),
-    "any": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED),
-}
 TICKETS_WHEN_ON = 2
 
 
@@ -57,9 +53,9 @@ def build_context(layout: Layout, options: BrokerOptions, crl_pem: bytes | None 
     """A server context: server identity, TLS version range, tickets, and client verification with ``crl_pem``:
     the CRL bytes the broker judged (embedded_crl), not whatever crl.pem holds by the time OpenSSL reads it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if options.tls_version not in _VERSIONS:
-        raise BrokerError(f"unknown TLS version {options.tls_version!r}", "use 1.2, 1.3 or any")
-    ctx.minimum_version, ctx.maximum_version = _VERSIONS[options.tls_version]
+    if options.tls_version not in TLS_VERSIONS:
+        raise BrokerError(f"unknown TLS version {options.tls_version!r}", f"use {', '.join(TLS_VERSIONS)}")
+    ctx.minimum_version, ctx.maximum_version = tls_range(options.tls_version)
     ctx.num_tickets = TICKETS_WHEN_ON if options.session_tickets else 0
     if not options.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too

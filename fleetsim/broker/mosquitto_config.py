@@ -13,8 +13,10 @@ from pathlib import Path
 
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.topic_rules import DEVICE_TOPICS
+from fleetsim.names import TLS_PINNED
 
-TLS_VERSIONS: dict[str, str | None] = {"1.2": "tlsv1.2", "1.3": "tlsv1.3", "any": None}  # None: 1.2 and 1.3
+# Mosquitto's words for fleetsim's TLS version names (None: its default, 1.2 and 1.3).
+TLS_VERSIONS: dict[str, str | None] = {**{name: f"tlsv{name}" for name in TLS_PINNED}, "any": None}
 
 # Devices publish on fleet/<site>/<model>/<device-id>/<kind>. With use_identity_as_username the username is
 # the certificate's CN, so BrokerOptions.device_topics (topic_rules.DEVICE_TOPICS, the embedded broker's rule too)

@@ -19,6 +19,7 @@ from fleetsim.broker.embedded_pki import FileStamp
 from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
 from fleetsim.broker.topic_rules import DEVICE_TOPICS
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS_VERSIONS
 
 MOSQUITTO_CRL_POLL_S = 0.5  # a new crl.pem reaches the Mosquitto `broker run` supervises within this (+ SIGHUP)
 RENEW_CHECK_S = 60.0
@@ -52,8 +53,9 @@ def run(
         "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
         "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS}
     settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
-    if settings["tls_version"] not in ("1.2", "1.3", "any"):
-        raise BrokerError(f"unknown TLS version {settings['tls_version']!r}", "use --tls-version 1.2, 1.3 or any")
+    if settings["tls_version"] not in TLS_VERSIONS:
+        raise BrokerError(f"unknown TLS version {settings['tls_version']!r}",
+                          f"use --tls-version {' or '.join(TLS_VERSIONS)}")
     kind, stats_port = settings.pop("kind"), settings.pop("stats_port")
     options = BrokerOptions(**settings)
     if kind == "embedded":

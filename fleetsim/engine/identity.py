@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fleetsim.names import TLS_PINNED as TLS_VERSIONS
 from fleetsim.pki.layout import Layout
 
-TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 PER_DEVICE_CONTEXTS_UP_TO = 2_000  # devices per shard; above it, one shared context keeps memory per device low
 
 

@@ -8,7 +8,6 @@ import math
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
+from fleetsim.names import ID_RE
 from fleetsim.pki import certs, crl_policy, issuance, journal, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory
 from fleetsim.pki.keys import KeyType
@@ -35,9 +35,6 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
-_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
 def _fault(text: Fault | str | None) -> Fault | None:
     try:
         return Fault(text) if text else None
@@ -47,7 +44,7 @@ def _fault(text: Fault | str | None) -> Fault | None:
 
 def _check_prefix(prefix: str) -> None:
     """Ids become file names, MQTT client ids and URI SANs: keep them to a safe alphabet."""
-    if not _ID_CHARS.fullmatch(prefix):
+    if not ID_RE.match(prefix):
         raise PkiError(f"bad device id prefix {prefix!r}",
                        "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
