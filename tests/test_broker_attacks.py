@@ -248,3 +248,17 @@ def test_incomplete_connect_is_closed_at_the_connect_timeout(pki: Pki, devices: 
         assert a.closed_within(4)
         assert time.monotonic() - t0 < 2.5
         assert broker.stats()["rejected"].get("connect timeout", 0) == 1
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed")
+def test_incomplete_connect_on_mosquitto_waits_for_its_keepalive(pki: Pki, devices: Devices) -> None:
+    """Documented limitation: Mosquitto 2.0.11 has no CONNECT timeout; a connection that never completes its
+    CONNECT is closed by the keepalive check only, 1.5 x its default 60 s (src/keepalive.c, context.c)."""
+    from fleetsim.broker.mosquitto import start_mosquitto
+
+    me, = devices.take(1)
+    with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
+        a = Raw(broker.port, device_context(pki, me))
+        a.send(connect(me)[:6])
+        assert not a.closed_within(3)
+        a.close()

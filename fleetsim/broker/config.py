@@ -14,7 +14,7 @@ from fleetsim.errors import BrokerError
 TYPES: dict[str, type | tuple[type, ...]] = {
     "kind": str, "host": str, "port": int, "tls_version": str, "session_tickets": bool, "drop_revoked": bool,
     "password_file": str, "plain_port": int, "stats_port": int, "max_packet_size": int,
-    "connect_timeout_s": (int, float), "device_topics": list,
+    "connect_timeout_s": (int, float), "device_topics": list, "renew_crl": bool,
 }
 
 # Keys with a range, so a typo (max_packet_size = 64) is refused here rather than closing every connection.

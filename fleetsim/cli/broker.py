@@ -51,7 +51,8 @@ def run(
     given: dict[str, Any] = {
         "kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
         "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
-        "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS}
+        "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS,
+        "renew_crl": True}
     settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
     if settings["tls_version"] not in TLS_VERSIONS:
         raise BrokerError(f"unknown TLS version {settings['tls_version']!r}",
@@ -69,7 +70,7 @@ def run(
 DEFAULTS: dict[str, Any] = {
     "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
     "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
-    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS}
+    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS, "renew_crl": True}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:
