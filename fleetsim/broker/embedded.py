@@ -6,19 +6,26 @@ TCP is accepted, TLS is driven over memory BIOs with CERT_REQUIRED + VERIFY_CRL_
 ("certificate revoked", "unknown ca", ...) reaches the device, and established connections are handed to
 amqtt through its external listener (``Broker.external_connected``).
 
-Admission (``embedded_auth``): the client id must be one the certificate names (CN or SPIFFE device id),
-the certificate's serial must not be on the current CRL (a resumed TLS session skips the handshake's
-check), and with ``password_file`` the username/password must match; otherwise CONNACK 5.
+What the front decides before amqtt acts (amqtt deletes the session a CONNECT names before asking its auth
+plugin, decodes bad UTF-8 into text, reads a declared length whole):
+* packets (``embedded_stream`` + ``mqtt_wire``): every packet is framed and checked first; the whole CONNECT is
+  read, parsed strictly and admitted before amqtt reads it; oversized (``max_packet_size``) or malformed packets
+  close the connection; no accepted session within ``connect_timeout_s`` closes it too;
+* identity (``cert_rules``) and admission (``embedded_auth.admit``): a leaf of the issuing CA with clientAuth whose
+  CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
+  skipped the handshake's check); the password when configured; otherwise CONNACK 5;
+* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all.
 
-CRL hot reload: DIR/crl.pem is polled (inode/size/mtime every 0.2 s); ``reload_crl()`` and SIGHUP (in
-``broker run`` and the process handle) do it at once. A fresh server context serves the next handshakes;
-with ``drop_revoked`` live sessions whose serial the new CRL lists are closed. Healthy sessions stay.
+CRL (``embedded_crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
+PKI (``fleetsim.pki.notify``) so a revoke is enforced before it returns, polls DIR/crl.pem every 0.2 s for other
+writers, and reloads on SIGHUP. A fresh server context serves the next handshakes; with ``drop_revoked`` live
+sessions whose serial the new CRL lists are closed. Healthy sessions stay.
 
 Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint:
 ``GET http://127.0.0.1:<stats_port>/stats`` (same dict) and ``POST .../reload-crl``. Keys: accepted
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
-reason ("certificate revoked", "peer did not return a certificate", ...) or "client id mismatch",
-"revoked at connect", "bad username or password"; handshake_ms {count, mean, p50, p90, p99, max,
+reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
+"packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
