@@ -145,19 +145,26 @@ def cpu_seconds(pid: int | None) -> float:
 Starter = Callable[[Path, BrokerOptions], Any]
 
 
-def available_brokers() -> tuple[dict[str, Starter], list[str]]:
+DYNSEC_ADMIN = "dynsec-admin"
+
+
+def available_brokers(dynsec: bool = False) -> tuple[dict[str, Starter], list[str]]:
     """The brokers importable/installed here, and a line for each one skipped."""
     found: dict[str, Starter] = {}
     skipped = []
     try:
         from fleetsim.broker.mosquitto import find_binary, start_mosquitto
+        from fleetsim.broker.mosquitto_config import Extras
 
         find_binary()
         found["mosquitto"] = start_mosquitto
+        if dynsec:  # the same, with the dynamic-security plugin loaded (opt-in, to cut live clients)
+            found["mosq+dynsec"] = lambda root, opts: start_mosquitto(root, opts,
+                                                                       extras=Extras(dynsec_admin=DYNSEC_ADMIN))
     except Exception as exc:
         skipped.append(f"mosquitto: {exc}")
     try:
-        from fleetsim.broker.embedded import start_embedded
+        from fleetsim.broker.embedded_process import start_embedded
 
         found["embedded"] = start_embedded
     except Exception as exc:
@@ -207,7 +214,7 @@ def bench_one(name: str, starter: Starter, pki: Pki, devices: list[Device], args
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nmTLS connects/s, loopback, {os.cpu_count()} cores, TLS {args.tls}, ECDSA P-256, "
           f"median of {args.reps} x {args.seconds:g} s (s_time: {args.s_time} s each)")
-    print(f"{'broker':<10} {'client':<14} {'median/s':>9} {'vs s_time':>9} {'broker cpu s/1k':>16}  runs")
+    print(f"{'broker':<11} {'client':<14} {'median/s':>9} {'vs s_time':>9} {'broker cpu s/1k':>16}  runs")
     for r in results:
         base = r.get("s_time", {}).get("median_per_s")
         for key, v in r.items():
@@ -217,7 +224,7 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
             cpu = v.get("broker_cpu_s_per_1000")
             cpu_txt = f"{cpu:.2f}" if cpu is not None else ""
             client = "openssl s_time" if key == "s_time" else f"fleetsim c={key.split('_c')[1]}"
-            print(f"{r['broker']:<10} {client:<14} {v['median_per_s']:>9.1f} {ratio:>9} {cpu_txt:>16}  {v['runs']}")
+            print(f"{r['broker']:<11} {client:<14} {v['median_per_s']:>9.1f} {ratio:>9} {cpu_txt:>16}  {v['runs']}")
         for err in r.get("errors", [])[:3]:
             print(f"  {r['broker']} client error: {err}")
 
@@ -229,7 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,4", help="comma-separated client thread counts")
     p.add_argument("--s-time", type=int, default=4, help="seconds per `openssl s_time` run")
     p.add_argument("--tls", choices=["1.2", "1.3", "any"], default="any")
-    p.add_argument("--only", choices=["mosquitto", "embedded"], help="benchmark one broker")
+    p.add_argument("--only", choices=["mosquitto", "embedded", "mosq+dynsec"], help="benchmark one broker")
+    p.add_argument("--dynsec", action="store_true", help="also Mosquitto with its dynamic-security plugin loaded")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
@@ -238,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    brokers, skipped = available_brokers()
+    brokers, skipped = available_brokers(args.dynsec or args.only == "mosq+dynsec")
     if args.only:
         brokers = {k: v for k, v in brokers.items() if k == args.only}
     have_openssl = shutil.which("openssl") is not None
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetsim-bench-") as tmp:
         pki = Pki.init(Path(tmp) / "pki")
         ids = [d.id for d in pki.issue(DEVICES)]
+        pki.issue_monitor(DYNSEC_ADMIN)
         devices = load_devices(pki, ids)
         for name, starter in brokers.items():
             print(f"benchmarking {name} ...", flush=True)

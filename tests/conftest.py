@@ -2,7 +2,8 @@
 
 ``pki`` (session): one PKI made once per test run, with
   * a healthy fleet: ``HEALTHY`` ecdsa-p256 devices ``dev-00001``.. in lot ``lot-1``, model ``generic``;
-  * one device per fault, id ``<fault>-00001`` (e.g. ``expired-00001``), lot ``faults``.
+  * one device per fault, id ``<fault>-00001`` (e.g. ``expired-00001``), lot ``faults``;
+  * one monitor identity ``monitor`` (subscribes to every topic, publishes none: a test's subscriber).
 Find them with ``pki.devices(fault="none")`` / ``pki.devices(fault="expired")`` or the helpers below.
 It is shared: do not revoke, re-enrol or issue into it. A test that changes a PKI uses ``make_pki``.
 """
@@ -31,6 +32,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     p.issue(HEALTHY, workers=1)
     for fault in Fault:
         p.issue(1, prefix=fault.value, lot="faults", fault=fault, workers=1)
+    p.issue_monitor("monitor")
     return p
 
 

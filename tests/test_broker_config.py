@@ -13,6 +13,8 @@ TEMPLATE = Path(__file__).parent.parent / "brokers" / "embedded.toml"
 def test_shipped_template_loads() -> None:
     settings = config.load(TEMPLATE)
     assert settings["host"] == "127.0.0.1" and settings["session_tickets"] is False and settings["drop_revoked"]
+    assert settings["max_packet_size"] == 65536 and settings["connect_timeout_s"] == 10
+    assert settings["device_topics"] == ("fleet/+/+/%u/#",)
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -20,6 +22,10 @@ def test_shipped_template_loads() -> None:
     ('port = "x"', "port must be a int"),
     ("port = true", "port must be a int"),
     ("port = ", "invalid TOML"),
+    ("max_packet_size = 64", "out of range; use 1024 to"),
+    ("connect_timeout_s = true", "connect_timeout_s must be a number"),
+    ('device_topics = ["fleet/#/%u"]', "not a valid MQTT topic filter"),
+    ("device_topics = [1]", "must list strings"),
 ])
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "b.toml"

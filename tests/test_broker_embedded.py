@@ -22,8 +22,9 @@ import pytest
 
 from fleetsim.broker import embedded_pki
 from fleetsim.broker.embedded import EmbeddedBroker, EmbeddedProcess, start_embedded
-from fleetsim.broker.embedded_auth import cert_identities, parse_connect, verify_mosquitto_hash
+from fleetsim.broker.embedded_auth import verify_mosquitto_hash
 from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.mqtt_wire import Violation, parse_connect
 from fleetsim.errors import BrokerError
 from fleetsim.pki import Layout, Pki
 
@@ -102,8 +103,8 @@ def mosquitto_args(pki: Pki, port: int, device_id: str | None, client_id: str | 
 
 def mosquitto_pub(pki: Pki, port: int, device_id: str | None, client_id: str | None = None,
                   *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["mosquitto_pub", *mosquitto_args(pki, port, device_id, client_id), "-t", "fleet/x", "-m", "hi",
-           "-d", *extra]
+    topic = f"fleet/site-1/generic/{device_id}/telemetry"  # a device's own topic
+    cmd = ["mosquitto_pub", *mosquitto_args(pki, port, device_id, client_id), "-t", topic, "-m", "hi", "-d", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=10)
 
 
@@ -133,14 +134,6 @@ def broker(pki: Pki) -> Iterator[EmbeddedProcess]:
 
 
 # --- pure logic ---------------------------------------------------------------------------------------------
-def test_identities_from_cn_and_spiffe_san() -> None:
-    cert = {"subject": ((("commonName", "dev-1"),),),
-            "subjectAltName": (("URI", "spiffe://fleet.local/device/dev-1"), ("URI", "spiffe://x/other/y"))}
-    assert cert_identities(cert, "fleet.local") == {"dev-1"}
-    assert cert_identities({"subjectAltName": (("URI", "spiffe://evil/device/dev-2"),)}, "fleet.local") == set()
-    assert cert_identities(None) == set()
-
-
 def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path) -> None:
     assert embedded_pki.trust_domain(pki.layout) == pki.inventory.trust_domain
     assert embedded_pki.trust_domain(Layout(tmp_path)) is None  # no inventory: any trust domain
@@ -149,7 +142,7 @@ def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path
 def test_connect_parsing_and_mosquitto_hashes() -> None:
     connect = parse_connect(connect_packet("dev-7", user="u", password="p")[2:])
     assert (connect.client_id, connect.username, connect.password) == ("dev-7", "u", b"p")
-    with pytest.raises(ValueError):
+    with pytest.raises(Violation):
         parse_connect(b"\x00\x04MQ")
     line = "$7$101$b84v8OsJCRVni5uc$xYJKV+Rz6cJOmixb8V1Exzee7ujjnq+H3lqjtcE1pez7wQj6XwdwrQqjwFJNxxxias9Z2/qtvUx3uMYdOAMu1A=="
     assert verify_mosquitto_hash(line, b"s3cret") and not verify_mosquitto_hash(line, b"wrong")
@@ -158,9 +151,10 @@ def test_connect_parsing_and_mosquitto_hashes() -> None:
 # --- accepted devices -----------------------------------------------------------------------------------------
 @needs_mosquitto_clients
 def test_valid_device_publishes_paho_and_mosquitto(pki: Pki, broker: EmbeddedProcess) -> None:
+    """Devices publish on their own topics (mosquitto_pub, paho); the monitor identity reads them all."""
     received: list[bytes] = []
     got = threading.Event()
-    sub = paho_client(pki, "dev-00001")
+    watcher = paho_client(pki, "monitor")
     subscribed = threading.Event()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -170,28 +164,50 @@ def test_valid_device_publishes_paho_and_mosquitto(pki: Pki, broker: EmbeddedPro
     def on_connect(client: mqtt.Client, *_: object) -> None:
         client.subscribe("fleet/#", qos=1)
 
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_connect = on_connect
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
+    watcher.on_message = on_message
+    watcher.on_subscribe = lambda *_: subscribed.set()
+    watcher.on_connect = on_connect
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    device = paho_client(pki, "dev-00001")
+    device.connect("127.0.0.1", broker.port)
+    device.loop_start()
+    retained = "fleet/site-1/generic/dev-00001/telemetry"
     try:
         assert subscribed.wait(5)
         result = mosquitto_pub(pki, broker.port, "dev-00002")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "received CONNACK (0)" in result.stdout
         assert got.wait(5) and received == [b"hi"]
-        # paho publishes a retained message; mosquitto_sub, another device, reads it
-        info = sub.publish("fleet/retained", b"vitals", qos=1, retain=True)
-        info.wait_for_publish(5)
-        out = subprocess.run(["mosquitto_sub", *mosquitto_args(pki, broker.port, "dev-00003"), "-t", "fleet/retained",
+        # paho, as a device, publishes a retained message on its own topic; mosquitto_sub, the monitor, reads it
+        device.publish(retained, b"vitals", qos=1, retain=True).wait_for_publish(5)
+        out = subprocess.run(["mosquitto_sub", *mosquitto_args(pki, broker.port, "monitor"), "-t", "fleet/#",
                               "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=10)
         assert out.stdout.strip() == "vitals", out.stderr
+        device.publish(retained, b"", qos=1, retain=True).wait_for_publish(5)  # clear it
     finally:
-        sub.loop_stop()
-        sub.disconnect()
+        for client in (watcher, device):
+            client.loop_stop()
+            client.disconnect()
     stats = broker.stats()
-    assert stats["authorized"] >= 3 and stats["handshake_ms"]["count"] >= 3 and stats["cpu_seconds"] > 0
+    assert stats["authorized"] >= 4 and stats["handshake_ms"]["count"] >= 4 and stats["cpu_seconds"] > 0
+
+
+def test_a_device_is_confined_to_its_own_topics_and_the_monitor_reads_all(pki: Pki, broker: EmbeddedProcess) -> None:
+    from mqtt_raw import connected
+
+    device = connected(broker.port, device_context(pki, "dev-00003"), "dev-00003")
+    monitor = connected(broker.port, device_context(pki, "monitor"), "monitor")
+    assert device.subscribe("#", "fleet/+/+/dev-00003/#") == [0x80, 1]
+    assert monitor.subscribe("#", "$SYS/#", "fleet/+/+/+/alarm") == [1, 1, 1]
+    assert device.publish("fleet/site-1/generic/dev-00003/alarm", b"spo2 low")
+    assert monitor.receives(b"spo2 low")
+    before = broker.stats()["rejected"].get("publish not authorized", 0)
+    monitor.publish("fleet/site-1/generic/dev-00003/alarm", b"forged by the monitor")
+    assert not device.receives(b"forged by the monitor", timeout=0.5)
+    assert broker.stats()["rejected"]["publish not authorized"] == before + 1
+    device.close()
+    monitor.close()
 
 
 # --- refused devices: the device reads the reason -------------------------------------------------------------
@@ -369,15 +385,31 @@ def test_bad_configuration_is_one_line(pki: Pki, make_pki: Callable[..., Pki], t
     assert "unreadable" in _one_line_error(broken.root, BrokerOptions(port=0))
 
 
-def test_cli_run_prints_where_it_listens(pki: Pki) -> None:
+def test_cli_run_prints_where_it_listens(pki: Pki, tmp_path: Path) -> None:
+    settings = tmp_path / "broker.toml"
+    settings.write_text("max_packet_size = 4096\nconnect_timeout_s = 2.5\nport = 8883\n")
     proc = subprocess.Popen([sys.executable, "-c", "from fleetsim.cli import main; main()", "broker", "run",
-                             str(pki.root), "--port", "0"], stdout=subprocess.PIPE, text=True)
+                             str(pki.root), "--port", "0", "--config", str(settings)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "listening on mqtts://127.0.0.1:" in line and "/stats" in line
         port = int(line.split("mqtts://127.0.0.1:")[1].split(" ")[0])
         assert attempt(port, device_context(pki, "dev-00002"), "dev-00002") == "connack 0"
+        stats_port = int(line.split("/stats")[0].rsplit(":", 1)[1])
+        stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=5))
+        assert (stats["max_packet_size"], stats["connect_timeout_s"]) == (4096, 2.5)  # the file's; --port won
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
+
+
+def test_spawning_the_broker_does_not_load_amqtt(pki: Pki) -> None:
+    """The child's entry point imports the broker, never the reverse: the simulator stays free of amqtt."""
+    code = ("import sys\nfrom fleetsim.broker.launch import start_broker\nfrom fleetsim.broker.handle import BrokerOptions\n"
+            "import fleetsim.runner\n"
+            f"h = start_broker('embedded', {str(pki.root)!r}, BrokerOptions(port=0))\n"
+            "h.stop()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'amqtt'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

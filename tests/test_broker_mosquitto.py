@@ -96,7 +96,7 @@ def test_render_mtls_listener(tmp_path: Path) -> None:
     for line in ("listener 1883 127.0.0.1", "require_certificate true", "use_identity_as_username true",
                  "set_tcp_nodelay true", "max_connections -1", "tls_version tlsv1.3", "persistence false",
                  f"crlfile {tmp_path}/crl.pem", f"log_dest file {tmp_path}/mosquitto.log", "allow_anonymous false",
-                 f"acl_file {tmp_path}/acl", "log_type information"):
+                 f"acl_file {tmp_path}/acl", "log_type information", "max_packet_size 65536"):
         assert line in text.splitlines(), line
 
 
@@ -116,7 +116,7 @@ def test_render_baselines(tmp_path: Path) -> None:
 
 def test_render_acl() -> None:
     acl = render_acl(readers=("obs",)).splitlines()
-    assert "pattern readwrite fleet/+/+/%u/#" in acl and acl[-2:] == ["user obs", "topic read fleet/#"]
+    assert "pattern readwrite fleet/+/+/%u/#" in acl and acl[-3:] == ["user obs", "topic read #", "topic read $SYS/#"]
 
 
 def test_log_tally_counts_reasons() -> None:
@@ -334,3 +334,34 @@ def test_restart_same_port_and_death_is_visible(pki: Pki) -> None:
             b.reload_crl()
     assert not b.files.root.exists()
     b.stop()  # twice is fine
+
+
+@needs_binary
+@pytest.mark.skipif(shutil.which("mosquitto_ctrl") is None, reason="mosquitto_ctrl missing")
+def test_dynsec_opt_in_cuts_live_sessions_by_certificate_cn(tmp_path: Path) -> None:
+    """Opt-in: the dynamic-security plugin, administered by a certificate identity, kicks live sessions by CN.
+    It does not bind the client id (a device still connects as anyone) and does not keep a kicked one out."""
+    p = Pki.init(tmp_path / "pki")
+    p.issue(4)
+    p.issue_monitor("dynsec-admin")
+    with start_mosquitto(p.root, BrokerOptions(port=0), extras=Extras(dynsec_admin="dynsec-admin")) as b:
+        live = {}
+        for dev in ("dev-00001", "dev-00002", "dev-00003"):
+            live[dev] = _ctx(p, dev).wrap_socket(socket.create_connection(("127.0.0.1", b.port)),
+                                                 server_hostname="localhost")
+            live[dev].sendall(connect_bytes(dev))
+            assert live[dev].recv(4)[3] == 0
+        seconds = b.disconnect(["dev-00001", "dev-00002"])
+        assert seconds < 2
+        for dev, expect_closed in (("dev-00001", True), ("dev-00002", True), ("dev-00003", False)):
+            live[dev].settimeout(2)
+            live[dev].sendall(b"\xc0\x00")
+            try:
+                got = live[dev].recv(2)
+            except (ConnectionError, ssl.SSLError):
+                got = b""
+            assert (got == b"") is expect_closed, dev
+            live[dev].close()
+        assert mqtt_connect(b.port, _ctx(p, "dev-00001"), "dev-00001") == "connack 0"  # not kept out: the CRL must
+        assert mqtt_connect(b.port, _ctx(p, "dev-00004"), "someone-else") == "connack 0"  # client id not bound
+        assert "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so" in b.files.config.read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetsim.errors import PkiError
 from fleetsim.pki import Fault, KeyType, Pki
@@ -376,3 +377,24 @@ def test_counts_are_checked_by_the_pki_itself(pki: Pki) -> None:
     with pytest.raises(PkiError, match="workers must be positive, not -2"):
         pki.issue(300, workers=-2)
     assert pki.layout.inventory.read_bytes() == before
+
+
+def test_monitor_identity(make_pki: MakePki) -> None:
+    """A monitor is named like a device (CN = client id) with its role in the SPIFFE SAN and the inventory."""
+    p = make_pki()
+    p.issue(2)
+    m = p.issue_monitor("dashboard")
+    cert = x509.load_pem_x509_certificate(p.layout.device_cert("dashboard").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://fleetsim.local/monitor/dashboard"]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dashboard"
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert (m.role, m.serial) == ("monitor", cert.serial_number)
+    assert p.layout.device_key("dashboard").stat().st_mode & 0o777 == 0o600
+    again = Pki.open(p.root)
+    assert [d.id for d in again.devices()] == ["dev-00001", "dev-00002"]  # devices only, by default
+    assert [d.id for d in again.devices(role="monitor")] == ["dashboard"]
+    with pytest.raises(PkiError, match="already an identity"):
+        again.issue_monitor("dashboard")
+    with pytest.raises(PkiError, match="bad device id"):
+        again.issue_monitor("../x")

@@ -130,3 +130,22 @@ def test_corrupt_pem_is_one_line(tmp_path: Path) -> None:
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "corrupt PEM" in r.stderr
     assert not list(pki.layout.devices.iterdir())
+
+
+def test_monitor_and_list_by_role(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    ok("pki", "init", root)
+    ok("pki", "issue", root, "-n", "2")
+    assert "issued monitor dashboard" in ok("pki", "monitor", root, "dashboard")
+    roles = [json.loads(x)["role"] for x in ok("pki", "list", root, "--json").splitlines()]
+    assert roles == ["device", "device", "monitor"]
+    assert [json.loads(x)["id"] for x in ok("pki", "list", root, "--json", "--role", "monitor").splitlines()] == [
+        "dashboard"]
+
+
+def test_crl_renew_only_when_due(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    ok("pki", "init", root)
+    assert "not due for renewal yet" in ok("pki", "crl", root, "--renew")
+    out = ok("pki", "crl", root, "--days", "0.5")
+    assert "number 2" in out and "no local embedded broker registered" in out

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from fleetsim.broker.topic_rules import check_patterns
 from fleetsim.errors import BrokerError
 
 TYPES: dict[str, type | tuple[type, ...]] = {
     "kind": str, "host": str, "port": int, "tls_version": str, "session_tickets": bool, "drop_revoked": bool,
-    "password_file": str, "plain_port": int, "stats_port": int,
+    "password_file": str, "plain_port": int, "stats_port": int, "max_packet_size": int,
+    "connect_timeout_s": (int, float), "device_topics": list, "renew_crl": bool,
 }
+
+# Keys with a range, so a typo (max_packet_size = 64) is refused here rather than closing every connection.
+RANGES: dict[str, tuple[float, float]] = {"max_packet_size": (1024, 268_435_460), "connect_timeout_s": (0.1, 3600)}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(kind, tuple) else kind.__name__
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -28,8 +38,18 @@ def load(path: Path) -> dict[str, Any]:
             near = difflib.get_close_matches(key, TYPES, n=1)
             raise BrokerError(f"{path}: unknown key {key!r}", f"did you mean {near[0]!r}?" if near else
                               f"known keys: {', '.join(TYPES)}")
-        if not isinstance(value, TYPES[key]) or (TYPES[key] is int and isinstance(value, bool)):
-            raise BrokerError(f"{path}: {key} must be a {TYPES[key].__name__}, got {value!r}")  # type: ignore[union-attr]
+        if not isinstance(value, TYPES[key]) or isinstance(value, bool) is not (TYPES[key] is bool):
+            raise BrokerError(f"{path}: {key} must be a {_type_name(TYPES[key])}, got {value!r}")
+        low, high = RANGES.get(key, (-math.inf, math.inf))
+        if isinstance(value, int | float) and not low <= value <= high:
+            raise BrokerError(f"{path}: {key} = {value!r} is out of range", f"use {low:g} to {high:g}")
+    if "device_topics" in data:
+        topics = data["device_topics"]
+        problem = "device_topics must list strings" if not all(isinstance(t, str) for t in topics) else \
+            check_patterns(topics)
+        if problem is not None:
+            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/+/%u/#"]')
+        data["device_topics"] = tuple(topics)
     if "password_file" in data:
         data["password_file"] = (path.parent / data["password_file"]).resolve()
     return data

@@ -6,27 +6,33 @@ TCP is accepted, TLS is driven over memory BIOs with CERT_REQUIRED + VERIFY_CRL_
 ("certificate revoked", "unknown ca", ...) reaches the device, and established connections are handed to
 amqtt through its external listener (``Broker.external_connected``).
 
-Admission (``embedded_auth``): the client id must be one the certificate names (CN or SPIFFE device id),
-the certificate's serial must not be on the current CRL (a resumed TLS session skips the handshake's
-check), and with ``password_file`` the username/password must match; otherwise CONNACK 5.
+What the front decides before amqtt acts (amqtt deletes the session a CONNECT names before asking its auth
+plugin, decodes bad UTF-8 into text, reads a declared length whole):
+* packets (``embedded_stream`` + ``mqtt_wire``): every packet is framed and checked first; the whole CONNECT is
+  read, parsed strictly and admitted before amqtt reads it; oversized (``max_packet_size``) or malformed packets
+  close the connection; no accepted session within ``connect_timeout_s`` closes it too;
+* identity (``cert_rules``) and admission (``embedded_auth.admit``): a leaf of the issuing CA with clientAuth whose
+  CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
+  skipped the handshake's check); the password when configured; otherwise CONNACK 5;
+* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all.
 
-CRL hot reload: DIR/crl.pem is polled (inode/size/mtime every 0.2 s); ``reload_crl()`` and SIGHUP (in
-``broker run`` and the process handle) do it at once. A fresh server context serves the next handshakes;
-with ``drop_revoked`` live sessions whose serial the new CRL lists are closed. Healthy sessions stay.
+CRL (``embedded_crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
+PKI (``fleetsim.pki.notify``) so a revoke is enforced before it returns, polls DIR/crl.pem every 0.2 s for other
+writers, and reloads on SIGHUP. A fresh server context serves the next handshakes; with ``drop_revoked`` live
+sessions whose serial the new CRL lists are closed. Healthy sessions stay.
 
 Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint:
 ``GET http://127.0.0.1:<stats_port>/stats`` (same dict) and ``POST .../reload-crl``. Keys: accepted
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
-reason ("certificate revoked", "peer did not return a certificate", ...) or "client id mismatch",
-"revoked at connect", "bad username or password"; handshake_ms {count, mean, p50, p90, p99, max,
+reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
+"packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
 
 For a broker in its own process (CPU measured apart from the simulator): ``start_embedded`` in
-``fleetsim.broker.embedded_process``; this module is that process's entry point
-(``python -m fleetsim.broker.embedded DIR --options-json '{...}'``).
+``fleetsim.broker.embedded_process`` (re-exported here), which runs ``fleetsim.broker.embedded_main``.
 """
 
 from __future__ import annotations
@@ -36,8 +42,7 @@ import contextlib
 import errno
 import logging
 import os
-import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,49 +51,38 @@ from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapt
 from amqtt.broker import Broker
 
 from fleetsim.broker import embedded_pki
-from fleetsim.broker.embedded_auth import (
-    BAD_USERNAME_PASSWORD,
-    CURRENT_GATE,
-    Connect,
-    PasswordFile,
-    Peer,
-    Verdict,
-    cert_identities,
-    cert_serial,
-    connack,
-    parse_connect,
-)
+from fleetsim.broker.cert_rules import CertRules, Refused
+from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
+from fleetsim.broker.embedded_crl import CrlKeeper
 from fleetsim.broker.embedded_http import start_json_server
+from fleetsim.broker.embedded_plugins import CURRENT_GATE, CURRENT_TOPICS
 from fleetsim.broker.embedded_process import EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded_stream import ConnackWatch, PacketReader
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
-from fleetsim.broker.tls_server import (
-    PrefixReader,
-    TlsConnection,
-    TlsReader,
-    TlsWriter,
-    read_first_packet,
-    set_nodelay,
-)
+from fleetsim.broker.mqtt_wire import Connect, Violation
+from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
+from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
+from fleetsim.pki import notify
 from fleetsim.pki.layout import Layout
 
 __all__ = ["EmbeddedBroker", "EmbeddedProcess", "start_embedded"]
 
 log = logging.getLogger("fleetsim.broker.embedded")
 
-MTLS_LISTENER = "default"  # amqtt requires a listener named "default"
-PLAIN_LISTENER = "plain"
-AUTH_PLUGIN = "fleetsim.broker.embedded_auth.FleetsimAuthPlugin"
-CONNECT_TIMEOUT_S = 30.0
+AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
+TOPIC_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimTopicPlugin"
+WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
+RESUMPTION_OFF = "resumed session (resumption is off)"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
 def _amqtt_config(plain: bool) -> dict[str, Any]:
-    listeners: dict[str, Any] = {MTLS_LISTENER: {"type": "external", "bind": "fleetsim-mtls"}}
+    listeners: dict[str, Any] = {MTLS: {"type": "external", "bind": "fleetsim-mtls"}}
     if plain:
-        listeners[PLAIN_LISTENER] = {"type": "external", "bind": "fleetsim-plain"}
-    return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}}}
+        listeners[PLAIN] = {"type": "external", "bind": "fleetsim-plain"}
+    return {"listeners": listeners, "plugins": {AUTH_PLUGIN: {}, TOPIC_PLUGIN: {}}}
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> BrokerError:
@@ -116,10 +110,12 @@ class EmbeddedBroker:
         self._crl_poll_s = crl_poll_s
         self._trust_domain = trust_domain  # None: the PKI's own, read at start
         self.metrics = BrokerMetrics()
-        self._context = None  # type: Any
-        self._revoked: frozenset[int] = frozenset()
-        self._crl_stamp: embedded_pki.FileStamp | None = None
+        self._context = None  # type: Any  # the server-only baseline's; with certificates, self.crl's
+        self.crl: CrlKeeper | None = None
+        self._registration: Path | None = None
         self._passwords: PasswordFile | None = None
+        self._rules: CertRules | None = None
+        self._warned: set[tuple[str, str]] = set()
         self._amqtt: Broker | None = None
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
@@ -139,12 +135,17 @@ class EmbeddedBroker:
         """Load the PKI, start amqtt, listen. Raises BrokerError (one line) on any bad configuration."""
         opts = self.options
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
-        self._context = embedded_pki.build_context(self.layout, opts)
+        if (problem := check_patterns(opts.device_topics)) is not None:
+            raise BrokerError(problem, 'use patterns like "fleet/+/+/%u/#" (%u: the device id)')
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
-            self._revoked = embedded_pki.revoked_serials(self.layout.crl)
-            self._crl_stamp = embedded_pki.FileStamp.of(self.layout.crl)
+            issuing = embedded_pki.issuing_ca(self.layout)
+            self._rules = CertRules(issuing, self._trust_domain)
+            self.crl = CrlKeeper(self.layout, opts, issuing, renew=opts.renew_crl)
+            await asyncio.get_running_loop().run_in_executor(None, self.crl.load_initial)
+        else:
+            self._context = embedded_pki.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
         self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
         await self._amqtt.start()
@@ -153,8 +154,22 @@ class EmbeddedBroker:
         except BaseException:
             await self.stop()
             raise
-        if opts.require_certificate and self._crl_poll_s > 0:
-            self._watcher = asyncio.create_task(self._watch_crl())
+        if self.crl is not None:
+            self._register()
+            if self._crl_poll_s > 0:
+                self._watcher = asyncio.create_task(self._watch_crl())
+
+    def _register(self) -> None:
+        """Be told of every CRL the PKI writes (fleetsim.pki.notify), then catch one written meanwhile."""
+        if self.stats_port is not None:
+            try:
+                self._registration = notify.register(self.layout,
+                                                     f"http://127.0.0.1:{self.stats_port}/reload-crl")
+            except OSError as exc:
+                log.info("cannot register in %s (%s): new CRLs apply within %g s (polling)",
+                         self.layout.brokers_dir, exc.strerror or exc, self._crl_poll_s)
+        if self.crl is not None and self.crl.changed_on_disk():
+            self.reload_crl()
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,6 +196,8 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         """Stop listening, end every session, shut amqtt down. Safe to call twice."""
+        notify.unregister(self._registration)
+        self._registration = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -204,29 +221,16 @@ class EmbeddedBroker:
 
     # --- CRL ---------------------------------------------------------------------------------------------------
     def reload_crl(self) -> None:
-        """Serve the next handshakes from the current crl.pem; drop live revoked sessions (drop_revoked)."""
-        if not self.options.require_certificate:
-            return
-        started = time.perf_counter()
-        stamp = embedded_pki.FileStamp.of(self.layout.crl)
-        try:
-            context = embedded_pki.build_context(self.layout, self.options)
-            revoked = embedded_pki.revoked_serials(self.layout.crl)
-        except BrokerError as exc:
-            self.metrics.crl_reload_errors += 1
-            log.warning("CRL reload failed, keeping the previous one: %s", exc)
-            return
-        self._context, self._revoked, self._crl_stamp = context, revoked, stamp
-        self.metrics.crl_reloads += 1
-        self.metrics.crl_reload_ms = round((time.perf_counter() - started) * 1000, 3)
-        if self.options.drop_revoked:
+        """Judge crl.pem and, if it may replace the CRL in force, serve the next handshakes from it and drop the
+        live sessions it revokes (drop_revoked). Returns once that is done: what a notified revoke waits for."""
+        if self.crl is not None and self.crl.reload() and self.options.drop_revoked:
             self._drop_revoked()
 
     def _drop_revoked(self) -> None:
         for conn, peer in list(self._live.items()):
-            if peer.serial is not None and peer.serial in self._revoked:
+            if peer.identity is not None and peer.identity.serial in self._revoked():
                 log.warning("dropping live session of revoked certificate serial %x (%s)",
-                            peer.serial, ",".join(sorted(peer.identities)))
+                            peer.identity.serial, peer.name)
                 self.metrics.dropped_revoked += 1
                 del self._live[conn]
                 conn.close()
@@ -236,27 +240,56 @@ class EmbeddedBroker:
         return self.stats()
 
     async def _watch_crl(self) -> None:
+        """A CRL written without notifying this broker applies within ``crl_poll_s``; renewal and expiry warnings
+        are checked at the same pace."""
+        assert self.crl is not None
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._crl_poll_s)
-            stamp = embedded_pki.FileStamp.of(self.layout.crl)
-            if stamp is not None and stamp != self._crl_stamp:
+            if self.crl.changed_on_disk():
                 self.reload_crl()
+            if self.crl.renewal_wanted():
+                await loop.run_in_executor(None, self.crl.renew)  # notifies this broker too: keep the loop free
+                if self.crl.changed_on_disk():
+                    self.reload_crl()
+
+    def _revoked(self) -> frozenset[int]:
+        return self.crl.revoked if self.crl is not None else frozenset()
+
+    def _context_now(self) -> Any:
+        return self.crl.context if self.crl is not None else self._context
 
     # --- connections -------------------------------------------------------------------------------------------
     def _new_connection(self) -> TlsConnection:
-        conn = TlsConnection(lambda: self._context, self)
+        conn = TlsConnection(self._context_now, self)
         self._all.add(conn)
         return conn
 
     def established(self, conn: TlsConnection) -> None:
         """TlsHooks: a handshake completed; hand the connection to amqtt in its own task."""
+        if not self.options.session_tickets and conn.sslobj is not None and conn.sslobj.session_reused:
+            # Tickets off means no resumption at all. TLS 1.2 session ids still resume (Python's ssl has no
+            # switch for OpenSSL's server session cache): close such a session, the device's next try is full.
+            self.metrics.reject(RESUMPTION_OFF)
+            conn.close()
+            return
         self.metrics.accepted += 1
         if conn.handshake_ms is not None:
             self.metrics.handshake(conn.handshake_ms)
-        peer = Peer(MTLS_LISTENER, cert_identities(conn.peer_cert, self._trust_domain), cert_serial(conn.peer_cert),
-                    conn.peername[0] if conn.peername else "?")
+        peer = self._peer(conn)
         self._live[conn] = peer
-        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer))
+        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close))
+
+    def _peer(self, conn: TlsConnection) -> Peer:
+        address = conn.peername[0] if conn.peername else "?"
+        if conn.peer_der is None or self._rules is None:
+            return Peer(MTLS, address=address)
+        try:
+            identity = self._rules.judge(conn.peer_der)
+        except Refused as exc:
+            return Peer(MTLS, refusal=exc.reason, address=address, grant=NOTHING)
+        grant = grant_for(identity.role, identity.name, self.options.device_topics)
+        return Peer(MTLS, identity, address=address, grant=grant)
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
         """TlsHooks: a handshake failed; the alert has been sent."""
@@ -270,64 +303,87 @@ class EmbeddedBroker:
     async def _plain_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         set_nodelay(writer.transport)
         self.metrics.accepted += 1
-        peer = Peer(PLAIN_LISTENER, address=str(writer.get_extra_info("peername", ("?",))[0]))
-        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer)
+        peer = Peer(PLAIN, address=str(writer.get_extra_info("peername", ("?",))[0]))
+        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer) -> None:
-        """Admit or refuse the CONNECT, then let amqtt run the session."""
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None]) -> None:
+        """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
+        has not read and checked (``embedded_stream``). The CONNECT timeout runs until amqtt's CONNACK."""
+        packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
+        timer = asyncio.get_running_loop().call_later(self.options.connect_timeout_s, self._connect_timed_out,
+                                                      peer, abort)
         try:
-            raw, body = await asyncio.wait_for(read_first_packet(reader), CONNECT_TIMEOUT_S)
-            admitted = _parsed(body)
-            if admitted is not None:
-                verdict = self._admit(peer, admitted)
-                if not verdict.ok:
-                    writer.write(connack(verdict.code))
-                    await writer.drain()
-                    return
-            # copied into the tasks amqtt's auth plugin runs in
-            CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, admitted))
+            connect = await packets.first_connect()
+            verdict = self._admit(peer, connect)
+            if not verdict.ok:
+                writer.write(connack(verdict.code))
+                await writer.drain()
+                return
+            # copied into the tasks amqtt's plugins run in
+            CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
+            CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
             if self._amqtt is not None:
-                await self._amqtt.external_connected(PrefixReader(raw, reader), writer, peer.listener)
+                await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel), peer.listener)
+        except Violation as exc:
+            self._violation(peer, None, exc)
+            if exc.connack is not None:
+                writer.write(connack(exc.connack))
+                await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         except Exception:
             log.exception("session from %s failed", peer.address)
         finally:
+            timer.cancel()
             await writer.close()
 
+    def _topic_allowed(self, peer: Peer, publish: bool, topic: str) -> bool:
+        """What the topic plugin asks for this connection; a refusal is counted and logged."""
+        if (publish and peer.grant.may_publish(topic)) or (not publish and peer.grant.may_subscribe(topic)):
+            return True
+        reason = "publish not authorized" if publish else "subscribe not authorized"
+        self.metrics.reject(reason)
+        if len(self._warned) < WARNED_LIMIT and (peer.name, reason) not in self._warned:  # once per identity
+            self._warned.add((peer.name, reason))
+            log.warning("%s from %s (%s) on %r (further ones are only counted)", reason, peer.address, peer.name,
+                        topic)
+        return False
+
+    def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
+        """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""
+        self.metrics.reject(exc.reason)
+        log.warning("closing the connection from %s (%s): %s", peer.address, peer.name, exc.reason)
+        if abort is not None:
+            abort()
+
+    def _connect_timed_out(self, peer: Peer, abort: Callable[[], None]) -> None:
+        self.metrics.reject("connect timeout")
+        log.info("no accepted CONNECT from %s within %g s: closed", peer.address, self.options.connect_timeout_s)
+        abort()
+
     def _admit(self, peer: Peer, connect: Connect) -> Verdict:
-        verdict = self._gate(peer, connect)
+        verdict = admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked(),
+                        passwords=self._passwords)
         if verdict.ok:
             self.metrics.authorized += 1
         else:
             self.metrics.reject(verdict.reason)
             log.warning("CONNECT from %s as %r refused: %s (certificate names %s)", peer.address,
-                        connect.client_id, verdict.reason, ",".join(sorted(peer.identities)) or "nothing")
+                        connect.client_id, verdict.reason, peer.name)
         return verdict
 
-    def _gate(self, peer: Peer, connect: Connect) -> Verdict:
-        """The admission rule; pure apart from reading the current CRL set and password file."""
-        if peer.listener == MTLS_LISTENER and self.options.require_certificate:
-            if peer.serial is not None and peer.serial in self._revoked:
-                return Verdict(False, "revoked at connect")
-            if connect.client_id not in peer.identities:
-                return Verdict(False, "client id mismatch")
-        if self._passwords is not None and not self._passwords.check(connect.username, connect.password):
-            return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
-        return Verdict(True)
-
-    def _gate_for_amqtt(self, peer: Peer, admitted: Connect | None, connect: Connect) -> Verdict:
+    def _gate_for_amqtt(self, peer: Peer, admitted: Connect, connect: Connect) -> Verdict:
         """What amqtt's auth plugin asks. The CONNECT admitted above, as amqtt parsed it, passes without a second
-        round of the rule (a password check is a PBKDF2); anything else -- a CONNECT this front could not parse,
-        or one amqtt reads differently -- goes through the rule."""
-        if connect == admitted:
+        round of the rule (a password check is a PBKDF2); one amqtt reads differently goes through the rule."""
+        if connect.credentials == admitted.credentials:
             return Verdict(True)
-        return self._gate(peer, connect)
+        return admit(peer, connect, certificates=self.options.require_certificate, revoked=self._revoked(),
+                     passwords=self._passwords)
 
     # --- counters ------------------------------------------------------------------------------------------------
     def cpu_seconds(self) -> float | None:
@@ -336,7 +392,8 @@ class EmbeddedBroker:
 
     def stats(self) -> dict[str, Any]:
         """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
-        snapshot = self.metrics.snapshot(current_connections=len(self._live), revoked_serials=len(self._revoked))
+        snapshot = self.metrics.snapshot(current_connections=len(self._live))
+        snapshot["crl"] = self.crl.stats() if self.crl is not None else None
         snapshot.update({
             "kind": self.kind,
             "host": self.host,
@@ -347,22 +404,7 @@ class EmbeddedBroker:
             "session_tickets": self.options.session_tickets,
             "require_certificate": self.options.require_certificate,
             "drop_revoked": self.options.drop_revoked,
+            "max_packet_size": self.options.max_packet_size,
+            "connect_timeout_s": self.options.connect_timeout_s,
         })
         return snapshot
-
-
-def _parsed(body: bytes | None) -> Connect | None:
-    """The first packet's CONNECT fields; None when it is not a CONNECT this front can read (amqtt refuses it in
-    its own words, asking the gate through its auth plugin)."""
-    if body is None:
-        return None
-    try:
-        return parse_connect(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-if __name__ == "__main__":
-    from fleetsim.broker.embedded_process import main
-
-    main()

@@ -1,9 +1,12 @@
 """Who may CONNECT to the embedded broker: identity binding, revocation at CONNECT, optional passwords.
 
+Identity comes from the certificate by ``cert_rules``; the rule here binds the client id to it.
+
 The broker reads each connection's first packet itself and refuses (CONNACK 5, "not authorized") before
 amqtt sees it: amqtt deletes or takes over the session named by the client id BEFORE it asks its auth
-plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin below
-asks the same gate again as a second line.
+plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin
+(``embedded_plugins``) asks the same gate again as a second line. Pure: no amqtt, no I/O but the password file,
+so the simulator can write password files without loading the broker.
 
 Identity is bound from the NEW connection's own TLS object, never from ``session.ssl_object``: on a
 reconnect with a persistent session amqtt keeps the previous connection's TLS object in the session.
@@ -17,31 +20,36 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from amqtt.plugins.base import BaseAuthPlugin
-from amqtt.session import Session
-
+from fleetsim.broker.cert_rules import Identity
+from fleetsim.broker.mqtt_wire import Connect
+from fleetsim.broker.topic_rules import EVERYTHING, Grant
 from fleetsim.errors import BrokerError
 from fleetsim.pki.layout import write_file
 
-SPIFFE_PREFIX = "spiffe://"
 NOT_AUTHORIZED = 5  # MQTT 3.1.1 CONNACK return codes
 BAD_USERNAME_PASSWORD = 4
+MTLS, PLAIN = "default", "plain"  # listener names (amqtt requires one named "default")
 
 
 @dataclass(frozen=True)
 class Peer:
     """What the broker knows about one connection before MQTT starts."""
 
-    listener: str  # "mtls" or "plain"
-    identities: frozenset[str] = frozenset()  # client ids the certificate allows (CN, SPIFFE device id)
-    serial: int | None = None
+    listener: str  # MTLS or PLAIN
+    identity: Identity | None = None  # what the certificate allows, when cert_rules accepted it
+    refusal: str | None = None  # why cert_rules refused the certificate
     address: str = "?"
+    grant: Grant = EVERYTHING  # its topics (topic_rules); the certificate-less baselines are not confined
+
+    @property
+    def name(self) -> str:
+        """Who this is, for the log."""
+        return self.identity.name if self.identity else (self.refusal or "no certificate")
 
 
 @dataclass(frozen=True)
@@ -51,86 +59,32 @@ class Verdict:
     code: int = NOT_AUTHORIZED  # the CONNACK return code that refuses it
 
 
-@dataclass(frozen=True)
-class Connect:
-    """The fields of an MQTT CONNECT that decide admission."""
-
-    client_id: str
-    username: str | None = None
-    password: bytes | None = None
+ACCEPT = Verdict(True)
 
 
-# The gate for the connection being authenticated: (client id, username, password) -> Verdict.
-Gate = Callable[[Connect], Verdict]
-CURRENT_GATE: ContextVar[Gate] = ContextVar("fleetsim_gate")
-
-
-def _field(body: bytes, pos: int) -> tuple[bytes, int]:
-    if pos + 2 > len(body):
-        raise ValueError("CONNECT truncated")
-    size = int.from_bytes(body[pos:pos + 2], "big")
-    end = pos + 2 + size
-    if end > len(body):
-        raise ValueError("CONNECT truncated")
-    return body[pos + 2:end], end
-
-
-def parse_connect(body: bytes) -> Connect:
-    """Client id, username and password of an MQTT 3.1/3.1.1 CONNECT body (after the fixed header)."""
-    _protocol, pos = _field(body, 0)
-    if pos + 4 > len(body):
-        raise ValueError("CONNECT truncated")
-    flags = body[pos + 1]
-    pos += 4  # level, flags, keep-alive
-    client_id, pos = _field(body, pos)
-    if flags & 0x04:  # will flag: topic and message
-        _topic, pos = _field(body, pos)
-        _message, pos = _field(body, pos)
-    username = password = None
-    if flags & 0x80:
-        raw_user, pos = _field(body, pos)
-        username = raw_user.decode("utf-8")
-    if flags & 0x40:
-        password, pos = _field(body, pos)
-    return Connect(client_id.decode("utf-8"), username, password)
+def admit(peer: Peer, connect: Connect, *, certificates: bool, revoked: AbstractSet[int],
+          passwords: PasswordFile | None) -> Verdict:
+    """The admission rule. On the certificate listener (``certificates``): the certificate passed cert_rules,
+    its serial is not on the current CRL (a resumed TLS session skipped the handshake's check), and the client id
+    is the one it names. A will may only go to a topic the identity may publish on. Then the password, when a
+    password file is configured."""
+    if peer.listener == MTLS and certificates:
+        if peer.identity is None:
+            return Verdict(False, peer.refusal or "no certificate identity")
+        if peer.identity.serial in revoked:
+            return Verdict(False, "revoked at connect")
+        if connect.client_id != peer.identity.name:
+            return Verdict(False, "client id mismatch")
+    if connect.will_topic is not None and not peer.grant.may_publish(connect.will_topic):
+        return Verdict(False, "will topic not authorized")  # amqtt publishes a will without asking any plugin
+    if passwords is not None and not passwords.check(connect.username, connect.password):
+        return Verdict(False, "bad username or password", BAD_USERNAME_PASSWORD)
+    return ACCEPT
 
 
 def connack(return_code: int) -> bytes:
     """A CONNACK refusing (or accepting) without a session present: 5 = not authorized, 4 = bad password."""
     return bytes((0x20, 0x02, 0x00, return_code))
-
-
-def cert_identities(peer_cert: dict[str, Any] | None, trust_domain: str | None = None) -> frozenset[str]:
-    """Client ids a certificate names: its subject CN and the <id> of URI SAN spiffe://<td>/device/<id>
-    (of ``trust_domain`` only, when given)."""
-    if not peer_cert:
-        return frozenset()
-    names: set[str] = set()
-    for rdn in peer_cert.get("subject", ()):
-        names.update(value for key, value in rdn if key == "commonName")
-    for kind, value in peer_cert.get("subjectAltName", ()):
-        device = _spiffe_device(value, trust_domain) if kind == "URI" else None
-        if device:
-            names.add(device)
-    return frozenset(names)
-
-
-def _spiffe_device(uri: str, trust_domain: str | None) -> str | None:
-    if not uri.startswith(SPIFFE_PREFIX):
-        return None
-    domain, _, path = uri[len(SPIFFE_PREFIX):].partition("/")
-    kind, _, device = path.partition("/")
-    if kind != "device" or not device or "/" in device:
-        return None
-    if trust_domain is not None and domain != trust_domain:
-        return None
-    return device
-
-
-def cert_serial(peer_cert: dict[str, Any] | None) -> int | None:
-    if not peer_cert or "serialNumber" not in peer_cert:
-        return None
-    return int(peer_cert["serialNumber"], 16)
 
 
 @dataclass
@@ -195,15 +149,3 @@ def verify_mosquitto_hash(hashed: str, password: bytes) -> bool:
     except (ValueError, IndexError):
         return False
     return hmac.compare_digest(computed, digest)
-
-
-class FleetsimAuthPlugin(BaseAuthPlugin):
-    """amqtt auth plugin: asks the gate of the connection being authenticated; no gate, no entry."""
-
-    async def authenticate(self, *, session: Session) -> bool | None:
-        gate = CURRENT_GATE.get(None)
-        if gate is None:
-            return False
-        password = session.password
-        secret = password.encode() if isinstance(password, str) else password
-        return gate(Connect(session.client_id or "", session.username, secret)).ok

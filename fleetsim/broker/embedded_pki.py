@@ -1,7 +1,7 @@
 """The embedded broker's TLS server context and CRL, built from a fleetsim PKI directory.
 
 Client certificates are REQUIRED (amqtt's own listener only asks for them) and checked against
-DIR/ca-chain.pem with the issuing CA's CRL (DIR/crl.pem, VERIFY_CRL_CHECK_LEAF). A reload builds a fresh
+DIR/ca-chain.pem with the issuing CA's CRL (the bytes embedded_crl accepted, VERIFY_CRL_CHECK_LEAF). A reload builds a fresh
 context rather than adding the CRL to the live one: an un-revoked (removeFromCRL) serial really leaves, the
 store does not grow with every reload, and old TLS session tickets stop resuming.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,9 @@ from cryptography import x509
 
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS_VERSIONS, tls_range
 from fleetsim.pki.layout import Layout
 
-_VERSIONS: dict[str, tuple[ssl.TLSVersion, ssl.TLSVersion]] = {
-    "1.2": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
-    "1.3": (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3),
-    "any": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED),
-}
 TICKETS_WHEN_ON = 2
 
 
@@ -34,7 +31,7 @@ def check_layout(layout: Layout, *, require_certificate: bool = True) -> None:
         raise BrokerError(f"PKI directory {layout.root} does not exist", "create it with `fleetsim pki init DIR`")
     needed = [layout.server_cert, layout.server_key]
     if require_certificate:
-        needed += [layout.ca_chain, layout.crl]
+        needed += [layout.ca_chain, layout.crl, layout.issuing_ca]
     missing = [p.name for p in needed if not p.exists()]
     if missing:
         raise BrokerError(
@@ -52,12 +49,13 @@ def trust_domain(layout: Layout) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def build_context(layout: Layout, options: BrokerOptions) -> ssl.SSLContext:
-    """A server context: server identity, TLS version range, tickets, and client verification with CRL."""
+def build_context(layout: Layout, options: BrokerOptions, crl_pem: bytes | None = None) -> ssl.SSLContext:
+    """A server context: server identity, TLS version range, tickets, and client verification with ``crl_pem``:
+    the CRL bytes the broker judged (embedded_crl), not whatever crl.pem holds by the time OpenSSL reads it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if options.tls_version not in _VERSIONS:
-        raise BrokerError(f"unknown TLS version {options.tls_version!r}", "use 1.2, 1.3 or any")
-    ctx.minimum_version, ctx.maximum_version = _VERSIONS[options.tls_version]
+    if options.tls_version not in TLS_VERSIONS:
+        raise BrokerError(f"unknown TLS version {options.tls_version!r}", f"use {', '.join(TLS_VERSIONS)}")
+    ctx.minimum_version, ctx.maximum_version = tls_range(options.tls_version)
     ctx.num_tickets = TICKETS_WHEN_ON if options.session_tickets else 0
     if not options.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too
@@ -65,7 +63,9 @@ def build_context(layout: Layout, options: BrokerOptions) -> ssl.SSLContext:
     if options.require_certificate:
         ctx.verify_mode = ssl.CERT_REQUIRED
         _load_verify(ctx, layout.ca_chain, "CA chain")
-        _load_verify(ctx, layout.crl, "CRL")
+        if crl_pem is None:
+            raise BrokerError("no CRL to check client certificates against", "create one with `fleetsim pki crl DIR`")
+        _load_crl(ctx, crl_pem)
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     # else: the server-only-TLS baseline asked for on purpose (require_certificate=False): no client
     # certificate is requested; PROTOCOL_TLS_SERVER's default verify_mode already is "do not ask".
@@ -94,13 +94,30 @@ def _load_verify(ctx: ssl.SSLContext, path: Path, what: str) -> None:
         raise BrokerError(f"cannot load the {what} {path}: {exc}", "check it is a PEM file from the PKI") from None
 
 
-def revoked_serials(crl_path: Path) -> frozenset[int]:
-    """Serials the CRL lists: checked again at MQTT CONNECT (resumed sessions skip the handshake's check)."""
+def issuing_ca(layout: Layout) -> x509.Certificate:
+    """The CA whose leaves the broker admits (see cert_rules)."""
     try:
-        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        return x509.load_pem_x509_certificate(layout.issuing_ca.read_bytes())
     except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot read the CRL {crl_path}: {exc}", "check it is the PKI's crl.pem") from None
-    return frozenset(entry.serial_number for entry in crl)
+        raise BrokerError(f"cannot read the issuing CA {layout.issuing_ca}: {exc}",
+                          "point the broker at a directory made by `fleetsim pki init`") from None
+
+
+def _load_crl(ctx: ssl.SSLContext, pem: bytes) -> None:
+    """Python's ssl loads CRLs from files only (``cadata`` takes none): a private temporary file, gone at once."""
+    with tempfile.NamedTemporaryFile(prefix="fleetsim-crl-", suffix=".pem") as tmp:
+        tmp.write(pem)
+        tmp.flush()
+        _load_verify(ctx, Path(tmp.name), "CRL")
+
+
+def crl_floor(layout: Layout) -> int:
+    """The highest CRL number the PKI's inventory says it issued (0 if unknown): a crl.pem below it is old."""
+    try:
+        value = json.loads(layout.inventory.read_bytes()).get("crl_number", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,17 @@
 """The embedded broker in its own process: its CPU is measured apart from the simulator's.
 
-``start_embedded(pki_dir, options)`` runs ``python -m fleetsim.broker.embedded`` and waits for the one
+``start_embedded(pki_dir, options)`` runs ``python -m fleetsim.broker.embedded_main`` and waits for the one
 JSON line it prints: ``{"ready": ..., "port": N, "stats_port": M}`` or ``{"error": "<one line>"}``, which
 becomes a BrokerError here (port in use, not a PKI, unreadable key). The handle talks to the child over
 its loopback stats endpoint (GET /stats, POST /reload-crl); SIGTERM stops it; it exits by itself when
-its parent dies.
+its parent dies. This module imports neither the broker nor amqtt: the simulator spawns brokers without them.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
-import os
 import select
 import signal
 import subprocess
@@ -44,6 +40,8 @@ def options_from_json(text: str) -> BrokerOptions:
     data = json.loads(text)
     if data.get("password_file") is not None:
         data["password_file"] = Path(data["password_file"])
+    if "device_topics" in data:
+        data["device_topics"] = tuple(data["device_topics"])
     return BrokerOptions(**data)
 
 
@@ -70,7 +68,7 @@ class EmbeddedProcess:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> EmbeddedProcess:
-        cmd = [sys.executable, "-m", "fleetsim.broker.embedded", str(self.pki_dir),
+        cmd = [sys.executable, "-m", "fleetsim.broker.embedded_main", str(self.pki_dir),
                "--options-json", options_to_json(self.options)]
         with contextlib.ExitStack() as stack:
             log = stack.enter_context(open(self.log_file, "a")) if self.log_file else None
@@ -171,43 +169,3 @@ def start_embedded(pki_dir: Path | str, options: BrokerOptions | None = None, *,
                    log_file: Path | None = None) -> EmbeddedProcess:
     """Start the embedded broker in a child process; returns once it listens (BrokerError if it cannot)."""
     return EmbeddedProcess(pki_dir, options, log_file=log_file).start()
-
-
-# --- the child process ---------------------------------------------------------------------------------------
-async def _serve(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None:
-    from fleetsim.broker.embedded import EmbeddedBroker
-
-    broker = EmbeddedBroker(pki_dir, options, stats_port=stats_port)
-    await broker.start()
-    print(json.dumps({"ready": True, "pid": os.getpid(), "host": broker.host, "port": broker.port,
-                      "plain_port": broker.plain_port, "stats_port": broker.stats_port}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, broker.reload_crl)
-    parent = os.getppid()
-    try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-            if os.getppid() != parent:  # the simulator died: do not linger as an orphan
-                break
-    finally:
-        await broker.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m fleetsim.broker.embedded DIR --options-json JSON``."""
-    parser = argparse.ArgumentParser(prog="python -m fleetsim.broker.embedded")
-    parser.add_argument("pki_dir", type=Path)
-    parser.add_argument("--options-json", default="{}")
-    parser.add_argument("--stats-port", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="embedded-broker: %(levelname)s %(message)s")
-    logging.getLogger("amqtt").setLevel(logging.ERROR)
-    try:
-        asyncio.run(_serve(args.pki_dir, options_from_json(args.options_json), args.stats_port))
-    except BrokerError as exc:
-        print(json.dumps({"error": str(exc)}), flush=True)
-        sys.exit(2)

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from fleetsim.broker.topic_rules import DEVICE_TOPICS
+
 TlsVersion = Literal["1.2", "1.3", "any"]
+# Telemetry is well under 1 KB a message (ECG bursts ~0.8 KB): 64 KiB leaves room for any CONNECT a device sends
+# and keeps what one connection can make a broker buffer small.
+DEFAULT_MAX_PACKET = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -16,11 +21,15 @@ class BrokerOptions:
     host: str = "127.0.0.1"
     port: int = 8883  # 0 picks a free port (tests)
     tls_version: TlsVersion = "any"
-    session_tickets: bool = False  # off by default: a resumed TLS 1.3 session skips the CRL check
+    session_tickets: bool = False  # resumption; off by default: a resumed session skips the handshake's CRL check
     drop_revoked: bool = True  # embedded only: end live sessions whose certificate the new CRL revokes
     password_file: Path | None = None  # optional username/password auth on top, for overhead comparisons
     plain_port: int | None = None  # optional plain-TCP listener, for the no-auth/no-TLS baseline
     require_certificate: bool = True  # False only for the server-only-TLS baseline, on purpose
+    max_packet_size: int = DEFAULT_MAX_PACKET  # bytes, fixed header included; larger packets close the connection
+    connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
+    device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
+    renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
 
 
 class BrokerHandle(Protocol):

@@ -8,6 +8,7 @@ from typing import Any
 
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.errors import BrokerError
+from fleetsim.names import split_hostport
 
 
 @dataclass
@@ -44,10 +45,10 @@ class ExternalBroker:
 
 def parse_address(target: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) with a clear error."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    address = split_hostport(target)
+    if address is None:
         raise BrokerError(f"broker {target!r} is not embedded, mosquitto or HOST:PORT", "e.g. --broker 127.0.0.1:8883")
-    return host.strip("[]"), int(port)
+    return address
 
 
 def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None) -> BrokerHandle:
@@ -56,7 +57,7 @@ def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file
     ``log_file`` takes the embedded broker's log (Mosquitto keeps its own, see its stats()["log"]).
     """
     if target == "embedded":
-        from fleetsim.broker.embedded import start_embedded
+        from fleetsim.broker.embedded_process import start_embedded
 
         return start_embedded(pki_dir, options, log_file=log_file)
     if target == "mosquitto":

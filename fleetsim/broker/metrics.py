@@ -34,9 +34,6 @@ class BrokerMetrics:
     authorized: int = 0  # MQTT CONNECTs answered with CONNACK accepted
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count (TLS and MQTT)
     dropped_revoked: int = 0  # live sessions ended because a new CRL revoked their certificate
-    crl_reloads: int = 0
-    crl_reload_errors: int = 0
-    crl_reload_ms: float | None = None
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -53,8 +50,8 @@ class BrokerMetrics:
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
-    def snapshot(self, *, current_connections: int, revoked_serials: int) -> dict[str, Any]:
-        """Counters as plain JSON-able data, with process CPU time read now (and the broker's two gauges)."""
+    def snapshot(self, *, current_connections: int) -> dict[str, Any]:
+        """Counters as plain JSON-able data, with process CPU time read now (and the broker's gauge)."""
         ordered = sorted(self.samples)
         cpu = os.times()
         return {
@@ -67,12 +64,6 @@ class BrokerMetrics:
             "rejected_total": sum(self.rejected.values()),
             "current_connections": current_connections,
             "dropped_revoked": self.dropped_revoked,
-            "crl": {
-                "reloads": self.crl_reloads,
-                "errors": self.crl_reload_errors,
-                "last_reload_ms": self.crl_reload_ms,
-                "revoked_serials": revoked_serials,
-            },
             "handshake_ms": {
                 "count": self.handshake_count,
                 "mean": round(self.handshake_sum_ms / self.handshake_count, 3) if self.handshake_count else None,

@@ -9,6 +9,9 @@ sends SIGHUP: Mosquitto rebuilds its TLS context, which also voids its old TLS 1
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
+import logging
 import os
 import pwd
 import re
@@ -16,26 +19,47 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import psutil
+from cryptography import x509
 
 from fleetsim.broker import totals
+from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl, uses_identity
-from fleetsim.errors import BrokerError
+from fleetsim.broker.mosquitto_config import (
+    DYNSEC_TOPIC,
+    Extras,
+    RuntimeFiles,
+    render,
+    render_acl,
+    uses_identity,
+)
+from fleetsim.errors import BrokerError, FleetsimError
+from fleetsim.pki import crl_policy
+from fleetsim.pki.certs import MONITOR
+from fleetsim.pki.crl_policy import CrlFacts
 from fleetsim.pki.layout import Layout
+
+log = logging.getLogger("fleetsim.broker.mosquitto")
 
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 RUN_AS = "mosquitto"  # Mosquitto's default `user`: whom it becomes when started as root
 ADDRESS_IN_USE = "Address already in use"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def find_binary() -> str:
@@ -145,6 +169,16 @@ def first_error(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def monitors(layout: Layout) -> list[str]:
+    """The PKI's valid monitor identities (their CN is their name): they may read every topic."""
+    try:
+        inventory = json.loads(layout.inventory.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [d["id"] for d in inventory.get("devices", ())
+            if d.get("role") == MONITOR and d.get("status") == "valid"]
+
+
 # -- the broker ---------------------------------------------------------------------------------------------
 class MosquittoBroker:
     """A Mosquitto process over one PKI; implements fleetsim.broker.handle.BrokerHandle."""
@@ -168,6 +202,9 @@ class MosquittoBroker:
         self._log_rest = b""
         self.tally = LogTally()  # read from the log, which restarts append to: it spans every process
         self._retired_cpu = 0.0  # CPU seconds of the processes restart() replaced
+        self._crl: CrlFacts | None = None  # the CRL Mosquitto enforces
+        self._warned_crls: set[bytes] = set()
+        self.crl_refused = 0
 
     @property
     def plain_port(self) -> int | None:
@@ -219,16 +256,44 @@ class MosquittoBroker:
         self._place(lay.ca_chain.read_bytes(), f.cafile, 0o644)
         self._place(lay.server_cert.read_bytes(), f.certfile, 0o644)
         self._place(lay.server_key.read_bytes(), f.keyfile, 0o600)
-        self._place(lay.crl.read_bytes(), f.crlfile, 0o644)
+        self._place(self._crl_for_start(), f.crlfile, 0o644)
         if self.options.password_file is not None:
             self._place(Path(self.options.password_file).read_bytes(), f.password_file, 0o600)
         if uses_identity(self.options) and self.extras.acl:
-            self._place(render_acl(readers=self.extras.acl_readers).encode(), f.acl_file, 0o644)
+            readers = (*self.extras.acl_readers, *monitors(lay))
+            self._place(render_acl(self.options.device_topics, readers).encode(), f.acl_file, 0o644)
+        if self.extras.dynsec_admin is not None:
+            self._place(self._dynsec_config(self.extras.dynsec_admin), f.dynsec, 0o600)
         if self.extras.persistence:
             f.persistence.mkdir(mode=0o700, exist_ok=True)
             if owner:
                 os.chown(f.persistence, *owner)
         self._place(render(self.options, f, self.extras).encode(), f.config, 0o600)
+
+    @staticmethod
+    def _dynsec_config(admin: str) -> bytes:
+        """A dynamic-security config whose admin is the certificate CN ``admin``, made by mosquitto_ctrl itself. Its
+        password is never used: with use_identity_as_username Mosquitto 2.0 skips password checks altogether."""
+        tool = shutil.which("mosquitto_ctrl")
+        if tool is None:
+            raise BrokerError("mosquitto_ctrl is not installed", "install it: apt-get install mosquitto-clients")
+        with tempfile.TemporaryDirectory(prefix="fleetsim-dynsec-") as tmp:
+            path = Path(tmp) / "dynamic-security.json"
+            result = subprocess.run([tool, "dynsec", "init", str(path), admin, os.urandom(12).hex()],
+                                    capture_output=True, text=True, timeout=10)
+            if result.returncode != 0 or not path.exists():
+                raise BrokerError(f"mosquitto_ctrl dynsec init failed: {result.stderr.strip() or result.stdout.strip()}")
+            return path.read_bytes()
+
+    def disconnect(self, usernames: Sequence[str], timeout: float = 10.0) -> float:
+        """Cut the live sessions of these certificate CNs now (Mosquitto never does on a new CRL): one
+        $CONTROL/dynamic-security message, createClient + deleteClient each (deleteClient kicks by username and
+        leaves no state). Needs Extras(dynsec_admin=...). Returns the seconds until Mosquitto answered."""
+        admin = self.extras.dynsec_admin
+        if admin is None:
+            raise BrokerError("disconnect needs the dynamic-security plugin", "start it with Extras(dynsec_admin=CN)")
+        commands = [{"command": c, "username": u} for u in usernames for c in ("createClient", "deleteClient")]
+        return control(self, admin, {"commands": commands}, timeout)
 
     # -- process ------------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
@@ -316,11 +381,70 @@ class MosquittoBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    # -- CRL: judged here (fleetsim.pki.crl_policy), since Mosquitto loads whatever the CA signed -------------
+    def _read_crl(self) -> CrlFacts:
+        try:
+            return crl_policy.read_crl(self.layout.crl.read_bytes(), self._issuing_ca())
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot read the CRL {self.layout.crl}: {exc}",
+                              f"rewrite it with `fleetsim pki crl {self.layout.root}`") from None
+
+    def _issuing_ca(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.layout.issuing_ca.read_bytes())
+
+    def _crl_for_start(self) -> bytes:
+        """The CRL Mosquitto starts with: renewed first when past half its validity (Mosquitto refuses every
+        client once it expires, issue 1826), rewritten from the inventory when stale; else a one-line error."""
+        if self.options.renew_crl:
+            self._renew(force=False)
+        facts = self._read_crl()
+        problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
+        if problem is not None and self.options.renew_crl:
+            log.warning("%s: %s; rewriting it before Mosquitto starts", self.layout.crl, problem)
+            self._renew(force=True)
+            facts = self._read_crl()
+            problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
+        if problem is not None:
+            raise BrokerError(f"{self.layout.crl}: {problem}", f"rewrite it with `fleetsim pki crl {self.layout.root}`")
+        self._crl = facts
+        return facts.pem
+
+    def _renew(self, *, force: bool) -> bool:
+        from fleetsim.pki import Pki
+
+        try:
+            pki = Pki.open(self.layout.root)
+            if force:
+                pki.write_crl()
+                return True
+            return pki.renew_crl()
+        except (FleetsimError, OSError) as exc:
+            log.warning("cannot renew %s here: %s", self.layout.crl, exc)
+            return False
+
+    def renew_crl_if_due(self) -> None:
+        """What a long-running supervisor calls now and then (`fleetsim broker run --kind mosquitto` does)."""
+        if self.options.renew_crl and self._renew(force=False):
+            self.reload_crl()
+
     def reload_crl(self, timeout: float = 2.0) -> None:
-        """Copy the PKI's crl.pem in, SIGHUP, and wait for Mosquitto to log that it reloaded."""
+        """Judge the PKI's crl.pem; if it may replace the one in force, copy it in, SIGHUP, and wait for Mosquitto
+        to log that it reloaded. A refused one is warned about once per version and Mosquitto keeps its CRL."""
         if not self.alive or self._proc is None:
             raise BrokerError("mosquitto is not running", "start it again (restart())")
-        self._place(self.layout.crl.read_bytes(), self.files.crlfile, 0o644)
+        facts = self._read_crl()
+        if self._crl is not None and facts.pem == self._crl.pem:
+            return
+        problem = crl_policy.refusal(facts, self._crl, _utcnow())
+        if problem is not None:
+            self.crl_refused += 1
+            if facts.pem not in self._warned_crls:
+                self._warned_crls.add(facts.pem)
+                log.warning("%s refused: %s; Mosquitto keeps %s", self.layout.crl, problem,
+                            self._crl.label if self._crl else "its CRL")
+            return
+        self._crl = facts
+        self._place(facts.pem, self.files.crlfile, 0o644)
         before = self._read_log().reloads
         self._proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
@@ -355,7 +479,8 @@ class MosquittoBroker:
     def stats(self) -> dict[str, Any]:
         """Process CPU and memory, live connections, and accepted/refused counts read from the log."""
         out: dict[str, Any] = {"kind": self.kind, "host": self.host, "port": self.port, "alive": self.alive,
-                               "pid": self.pid, "log": str(self.files.log), **self._read_log().as_dict()}
+                               "pid": self.pid, "log": str(self.files.log), **self._read_log().as_dict(),
+                               "crl": {"number": self._crl.number if self._crl else None, "refused": self.crl_refused}}
         if self._proc is None:
             return out
         if not self.alive:
@@ -397,6 +522,32 @@ class MosquittoBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def control(broker: MosquittoBroker, admin: str, message: dict[str, Any], timeout: float) -> float:
+    """Publish one dynamic-security control message as the ``admin`` certificate and wait for the response."""
+    import paho.mqtt.client as mqtt
+
+    lay = broker.layout
+    ctx = ssl.create_default_context(cafile=str(lay.ca_chain))
+    ctx.load_cert_chain(lay.device_cert(admin), lay.device_key(admin))
+    answered = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=admin)
+    client.tls_set_context(ctx)
+    client.on_message = lambda *_: answered.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        client.subscribe(f"{DYNSEC_TOPIC}/response", qos=1)[0]
+        started = time.perf_counter()
+        client.publish(DYNSEC_TOPIC, json.dumps(message), qos=1)
+        if not answered.wait(timeout):
+            raise BrokerError(f"mosquitto's dynamic-security plugin did not answer within {timeout:g} s",
+                              f"see {broker.files.log}")
+        return time.perf_counter() - started
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def start_mosquitto(pki_dir: Path | str, options: BrokerOptions = BrokerOptions(), *,

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 
@@ -66,7 +66,7 @@ class TlsConnection(asyncio.Protocol):
         self.peername: tuple[str, int] | None = None
         self.established = False
         self.handshake_ms: float | None = None
-        self.peer_cert: dict[str, Any] | None = None
+        self.peer_der: bytes | None = None  # the client certificate OpenSSL verified, DER
         self._t0: float | None = None
         self._buffer = bytearray()
         self._eof = False
@@ -140,7 +140,7 @@ class TlsConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.peer_cert = self.sslobj.getpeercert() or None
+        self.peer_der = self.sslobj.getpeercert(binary_form=True)
         self._hooks.established(self)
 
     def _read_records(self) -> None:
@@ -202,8 +202,15 @@ class TlsConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     async def read(self, n: int) -> bytes:
-        """Exactly n bytes (n > 0) or all until EOF (n < 0); short at EOF raises IncompleteReadError."""
+        """Exactly n bytes (n > 0) or all until EOF (n < 0); short at EOF raises IncompleteReadError.
+
+        Reading resumes whenever a reader waits for more than is buffered: pausing at PAUSE_ABOVE bounds what a
+        connection buffers, it must never leave a reader of a larger packet waiting for bytes it will not get.
+        """
         while (n < 0 or len(self._buffer) < n) and not self._eof:
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
             self._data_waiter = asyncio.get_running_loop().create_future()
             await self._data_waiter
         if n < 0:
@@ -278,50 +285,3 @@ class TlsWriter(WriterAdapter):
 
     async def close(self) -> None:
         self._conn.close()
-
-
-class PrefixReader(ReaderAdapter):
-    """Replays bytes already read (the CONNECT the broker inspected) before reading on."""
-
-    def __init__(self, prefix: bytes, inner: ReaderAdapter) -> None:
-        self._prefix = prefix
-        self._inner = inner
-
-    async def read(self, n: int = -1) -> bytes:
-        if not self._prefix:
-            return await self._inner.read(n)
-        if n < 0:
-            head, self._prefix = self._prefix, b""
-            return head + await self._inner.read(-1)
-        head, self._prefix = self._prefix[:n], self._prefix[n:]
-        if len(head) < n:
-            head += await self._inner.read(n - len(head))
-        return head
-
-    def feed_eof(self) -> None:
-        self._inner.feed_eof()
-
-
-MAX_CONNECT = 65536
-
-
-async def read_first_packet(reader: ReaderAdapter) -> tuple[bytes, bytes | None]:
-    """(bytes read, CONNECT body); the body is None when the packet is not a CONNECT of sane size.
-
-    Raises asyncio.IncompleteReadError when the peer closes first.
-    """
-    raw = bytearray(await reader.read(1))
-    if raw[0] >> 4 != 1:
-        return bytes(raw), None
-    length, shift = 0, 0
-    for _ in range(4):
-        byte = (await reader.read(1))[0]
-        raw.append(byte)
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    if length > MAX_CONNECT:
-        return bytes(raw), None
-    body = await reader.read(length) if length else b""
-    return bytes(raw) + body, body

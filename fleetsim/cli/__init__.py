@@ -79,6 +79,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
+    if code == 130:  # typer hands back Ctrl-C inside a command as its code, without raising: say so in one line
+        _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

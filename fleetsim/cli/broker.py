@@ -6,15 +6,23 @@ import asyncio
 import json
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fleetsim.broker import config as broker_config
-from fleetsim.broker.handle import BrokerOptions, TlsVersion
+from fleetsim.broker.embedded_pki import FileStamp
+from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
+from fleetsim.broker.topic_rules import DEVICE_TOPICS
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS_VERSIONS
+
+MOSQUITTO_CRL_POLL_S = 0.5  # a new crl.pem reaches the Mosquitto `broker run` supervises within this (+ SIGHUP)
+RENEW_CHECK_S = 60.0
 
 app = typer.Typer(help="Run a broker that requires client certificates from a fleetsim PKI.", no_args_is_help=True)
 
@@ -26,7 +34,8 @@ def run(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8883, "--port", min=0, max=65535, help="mTLS port; 0 picks a free one."),
     tls_version: str = typer.Option("any", "--tls-version", help="1.2, 1.3 or any."),
-    tickets: bool = typer.Option(False, "--tickets/--no-tickets", help="TLS session tickets (resumption skips the CRL)."),
+    tickets: bool = typer.Option(False, "--tickets/--no-tickets",
+                                 help="Session resumption (tickets; TLS 1.2 session ids). Off: full handshakes only."),
     drop_revoked: bool = typer.Option(True, "--drop-revoked/--keep-revoked",
                                       help="End live sessions whose certificate a new CRL revokes (embedded)."),
     password_file: Path | None = typer.Option(None, "--password-file", help="mosquitto_passwd file: also require a password."),
@@ -34,24 +43,22 @@ def run(
                                           help="Also listen on plain TCP (no TLS, baseline for comparisons)."),
     stats_port: int = typer.Option(0, "--stats-port", min=0, max=65535,
                                    help="Loopback port of GET /stats (embedded); 0 picks a free one."),
+    max_packet_size: int = typer.Option(DEFAULT_MAX_PACKET, "--max-packet-size", min=1024, max=268_435_460,
+                                        help="Largest packet a device may send, in bytes; larger ones close it."),
     config: Path | None = typer.Option(None, "--config", help="Settings file (see brokers/embedded.toml); flags win."),
 ) -> None:
     """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
-    if config is not None:
-        given = {"kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
-                 "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
-                 "stats_port": stats_port}
-        settings = {**broker_config.load(config), **_explicit(given)}
-        kind, host, port = settings["kind"], settings["host"], settings["port"]
-        tls_version, tickets = settings["tls_version"], settings.get("session_tickets", tickets)
-        drop_revoked = settings.get("drop_revoked", drop_revoked)
-        password_file, plain_port = settings.get("password_file"), settings.get("plain_port")
-        stats_port = settings.get("stats_port", stats_port)
-    if tls_version not in ("1.2", "1.3", "any"):
-        raise BrokerError(f"unknown TLS version {tls_version!r}", "use --tls-version 1.2, 1.3 or any")
-    version: TlsVersion = tls_version  # type: ignore[assignment]
-    options = BrokerOptions(host=host, port=port, tls_version=version, session_tickets=tickets,
-                            drop_revoked=drop_revoked, password_file=password_file, plain_port=plain_port)
+    given: dict[str, Any] = {
+        "kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
+        "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
+        "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS,
+        "renew_crl": True}
+    settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
+    if settings["tls_version"] not in TLS_VERSIONS:
+        raise BrokerError(f"unknown TLS version {settings['tls_version']!r}",
+                          f"use --tls-version {' or '.join(TLS_VERSIONS)}")
+    kind, stats_port = settings.pop("kind"), settings.pop("stats_port")
+    options = BrokerOptions(**settings)
     if kind == "embedded":
         asyncio.run(_run_embedded(pki_dir, options, stats_port))
     elif kind == "mosquitto":
@@ -60,8 +67,10 @@ def run(
         raise BrokerError(f"unknown broker kind {kind!r}", "use --kind embedded or --kind mosquitto")
 
 
-DEFAULTS = {"kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
-            "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0}
+DEFAULTS: dict[str, Any] = {
+    "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
+    "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
+    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS, "renew_crl": True}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:
@@ -101,9 +110,15 @@ def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: handle.reload_crl())
     typer.echo(_where("mosquitto", handle.host, handle.port, options.plain_port))
+    stamp, renew_at = FileStamp.of(handle.layout.crl), time.monotonic() + RENEW_CHECK_S
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(MOSQUITTO_CRL_POLL_S):  # Mosquitto re-reads its CRL only on SIGHUP: do it for it
+            if (now := FileStamp.of(handle.layout.crl)) != stamp:
+                stamp = now
+                handle.reload_crl()
+            if time.monotonic() >= renew_at:
+                renew_at = time.monotonic() + RENEW_CHECK_S
+                handle.renew_crl_if_due()
     finally:
         handle.stop()
 

@@ -5,6 +5,7 @@ Every bad input ends as one ``FleetsimError`` line, printed by ``fleetsim.cli.ma
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import time
@@ -19,12 +20,19 @@ from rich.table import Table
 
 from fleetsim.errors import PkiError
 from fleetsim.pki import REASONS, Fault, KeyType, Pki
+from fleetsim.pki.certs import ROLES
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True, markup=False)  # paths stay whole when piped, brackets too
 
 STATUSES = ("valid", "revoked")
 TABLE_LIMIT = 100  # rows a table shows when --limit is not given; --json lists everything
+
+
+class Interrupted(PkiError):
+    """Ctrl-C: said in one line (typer would exit 130 silently), exit code 130 as for any interrupted command."""
+
+    exit_code = 130
 
 
 app = typer.Typer(help="Create and manage a fleet's PKI: CAs, broker and device identities, CRL.",
@@ -96,12 +104,29 @@ def issue(
     """Issue COUNT new device identities; existing files are not touched."""
     pki = Pki.open(directory)
     t0 = time.perf_counter()
-    devices = pki.issue(count, prefix=prefix, model=model, lot=lot, key_type=key_type, days=days, fault=fault,
-                        workers=workers)
+    try:
+        devices = pki.issue(count, prefix=prefix, model=model, lot=lot, key_type=key_type, days=days, fault=fault,
+                            workers=workers)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: no identity was issued and its partial files were removed",
+                          "run the same command again") from None
     elapsed = time.perf_counter() - t0
     label = f" with fault {fault}" if fault else ""
     out.print(f"issued {len(devices):,} {devices[0].key_type} identities{label} "
               f"({devices[0].id} .. {devices[-1].id}) in {elapsed:.2f} s: {len(devices) / elapsed:,.0f}/s")
+
+
+@app.command()
+@_os_errors
+def monitor(
+    directory: Path = DirArg,
+    name: str = typer.Argument("monitor", help="Its client id, CN and SPIFFE name."),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+) -> None:
+    """Issue a monitor identity: it may subscribe to every topic (a dashboard, a test's subscriber), publish none."""
+    identity = Pki.open(directory).issue_monitor(name, days=days)
+    out.print(f"issued monitor {identity.id}: devices/{identity.id}.pem and .key "
+              f"(subscribes to any topic on the embedded broker and Mosquitto; publishes none)")
 
 
 @app.command()
@@ -120,6 +145,20 @@ def revoke(
     inv = pki.inventory
     out.print(f"revoked {len(revoked):,} device(s) ({reason}); CRL #{inv.crl_number} lists "
               f"{len(inv.revoked):,} serial(s): {pki.layout.crl}")
+    _report_brokers(pki)
+
+
+def _report_brokers(pki: Pki) -> None:
+    """Which local brokers already enforce the new CRL (fleetsim.pki.notify), and what holds for the others."""
+    for n in pki.notified:
+        if n.error is None:
+            out.print(f"  enforced by the embedded broker pid {n.pid} (CRL #{n.crl_number}) {n.ms:.1f} ms after "
+                      f"it was written")
+        else:
+            out.print(f"  broker pid {n.pid} did not confirm ({n.error}); it polls crl.pem every 0.2 s")
+    if not pki.notified:
+        out.print("  no local embedded broker registered: a running one applies it within 0.2 s; Mosquitto "
+                  "only after SIGHUP (see brokers/README.md)")
 
 
 @app.command()
@@ -147,10 +186,18 @@ def reenroll(
 
 @app.command()
 @_os_errors
-def crl(directory: Path = DirArg) -> None:
-    """Rewrite the CRL (higher number, later thisUpdate) and show it."""
+def crl(
+    directory: Path = DirArg,
+    renew: bool = typer.Option(False, "--renew", help="Only if it is past half its validity (for a supervisor's timer)."),
+    days: float = typer.Option(7.0, "--days", min=0.001, help="Validity of the new CRL in days."),
+) -> None:
+    """Rewrite the CRL (higher number, later thisUpdate) and show it; local embedded brokers enforce it at once."""
     pki = Pki.open(directory)
-    path = pki.write_crl()
+    valid_for = dt.timedelta(days=days)
+    if renew and not pki.renew_crl(valid_for=valid_for):
+        out.print(f"{pki.layout.crl}: not due for renewal yet")
+        return
+    path = pki.write_crl(valid_for=valid_for) if not renew else pki.layout.crl
     try:
         parsed = x509.load_pem_x509_crl(path.read_bytes())
     except ValueError as exc:
@@ -159,6 +206,7 @@ def crl(directory: Path = DirArg) -> None:
     out.print(f"{path}: number {number}, thisUpdate {parsed.last_update_utc.isoformat()}, "
               f"nextUpdate {parsed.next_update_utc.isoformat() if parsed.next_update_utc else '-'}, "
               f"{len(parsed)} revoked serial(s)")
+    _report_brokers(pki)
 
 
 @app.command("list")
@@ -169,25 +217,27 @@ def list_(
     lot: str | None = typer.Option(None, "--lot"),
     model: str | None = typer.Option(None, "--model"),
     fault: str | None = typer.Option(None, "--fault", help=f"none, {', '.join(Fault)}."),
+    role: str | None = typer.Option(None, "--role", help="device or monitor (default: both)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     limit: int | None = typer.Option(None, "--limit", help=f"At most this many (table default {TABLE_LIMIT})."),
 ) -> None:
     """The inventory: a table, or JSON lines for scripts."""
     _choice(status, list(STATUSES), "status")
     _choice(fault, ["none", *Fault], "fault")
+    _choice(role, list(ROLES), "role")
     if limit is not None and limit < 0:
         raise PkiError(f"limit must not be negative, not {limit}")
-    devices = Pki.open(directory).devices(status=status, lot=lot, model=model, fault=fault)
+    devices = Pki.open(directory).devices(status=status, lot=lot, model=model, fault=fault, role=role)
     if as_json:
         for d in devices[:limit]:
             typer.echo(json.dumps(d.to_json()))
         return
     shown = devices[: TABLE_LIMIT if limit is None else limit]
-    table = Table("id", "serial", "model", "lot", "key", "not after", "fault", "status", "gen")
+    table = Table("id", "serial", "model", "lot", "key", "not after", "fault", "status", "gen", "role")
     for d in shown:
         table.add_row(d.id, format(d.serial, "x")[:16], d.model, d.lot, d.key_type, d.not_after.date().isoformat(),
-                      d.fault.value if d.fault else "", d.status, str(d.generation))
-    wide = out if out.is_terminal else Console(highlight=False, width=160, markup=False)  # piped: whole ids, not "dev-00…"
+                      d.fault.value if d.fault else "", d.status, str(d.generation), d.role)
+    wide = out if out.is_terminal else Console(highlight=False, width=160, markup=False)  # piped: whole ids
     wide.print(table)
     more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""
     out.print(f"{len(devices):,} device(s){more}")

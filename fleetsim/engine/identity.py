@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fleetsim.engine.outcome import DeviceError, Failure
+from fleetsim.names import TLS_PINNED as TLS_VERSIONS
 from fleetsim.pki.layout import Layout
 
-TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 PER_DEVICE_CONTEXTS_UP_TO = 2_000  # devices per shard; above it, one shared context keeps memory per device low
 MIN_RSA_BITS = 2048  # OpenSSL's default security level 2 (112 bits): what the device's own library enforces
 

@@ -8,7 +8,6 @@ import math
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import ssl
 import tempfile
@@ -23,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
-from fleetsim.pki import certs, issuance, keys
+from fleetsim.names import ID_RE
+from fleetsim.pki import certs, crl_policy, issuance, journal, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory, RevokedSerial
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, locked, write_file
@@ -36,9 +36,6 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
-_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
 def _fault(text: Fault | str | None) -> Fault | None:
     try:
         return Fault(text) if text else None
@@ -48,7 +45,7 @@ def _fault(text: Fault | str | None) -> Fault | None:
 
 def _check_prefix(prefix: str) -> None:
     """Ids become file names, MQTT client ids and URI SANs: keep them to a safe alphabet."""
-    if not _ID_CHARS.fullmatch(prefix):
+    if not ID_RE.match(prefix):
         raise PkiError(f"bad device id prefix {prefix!r}",
                        "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
@@ -101,6 +98,7 @@ class Pki:
     def __init__(self, root: Path, inventory: Inventory) -> None:
         self.layout = Layout(root)
         self.inventory = inventory
+        self.notified: list[notify.Notified] = []  # the brokers that confirmed the last CRL this Pki wrote
 
     # -- creating and opening ------------------------------------------------------------------------
     @classmethod
@@ -204,7 +202,7 @@ class Pki:
         return certs.Issuer(cert, key)
 
     def devices(self, **filters: str | None) -> list[Device]:
-        """Devices matching ``status``, ``lot``, ``model`` and ``fault`` filters (see Inventory.select)."""
+        """Devices matching ``status``, ``lot``, ``model``, ``fault`` and ``role`` filters (see Inventory.select)."""
         return self.inventory.select(**filters)
 
     def device(self, device_id: str) -> Device:
@@ -261,12 +259,35 @@ class Pki:
                 raise PkiError(f"{self.root} already holds {taken[0]}" + (f" and {len(taken) - 1:,} more"
                                                                           if len(taken) > 1 else ""),
                                "issue other ids, or use the ones it holds")
-            issued = self._run_jobs(wanted, model=model, lot=lot, key_type=kt, days=days, fault=flt,
-                                    workers=workers, progress=progress)
-            for d in issued:
-                self.inventory.devices[d.id] = d
-            self._save()
+            with journal.pending(self.layout, wanted, staged=False):  # interrupted: its files go, nothing issued
+                issued = self._run_jobs(wanted, model=model, lot=lot, key_type=kt, days=days, fault=flt,
+                                        workers=workers, progress=progress)
+                for d in issued:
+                    self.inventory.devices[d.id] = d
+                self._save()
         return issued
+
+    def issue_monitor(self, name: str = "monitor", *, days: int = 365,
+                      key_type: str | KeyType = KeyType.ECDSA_P256) -> Device:
+        """An identity that may subscribe to every topic and publish to none: a dashboard, a test's subscriber.
+
+        Its certificate names it like a device's (CN = client id = ``name``) with the URI SAN
+        ``spiffe://<trust-domain>/monitor/<name>``; the inventory lists it with role "monitor" (``pki.devices()``
+        leaves it out; ``pki.devices(role="monitor")`` finds it). Files: ``devices/<name>.pem`` and ``.key``.
+        """
+        _check_positive(days=days)
+        _check_prefix(name)
+        kt = _key_type(key_type)
+        with locked(self.layout):
+            self._reload()
+            if name in self.inventory.devices:
+                raise PkiError(f"{name!r} is already an identity in {self.root}", "choose another name")
+            with journal.pending(self.layout, [name], staged=False):
+                monitor, = self._run_jobs([name], model="monitor", lot="monitors", key_type=kt, days=days,
+                                          fault=None, workers=1, role=certs.MONITOR)
+                self.inventory.devices[name] = monitor
+                self._save()
+        return monitor
 
     def _run_jobs(self, ids: list[str], *, workers: int | None, generation: int = 1,
                   progress: Progress | None = None, **spec: object) -> list[Device]:
@@ -354,12 +375,14 @@ class Pki:
                 kt = (_key_type(key_type) if key_type else KeyType(d.key_type)).value
                 groups.setdefault((d.model, d.lot, kt, d.generation + 1), []).append(i)
             out: list[Device] = []
-            for (model, lot, kt, gen), group in groups.items():
-                out += self._run_jobs(group, model=model, lot=lot, key_type=KeyType(kt), days=days, fault=None,
-                                      workers=workers, generation=gen)
-            for d in out:
-                self.inventory.devices[d.id] = d
-            self._write_crl(self._issuer())  # saves the inventory too
+            with journal.pending(self.layout, ids, staged=True):  # new files take their place after the save
+                for (model, lot, kt, gen), group in groups.items():
+                    out += self._run_jobs(group, model=model, lot=lot, key_type=KeyType(kt), days=days,
+                                          fault=None, workers=workers, generation=gen)
+                for d in out:
+                    self.inventory.devices[d.id] = d
+                self._save()
+            self._write_crl(self._issuer())  # the old serials on the CRL; brokers told
         return out
 
     def pad_crl(self, count: int, *, reason: str = "cessationOfOperation") -> None:
@@ -374,27 +397,57 @@ class Pki:
                                           for _ in range(count))
             self._write_crl(self._issuer())
 
-    def write_crl(self) -> Path:
-        """(Re)write the CRL with a higher number and a strictly later thisUpdate."""
+    def write_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> Path:
+        """(Re)write the CRL with a higher number and a strictly later thisUpdate; brokers are told (notify)."""
         with locked(self.layout):
             self._reload()
-            self._write_crl(self._issuer())
+            self._write_crl(self._issuer(), valid_for=valid_for)
         return self.layout.crl
 
-    def _write_crl(self, issuer: certs.Issuer) -> None:
-        inv = self.inventory
+    def renew_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> bool:
+        """Rewrite the CRL if it is past half its validity (or unreadable); True if it did. What a broker, or
+        its supervisor running `fleetsim pki crl --renew`, calls so the CRL never reaches its nextUpdate."""
+        with locked(self.layout):
+            self._reload()
+            issuer = self._issuer()
+            try:
+                facts = crl_policy.read_crl(self.layout.crl.read_bytes(), issuer.cert)
+            except (OSError, ValueError):
+                facts = None
+            if facts is not None and facts.issuer_ok and not crl_policy.renewal_due(facts, certs.utcnow()):
+                return False
+            self._write_crl(issuer, valid_for=valid_for)
+        return True
+
+    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> None:
+        inv = self._after_crl_on_disk(self.inventory, issuer)
         this_update = inv.next_crl_time(certs.utcnow())
         wait = (this_update - dt.datetime.now(dt.UTC)).total_seconds()
         if wait > 0:  # more CRLs in a burst than the backdating leaves room for
             time.sleep(wait)
         entries = [certs.Revocation(r.serial, r.when, REASONS[r.reason]) for r in inv.revoked]
-        crl = certs.crl(issuer, entries, number=inv.crl_number + 1, this_update=this_update)
+        crl = certs.crl(issuer, entries, number=inv.crl_number + 1, this_update=this_update, valid_for=valid_for)
         write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
         self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
         self._save()
+        self.notified = notify.notify(self.layout)
+
+    def _after_crl_on_disk(self, inv: Inventory, issuer: certs.Issuer) -> Inventory:
+        """The inventory's CRL counters, raised past the CRL on disk if that one is ahead (written by hand or by
+        another tool): a broker refuses a new CRL that reuses a number or time it has seen."""
+        try:
+            facts = crl_policy.read_crl(self.layout.crl.read_bytes(), issuer.cert)
+        except (OSError, ValueError):
+            return inv
+        if not facts.issuer_ok or facts.number is None or facts.number <= inv.crl_number:
+            return inv
+        last = max(facts.this_update, inv.crl_this_update) if inv.crl_this_update else facts.this_update
+        return replace(inv, crl_number=facts.number, crl_this_update=last)
 
     def _reload(self) -> None:
+        """The inventory as on disk, and a killed batch's files cleaned up (journal); under the lock."""
         self.inventory = Pki.open(self.root).inventory
+        journal.recover(self.layout, self.inventory)
 
     def _save(self) -> None:
         # No indent: indenting 10,000 devices costs more than the rest of saving them.

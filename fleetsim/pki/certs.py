@@ -34,9 +34,26 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def spiffe_uri(trust_domain: str, device_id: str) -> str:
-    """The URI SAN naming a device, the convention amqtt's certificate auth plugin reads."""
-    return f"spiffe://{trust_domain}/device/{device_id}"
+DEVICE, MONITOR = "device", "monitor"
+ROLES = (DEVICE, MONITOR)  # a device publishes and subscribes under its own topics; a monitor only reads, all of them
+SPIFFE_SCHEME = "spiffe://"
+
+
+def spiffe_uri(trust_domain: str, name: str, role: str = DEVICE) -> str:
+    """The URI SAN naming an identity: ``spiffe://<trust domain>/<role>/<name>`` (amqtt's certificate auth plugin
+    reads the device form)."""
+    return f"{SPIFFE_SCHEME}{trust_domain}/{role}/{name}"
+
+
+def parse_spiffe(uri: str) -> tuple[str, str, str] | None:
+    """(trust domain, role, name) of a URI :func:`spiffe_uri` wrote; None for any other URI."""
+    if not uri.startswith(SPIFFE_SCHEME):
+        return None
+    domain, _, path = uri[len(SPIFFE_SCHEME):].partition("/")
+    role, _, name = path.partition("/")
+    if not domain or role not in ROLES or not name or "/" in name:
+        return None
+    return domain, role, name
 
 
 def _name(cn: str, org: str, unit: str | None = None) -> x509.Name:
@@ -185,11 +202,14 @@ class DeviceSigner:
         return x509.Name([self._org, unit, x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
 
     def sign(
-        self, key: PrivateKey, device_id: str, model: str, not_before: dt.datetime, not_after: dt.datetime
+        self, key: PrivateKey, device_id: str, model: str, not_before: dt.datetime, not_after: dt.datetime,
+        role: str = DEVICE,
     ) -> x509.Certificate:
-        """A device's client certificate: CN and SPIFFE URI SAN both name the device (its MQTT client id)."""
+        """A client certificate: CN and SPIFFE URI SAN both name the identity (its MQTT client id) and the SAN
+        says its role."""
         public_key = key.public_key()
-        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_uri(self.trust_domain, device_id))])
+        uri = spiffe_uri(self.trust_domain, device_id, role)
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)])
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
         extensions = [*self._head, x509.Extension(san.oid, False, san), x509.Extension(ski.oid, False, ski),
                       *self._tail]
@@ -200,8 +220,12 @@ class DeviceSigner:
         return builder.sign(self.issuer.key, self._hash)
 
 
+CRL_VALIDITY = dt.timedelta(days=7)  # brokers renew at half of it (fleetsim.pki.crl_policy)
+
+
 def crl(
-    issuer: Issuer, revoked: Iterable[Revocation], *, number: int, this_update: dt.datetime, days: int = 7
+    issuer: Issuer, revoked: Iterable[Revocation], *, number: int, this_update: dt.datetime,
+    valid_for: dt.timedelta = CRL_VALIDITY,
 ) -> x509.CertificateRevocationList:
     """A CRL signed by ``issuer``; callers keep ``number`` and ``this_update`` strictly increasing.
 
@@ -222,6 +246,6 @@ def crl(
                        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())),
     ]
     builder = x509.CertificateRevocationListBuilder(
-        issuer_name=issuer.cert.subject, last_update=this_update, next_update=this_update + dt.timedelta(days=days),
+        issuer_name=issuer.cert.subject, last_update=this_update, next_update=this_update + valid_for,
         extensions=extensions, revoked_certificates=entries)
     return builder.sign(issuer.key, signing_hash(issuer.key))

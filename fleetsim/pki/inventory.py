@@ -53,6 +53,7 @@ class Device:
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
     generation: int = 1  # bumped by each re-enrolment
+    role: str = "device"  # or "monitor": reads every topic, publishes none (fleetsim.pki.certs.ROLES)
 
     @property
     def status(self) -> str:
@@ -66,6 +67,7 @@ class Device:
             "not_after": self.not_after.isoformat(), "fault": self.fault.value if self.fault else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "revocation_reason": self.revocation_reason, "generation": self.generation, "status": self.status,
+            "role": self.role,
         }
 
     @cached_property
@@ -128,11 +130,14 @@ class Inventory:
 
     def select(
         self, *, status: str | None = None, lot: str | None = None, model: str | None = None,
-        fault: str | None = None,
+        fault: str | None = None, role: str | None = "device",
     ) -> list[Device]:
-        """Devices matching every filter given; ``fault="none"`` selects healthy identities."""
+        """Identities matching every filter given; ``fault="none"`` selects healthy ones. Devices only unless
+        ``role`` says otherwise (None: every role)."""
         out = []
         for d in self.devices.values():
+            if role and d.role != role:
+                continue
             if status and d.status != status:
                 continue
             if lot and d.lot != lot:

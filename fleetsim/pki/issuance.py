@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.pki import certs, keys
 from fleetsim.pki.inventory import Device, Fault
+from fleetsim.pki.journal import staged_name
 from fleetsim.pki.keys import KeyType
 from fleetsim.pki.layout import Layout, write_file
 
@@ -58,6 +59,7 @@ class IssueJob:
     now: dt.datetime  # one clock reading for every job of a batch: workers and the parent agree on validity
     fault: Fault | None = None
     generation: int = 1
+    role: str = certs.DEVICE
 
     @property
     def actual_key_type(self) -> KeyType:
@@ -75,7 +77,8 @@ class IssueJob:
         """The inventory records for ``ids``, given their certificates' serials in the same order."""
         not_before, not_after = self.validity()
         return Device.batch(self.ids, serials, model=self.model, lot=self.lot, key_type=self.actual_key_type.value,
-                            not_before=not_before, not_after=not_after, fault=self.fault, generation=self.generation)
+                            not_before=not_before, not_after=not_after, fault=self.fault, generation=self.generation,
+                            role=self.role)
 
 
 def imposter_name(device_id: str) -> str:
@@ -109,14 +112,15 @@ def _sign(job: IssueJob, signer: certs.DeviceSigner) -> Signed:
     key_type = job.actual_key_type
     not_before, not_after = job.validity()
     imposter, wrong_key = job.fault is Fault.CN_MISMATCH, job.fault is Fault.WRONG_KEY
-    pem, to_pem, generate, model = Encoding.PEM, keys.to_pem, keys.generate, job.model
+    pem, to_pem, generate, model, role = Encoding.PEM, keys.to_pem, keys.generate, job.model, job.role
     serials: list[int] = []
     parts: list[bytes] = []
     ends: list[int] = []
     end = 0
     for device_id in job.ids:
         key = generate(key_type)
-        cert = signer.sign(key, imposter_name(device_id) if imposter else device_id, model, not_before, not_after)
+        cert = signer.sign(key, imposter_name(device_id) if imposter else device_id, model, not_before, not_after,
+                           role)
         key_pem, leaf_pem = to_pem(generate(key_type) if wrong_key else key), cert.public_bytes(pem)
         serials.append(cert.serial_number)
         parts += (key_pem, leaf_pem)
@@ -129,8 +133,9 @@ def _sign(job: IssueJob, signer: certs.DeviceSigner) -> Signed:
 
 class DeviceFiles:
     """Writes device files relative to one open directory. New ids get a plain exclusive create (no temp file,
-    no rename: nobody reads them before the inventory names them); a file already there, i.e. a re-enrolment or
-    a leftover of an interrupted run, is replaced atomically instead."""
+    no rename: nobody reads them before the inventory names them; fleetsim.pki.journal lists them meanwhile); a
+    file already there is replaced atomically instead. Re-enrolments (``replace``) write staged names, renamed
+    into place once the inventory names the new serials (journal.pending)."""
 
     def __init__(self, layout: Layout, *, replace: bool) -> None:
         self.layout = layout
@@ -164,7 +169,8 @@ class DeviceFiles:
                 finally:
                     os.close(fd)
                 return
-        write_file(self.layout.devices / name, b"".join(parts), private=mode == 0o600)
+        target = staged_name(name) if self.replace else name
+        write_file(self.layout.devices / target, b"".join(parts), private=mode == 0o600)
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)

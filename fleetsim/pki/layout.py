@@ -65,6 +65,11 @@ class Layout:
         return self.root / "server" / "key.pem"
 
     @property
+    def brokers_dir(self) -> Path:
+        """Where running brokers register to be told of a new CRL (fleetsim.pki.notify)."""
+        return self.root / "run" / "brokers"
+
+    @property
     def devices(self) -> Path:
         return self.root / "devices"
 

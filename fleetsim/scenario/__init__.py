@@ -8,6 +8,7 @@ and dicts checked, one line per mistake), :mod:`.toml_writer` (the scenario as r
     s = Scenario(fleet=[Group("pulse-oximeter", 500)], duration=30)
 """
 
+from fleetsim.names import TLS_VERSIONS
 from fleetsim.scenario.schema import (
     ACTIONS,
     AUTHS,
@@ -18,7 +19,6 @@ from fleetsim.scenario.schema import (
     MQTT_VERSIONS,
     PATTERNS,
     TARGETS,
-    TLS_VERSIONS,
     Arrival,
     BrokerSpec,
     Churn,

@@ -12,16 +12,16 @@ their dataclasses or as plain dicts (``broker={"target": "mosquitto"}``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from fleetsim.names import split_hostport
 
 MAX_DEVICES = 50_000
 MAX_DURATION = 3600.0
 MAX_WORKERS = 256
 TARGETS = ("embedded", "mosquitto")
-TLS_VERSIONS = ("1.2", "1.3", "any")
 AUTHS = ("mtls", "tls", "password", "none")
 MQTT_VERSIONS = ("3.1.1", "5")
 PATTERNS = ("linear", "poisson", "burst")
@@ -37,7 +37,6 @@ FAULTS: dict[str, str | None] = {
     "revoked": None,
 }
 API_SOURCE = "Scenario(...)"  # the source of a scenario built in Python: error hints use the API's words
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -245,15 +244,6 @@ def _fields(obj: Any) -> Any:
         return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
     return obj
 
-
-def split_hostport(target: str) -> tuple[str, int] | None:
-    """(host, port) of ``HOST:PORT`` or ``[v6]:PORT``; None when it is not one."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", target)
-    if not m:
-        return None
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    return (host, port) if 1 <= port <= 65535 else None
 
 
 def _without_none(table: Any) -> Any:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fleetsim.errors import ScenarioError
+from fleetsim.names import ID_RE as _NAME_RE
+from fleetsim.names import TLS_VERSIONS
 from fleetsim.pki import KeyType
 from fleetsim.scenario.schema import (
-    _NAME_RE,
     ACTIONS,
     API_SOURCE,
     AUTHS,
@@ -34,7 +35,6 @@ from fleetsim.scenario.schema import (
     PATTERNS,
     STRATEGIES,
     TARGETS,
-    TLS_VERSIONS,
     Arrival,
     BrokerSpec,
     Churn,

@@ -1,0 +1,111 @@
+"""Between a device's byte stream and amqtt: whole packets, each judged first, and a watch on the CONNACK.
+
+``PacketReader`` is what amqtt reads from. It reads one packet at a time from the connection (header, then at
+most ``max_packet`` bytes of body), checks it with ``mqtt_wire`` and only then lets amqtt read it, so an oversized
+or malformed packet closes the connection before amqtt waits on it, and amqtt can never read across a packet's
+end. ``ConnackWatch`` is what amqtt writes to: its first write (the CONNACK) ends the CONNECT timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+
+from fleetsim.broker.mqtt_wire import (
+    MALFORMED,
+    Connect,
+    Header,
+    Violation,
+    check_body,
+    check_header,
+    parse_connect,
+    parse_header,
+)
+
+
+class PacketReader(ReaderAdapter):
+    """A device's stream, framed and checked packet by packet (see the module docstring)."""
+
+    def __init__(self, inner: ReaderAdapter, max_packet: int, on_violation: Callable[[Violation], None]) -> None:
+        self._inner = inner
+        self._max = max_packet
+        self._on_violation = on_violation
+        self._packet = b""  # the packet amqtt is reading, and how far it has read
+        self._pos = 0
+        self._first = True
+        self._failed = False
+
+    async def first_connect(self) -> Connect:
+        """The first packet, parsed as a CONNECT; it stays here for amqtt to read once admitted.
+
+        Raises Violation (not a CONNECT, too large, malformed) and asyncio.IncompleteReadError (the device left).
+        """
+        _, body = await self._load()
+        return parse_connect(body)
+
+    async def _load(self) -> tuple[Header, bytes]:
+        head = bytearray(await self._inner.read(1))
+        while (header := parse_header(head)) is None:
+            head += await self._inner.read(1)
+        check_header(header, first=self._first, max_packet=self._max)
+        body = await self._inner.read(header.length) if header.length else b""
+        if not self._first:
+            check_body(header, body)
+        self._first = False
+        self._packet, self._pos = bytes(head) + body, 0
+        return header, body
+
+    def _fail(self, violation: Violation, n: int) -> asyncio.IncompleteReadError:
+        self._failed = True
+        self._on_violation(violation)
+        return asyncio.IncompleteReadError(b"", n)  # amqtt's reader ends as at EOF
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if self._pos >= len(self._packet):
+            if self._failed:
+                raise asyncio.IncompleteReadError(b"", n)
+            try:
+                await self._load()
+            except Violation as exc:
+                raise self._fail(exc, n) from None
+        end = len(self._packet) if n < 0 else self._pos + n
+        if end > len(self._packet):  # amqtt's parse of this packet disagrees with its length
+            raise self._fail(Violation(MALFORMED), n)
+        data = self._packet[self._pos:end]
+        self._pos = end
+        return data
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
+class ConnackWatch(WriterAdapter):
+    """amqtt's writer; calls ``on_connack`` once, at amqtt's first write, which is always its CONNACK."""
+
+    def __init__(self, inner: WriterAdapter, on_connack: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_connack: Callable[[], None] | None = on_connack
+
+    def write(self, data: bytes) -> None:
+        notify = self._on_connack
+        if notify is not None:
+            self._on_connack = None
+            notify()
+        self._inner.write(data)
+
+    async def drain(self) -> None:
+        await self._inner.drain()
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self._inner.get_peer_info()
+
+    def get_ssl_info(self) -> ssl.SSLObject | None:
+        return self._inner.get_ssl_info()
+
+    async def close(self) -> None:
+        await self._inner.close()

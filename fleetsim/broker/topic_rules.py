@@ -1,0 +1,91 @@
+"""Which topics an identity may publish to and subscribe to: pure matching, no I/O.
+
+A device gets the patterns fleetsim renders for Mosquitto's ACL (``pattern readwrite fleet/+/+/%u/#``), with
+``%u`` / ``%c`` replaced by the name its certificate carries (= its client id, cert_rules): it may publish only on
+topics those patterns match, and subscribe only to filters they cover entirely, so ``#``, ``$SYS/#`` and another
+device's subtree are refused. A monitor may subscribe to everything and publish nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fleetsim.pki.certs import DEVICE, MONITOR
+
+# Devices publish on fleet/<site>/<model>/<device-id>/<kind>; each is confined to its own subtree.
+DEVICE_TOPICS: tuple[str, ...] = ("fleet/+/+/%u/#",)
+_PLACEHOLDERS = ("%u", "%c")  # Mosquitto's: username, client id; both are the certificate's name here
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """Whether every topic the filter ``requested`` can match is matched by the filter ``allowed`` (4.7).
+
+    A topic name is a filter without wildcards, so this is also "does ``allowed`` match topic ``requested``".
+    ``#`` matches its parent level too; filters starting with a wildcard never match ``$`` topics (4.7.2).
+    """
+    want, have = requested.split("/"), allowed.split("/")
+    if want[0].startswith("$") and have[0] in ("+", "#"):
+        return False
+    for i, level in enumerate(have):
+        if level == "#":
+            return True
+        if i >= len(want) or want[i] == "#":
+            return False
+        if level != "+" and level != want[i]:
+            return False
+    return len(want) == len(have)
+
+
+def valid_filter(text: str) -> bool:
+    """4.7.1: ``#`` only as the last level, ``+`` only as a whole level, and not empty."""
+    levels = text.split("/")
+    return bool(text) and all(
+        ("#" not in lv or (lv == "#" and i == len(levels) - 1)) and ("+" not in lv or lv == "+")
+        for i, lv in enumerate(levels))
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one connection may do with topics."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+    def may_publish(self, topic: str) -> bool:
+        return any(covers(f, topic) for f in self.publish)
+
+    def may_subscribe(self, topic_filter: str) -> bool:
+        return any(covers(f, topic_filter) for f in self.subscribe)
+
+
+EVERYTHING = Grant(("#",), ("#", "$SYS/#"))  # the baselines without certificates: no identity to confine to
+NOTHING = Grant((), ())
+MONITOR_GRANT = Grant((), ("#", "$SYS/#"))
+
+
+def grant_for(role: str, name: str, device_topics: Iterable[str] = DEVICE_TOPICS) -> Grant:
+    """The grant of a certificate's identity. A name that would act as a wildcard in a pattern gets nothing."""
+    if role == MONITOR:
+        return MONITOR_GRANT
+    if role != DEVICE or not name or any(c in name for c in "+#/"):
+        return NOTHING
+    own = tuple(_fill(p, name) for p in device_topics)
+    return Grant(own, own)
+
+
+def _fill(pattern: str, name: str) -> str:
+    for placeholder in _PLACEHOLDERS:
+        pattern = pattern.replace(placeholder, name)
+    return pattern
+
+
+def check_patterns(patterns: Iterable[str]) -> str | None:
+    """Why a device_topics setting is unusable (one line), or None."""
+    patterns = list(patterns)
+    if not patterns:
+        return "device_topics is empty: devices could publish nowhere"
+    for p in patterns:
+        if not valid_filter(_fill(p, "x")):
+            return f"device_topics pattern {p!r} is not a valid MQTT topic filter"
+    return None

@@ -1,0 +1,41 @@
+"""The names defined once (fleetsim.names) and the places that check them agree."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from fleetsim import names
+from fleetsim.broker.launch import parse_address
+from fleetsim.errors import BrokerError, PkiError
+from fleetsim.pki import Pki
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("127.0.0.1:8883", ("127.0.0.1", 8883)), ("localhost:1", ("localhost", 1)), ("[::1]:8883", ("::1", 8883)),
+    ("127.0.0.1:0", None), ("127.0.0.1:65536", None), ("::1:8883", None), ("host", None), (":8883", None),
+    ("embedded", None), ("a b:1", None),
+])
+def test_hostport(target: str, expected: tuple[str, int] | None) -> None:
+    assert names.split_hostport(target) == expected
+    if expected is None:
+        with pytest.raises(BrokerError, match="HOST:PORT"):
+            parse_address(target)
+    else:
+        assert parse_address(target) == expected
+
+
+def test_ids_and_tls_versions() -> None:
+    assert names.ID_RE.match("dev-00001") and names.ID_RE.match("a" * 64)
+    for bad in ("", "-x", "a" * 65, "a/b", "dev\n", "dév"):
+        assert not names.ID_RE.match(bad), bad
+    assert names.TLS_VERSIONS == ("1.2", "1.3", "any")
+    assert names.tls_range("any") == (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED)
+    assert names.tls_range("1.3") == (ssl.TLSVersion.TLSv1_3,) * 2
+
+
+def test_the_pki_refuses_an_id_with_a_trailing_newline(make_pki: object) -> None:
+    pki: Pki = make_pki()  # type: ignore[operator]
+    with pytest.raises(PkiError, match="bad device id"):
+        pki.issue(1, prefix="dev\n")
