@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetsim.rundata import Run
 from fleetsim.series import attempt_times
 from fleetsim.stats import PHASES
 
@@ -181,3 +182,26 @@ def sweep_overhead(cells: Sequence[Mapping[str, Any]]) -> list[Overhead]:
             p99_ms=[[_number(c["summary"].get("phases_ms", {}).get("total", {}).get("p99")) for c in g]
                     for g in groups.values()]))
     return out
+
+
+@dataclass(frozen=True)
+class RehearsalTimeline:
+    seconds: np.ndarray
+    healthy: np.ndarray
+    revoked: np.ndarray
+    refused: np.ndarray  # the revoked devices' refusals per second, every class together
+    steps: list[tuple[float, str]]
+
+
+def rehearsal_timeline(run: Run) -> RehearsalTimeline:
+    """What a rehearsal's page draws, from the columns the rehearsal added to series.parquet."""
+    s = run.series
+    n = len(s.get("second", []))
+    refused = np.zeros(n)
+    for name, col in s.items():
+        if name.startswith("refused_"):
+            refused = refused + np.asarray(col, dtype=float)
+    steps = [(float(e["fired_at_s"]), str(e["action"])) for e in run.summary.get("events", [])]
+    return RehearsalTimeline(np.asarray(s.get("second", []), dtype=float),
+                             np.asarray(s.get("connected_healthy", np.zeros(n)), dtype=float),
+                             np.asarray(s.get("connected_revoked", np.zeros(n)), dtype=float), refused, steps)

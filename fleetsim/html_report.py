@@ -155,12 +155,25 @@ def run_page(run: Run) -> str:
                                               for f, c in s["faults"].items()), text_cols=(1,))]
     if s.get("events"):
         body += ["<h2>Timed events</h2>", events(s)]
+    if s.get("revocation"):
+        body += rehearsal_section(run)
     if s.get("thresholds"):
         body += ["<h2>--fail-on</h2>", table(("rule", "measured", "verdict"), (
             (r["rule"], "-" if r["value"] is None else f"{r['value']:,.3f}{r['unit']}",
              ("BREACHED", "worse") if r["breached"] else ("ok", "better")) for r in s["thresholds"]))]
     body += scenario_block(run)
     return page(f"fleetsim run: {run.name}", body)
+
+
+def rehearsal_section(run: Run) -> list[str]:
+    """A rehearsal's timeline (healthy and revoked devices connected, the revoked lot's refusals, its steps) and
+    each step's time from the decision (fleetsim.report's rows, the same words as the terminal)."""
+    rows = report.revocation_rows(run.summary["revocation"])
+    return ["<h2>Revocation rehearsal</h2>",
+            figure(plots.rehearsal_figure(figdata.rehearsal_timeline(run)), "rehearsal timeline",
+                   "From series.parquet (completed by the rehearsal from the rows): devices connected at each "
+                   "second's end, healthy and revoked apart; the revoked devices' refusals per second; the steps."),
+            table(("step", "value"), rows, text_cols=(1,))]
 
 
 def scenario_block(run: Run, label: str = "") -> list[str]:
@@ -217,13 +230,13 @@ def sweep_figures(cells: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
-    maps = [{"name": c.name, "settings": c.settings, "summary": c.run.summary} for c in cells]
+    maps = [{"name": c.name, "settings": c.settings, "summary": c.summary} for c in cells]
     keys = list(dict.fromkeys(k for c in cells for k in c.settings))
     rows = [[c.name, *(compare.show(compare.flatten(c.settings).get(k, "-")) for k in keys),
-             report._fmt(c.run.summary.get("broker", {}).get("cpu_ms_per_handshake")),
-             report._fmt(c.run.summary.get("phases_ms", {}).get("total", {}).get("p99")),
-             "yes" if c.run.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
-    saturated = [c.name for c in cells if c.run.summary.get("simulator", {}).get("saturated")]
+             report._fmt(c.summary.get("broker", {}).get("cpu_ms_per_handshake")),
+             report._fmt(c.summary.get("phases_ms", {}).get("total", {}).get("p99")),
+             "yes" if c.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
+    saturated = [c.name for c in cells if c.summary.get("simulator", {}).get("saturated")]
     body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>", f"<p class=\"sub\">{len(cells)} cells; results {esc(path)}</p>"]
     if saturated:
         body.append(banner(f"SIMULATOR SATURATED in {len(saturated)} cells ({', '.join(saturated)}): their "

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fleetsim.figdata import FLOOR_MS, Machine, Overhead, Timeline
+from fleetsim.figdata import FLOOR_MS, Machine, Overhead, RehearsalTimeline, Timeline
 from fleetsim.stats import LAG_P99_LATE_MS
 
 WIDTH_IN = 11.0
@@ -167,8 +167,8 @@ def overhead_figure(o: Overhead) -> Figure:
     """For one setting of a sweep: each cell's broker CPU per handshake and p99 connect time by the setting's
     value (dots: cells; bars: their median)."""
     fig = _figure(3.6)
-    fig.suptitle(f"By {o.setting}: broker CPU per handshake (ms, storm window) and p99 connect time (ms, "
-                 "connected attempts); dot = one cell, bar = median of its cells")
+    fig.suptitle(f"By {o.setting}: broker CPU per handshake (ms, storm window) and p99 connect time\n"
+                 "(ms, connected attempts); dot = one cell, bar = median of its cells", fontsize="medium")
     for ax, data, ylabel in zip(fig.subplots(1, 2), (o.cpu_ms, o.p99_ms),
                                 ("CPU per handshake (ms)", "p99 total connect (ms)"), strict=True):
         for k, vals in enumerate(data):
@@ -184,4 +184,24 @@ def overhead_figure(o: Overhead) -> Figure:
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def rehearsal_figure(t: RehearsalTimeline) -> Figure:
+    """Healthy and revoked devices connected over time, the revoked ones' refusals, the rehearsal's steps."""
+    fig = _figure(3.4)
+    fig.suptitle("Revocation rehearsal: devices connected at each second's end, and the revoked lot's refusals "
+                 "per second (run seconds)", fontsize="medium")
+    ax = fig.subplots()
+    ax.plot(t.seconds + 1, t.healthy, label="healthy devices connected")  # a count holds at its second's end
+    ax.plot(t.seconds + 1, t.revoked, label="revoked devices connected")
+    ax.bar(t.seconds + 0.5, t.refused, width=1.0, color="#d62728", alpha=0.4,  # a count spans its second
+           label="revoked devices refused / s")
+    for at, action in t.steps:
+        ax.axvline(at, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(action, (at, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize="x-small",
+                    va="top", ha="right", color="grey")
+    ax.set_xlabel("seconds since t0")
+    ax.set_ylabel("devices")
+    ax.legend(loc="center right", fontsize="small")
     return fig

@@ -48,9 +48,9 @@ class Rehearsal:
         if not self.targets:
             raise FleetsimError("the rehearsal's target names no healthy device",
                                 "point [revocation] at a lot or model whose devices have no fault")
-        if self.strategy == "kick" and not hasattr(broker, "kick"):
-            raise FleetsimError(f"the {broker.kind} broker cannot kick clients by name here",
-                                'use strategy = "sighup", "restart" or "none"')
+        if self.strategy == "kick" and not getattr(getattr(broker, "extras", None), "dynsec_admin", None):
+            raise FleetsimError(f"the {broker.kind} broker was not started with its dynamic-security plugin",
+                                "let fleetsim start Mosquitto for a kick rehearsal, or use sighup/restart/none")
         self.expected = len(fleet)
         self.revoked_at: float | None = None
         self.waves: list[tuple[float, list[str]]] = []
@@ -95,8 +95,9 @@ class Rehearsal:
             self.broker.reload_crl()
         elif s == "restart":
             self.broker.restart()
-        elif s == "kick":
-            self.broker.kick(self.targets)  # type: ignore[attr-defined]
+        elif s == "kick":  # CRL first (new handshakes refused), then the live sessions cut by name
+            self.broker.reload_crl()
+            return {"kick_s": round(self.broker.disconnect(self.targets), 3)}  # type: ignore[attr-defined]
         elif s == "hook":
             return self._hook()
         return {}

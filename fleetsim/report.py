@@ -147,10 +147,8 @@ def _after(v: Any) -> str:
     return "never" if v is None else f"{v:,.3f} s"
 
 
-def revocation_table(r: Mapping[str, Any]) -> Table:
-    """The rehearsal: each step's time from the decision, honesty counts, and the re-enrolment storm."""
-    t = _table(f"Revocation rehearsal: {r.get('revoked', 0):,} devices, strategy {r.get('strategy')} "
-               "(times from the decision)", ("what", "value"), header=False)
+def revocation_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The rehearsal's steps, each timed from the decision; honesty counts; the re-enrolment storm."""
     rows = [
         ("CRL written", _after(r.get("crl_written_after_s"))),
         ("broker's enforcement step returned", _after(r.get("enforcement_step_after_s"))),
@@ -177,7 +175,13 @@ def revocation_table(r: Mapping[str, Any]) -> Table:
              f"{_fmt(st.get('tls_ms', {}).get('p99'))}"
              + (f", broker CPU {st['broker_cpu_s']:,.2f} s" if st.get("broker_cpu_s") is not None else "")),
         ]
-    for what, value in rows:
+    return rows
+
+
+def revocation_table(r: Mapping[str, Any]) -> Table:
+    t = _table(f"Revocation rehearsal: {r.get('revoked', 0):,} devices, strategy {r.get('strategy')} "
+               "(times from the decision)", ("what", "value"), header=False)
+    for what, value in revocation_rows(r):
         _row(t, what, value)
     return t
 

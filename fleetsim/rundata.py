@@ -114,11 +114,25 @@ def load_run(path: Path) -> Run:
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of a sweep: its name, the settings that made it, and its run."""
+    """One cell of a sweep: its name, the settings that made it, its (burst) run, and the figures fleetsim sweep
+    computed from both its runs (``cell.json``)."""
 
     name: str
     settings: dict[str, Any]
     run: Run
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The run's summary, with the cell's comparable figures in place where the sweep has them: broker CPU
+        per handshake from the burst, p99 total from the steady run, saturated if either was."""
+        f = self.figures
+        if not f:
+            return self.run.summary
+        return {**self.run.summary,
+                "broker": {**self.run.summary.get("broker", {}), "cpu_ms_per_handshake": f.get("broker_cpu_ms_per_handshake")},
+                "phases_ms": {**self.run.summary.get("phases_ms", {}), "total": f.get("latency_ms", {}).get("total", {})},
+                "simulator": {**self.run.summary.get("simulator", {}), "saturated": bool(f.get("saturated"))}}
 
 
 def load_sweep(path: Path) -> list[Cell]:
@@ -131,6 +145,7 @@ def load_sweep(path: Path) -> list[Cell]:
     for i, c in enumerate(cells):
         if not isinstance(c, Mapping) or "dir" not in c:
             raise FleetsimError(f"cell {i + 1} of {path / SWEEP} has no \"dir\"")
+        run_dir = path / str(c.get("burst") or c["dir"])  # fleetsim sweep: a cell's burst and steady runs
         out.append(Cell(name=str(c.get("name") or c["dir"]), settings=dict(c.get("settings") or {}),
-                        run=load_run(path / str(c["dir"]))))
+                        run=load_run(run_dir), figures=dict(c.get("figures") or {})))
     return out

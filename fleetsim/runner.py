@@ -310,6 +310,19 @@ def _provision(pki: Pki, scenario: Scenario, reporter: Reporter) -> list[provisi
     return provision.provision(pki, provision.plan(scenario), progress=tell)
 
 
+KICK_ADMIN = "fleetsim-dynsec-admin"
+
+
+def _kick_admin(scenario: Scenario, pki: Pki) -> str | None:
+    """A rehearsal that kicks revoked clients from Mosquitto needs its dynamic-security plugin and an admin
+    identity (a monitor certificate of the PKI, made once)."""
+    if scenario.revocation is None or strategy_of(scenario) != "kick":
+        return None
+    if KICK_ADMIN not in pki.inventory.devices:
+        pki.issue_monitor(KICK_ADMIN)
+    return KICK_ADMIN
+
+
 def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
     """Earlier revocations on the CRL up to ``entries`` (a rehearsal with a large CRL already in place)."""
     have = sum(1 for r in pki.inventory.revoked if not r.device_id)
@@ -324,7 +337,8 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
                         ) -> tuple[Outcome, dict[str, Any], float, str]:
     if given is None:
         reporter.step(f"starting the {scenario.broker.target} broker")
-    broker = given or start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log)
+    broker = given or start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log,
+                                   dynsec_admin=_kick_admin(scenario, pki))
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
         lead = max(START_DELAY_S, prepare_time(scenario, math.ceil(scenario.devices / workers)))

@@ -4,7 +4,8 @@ number of connected devices at any moment. Pure: numpy in, columns out.
 Everything here is derived from attempts.parquet and sessions.parquet (plus the per-second counters of what is
 not a row), so a figure read off the timeline can always be checked against the rows it came from:
 
-* ``attempts`` at each attempt's start, ``connects`` at its CONNACK (start + total), ``failures`` when it failed;
+* ``attempts`` at each attempt's start, ``connects`` at its CONNACK (start + total), ``failures`` when it failed
+  (an event a hair before t0, a timer that fired early, is second 0's);
 * ``drops`` when a connection CONNACK had accepted ended, other than by the run's own stop;
 * ``connected`` at the end of each second (connections alive then; those the run's stop ended count until the
   stop), so the last second does not fall to zero as the simulator shuts its devices down;

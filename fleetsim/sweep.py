@@ -1,6 +1,6 @@
 """What authentication costs: the same fleet run across a matrix of settings, each cell measured the same way.
 
-A sweep file (``scenarios/sweep-*.toml``) names the fleet, how each cell is measured, and the cells: crossed
+A sweep file (``scenarios/sweeps/*.toml``) names the fleet, how each cell is measured, and the cells: crossed
 from a ``[matrix]`` (``mode = "cross"``), varied one setting at a time from the first value of each
 (``mode = "one-at-a-time"``), and/or listed as ``[[cells]]``. Settings: ``auth`` (none, password, tls, mtls),
 ``key_type``, ``tls_version`` (1.2, 1.3), ``session_resumption``, ``crl_size`` (entries already on the CRL) and
@@ -77,7 +77,7 @@ def load(path: str | Path) -> Sweep:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read the sweep file ({exc.strerror or exc})",
-                            "check the path; the shipped sweeps are scenarios/sweep-*.toml") from None
+                            "check the path; the shipped sweeps are scenarios/sweeps/*.toml") from None
     return parse(text, str(p), base_dir=p.parent)
 
 
@@ -118,7 +118,7 @@ def _base(source: str, data: Mapping[str, Any], base_dir: Path | None) -> Scenar
     except ScenarioError:
         raise
     except TypeError as exc:
-        raise ScenarioError(f"{source}: [fleet]: {exc}", "see scenarios/sweep-small.toml") from None
+        raise ScenarioError(f"{source}: [fleet]: {exc}", "see scenarios/sweeps/small.toml") from None
 
 
 def _measure(source: str, t: Any) -> Measure:

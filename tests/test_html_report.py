@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rich.console import Console
 
 from fleetsim import figdata, html_report
 from fleetsim.rundata import load_run
@@ -64,11 +63,9 @@ FAULTS_AND_RESTART = '[faults]\nexpired = 0.1\nunknown_ca = 0.1\n[[events]]\nat 
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two real runs: A with mTLS, faulty identities and a broker restart; B with server-only TLS."""
     base = tmp_path_factory.mktemp("report")
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
     out = []
     for text in (scenario(NAME, "mtls", FAULTS_AND_RESTART), scenario("ward-tls", "tls")):
-        run_dir, _ = run_scenario(parse(text, "report.toml"), pki_dir=base / "pki", out_dir=base / "out",
-                                  console=console)
+        run_dir, _ = run_scenario(parse(text, "report.toml"), pki=base / "pki", out_dir=base / "out")
         out.append(run_dir)
     return out[0], out[1]
 

@@ -96,15 +96,18 @@ def test_embedded_reload_refuses_exactly_the_revoked_and_takes_them_back_renewed
 
 
 @pytest.mark.mosquitto
-@pytest.mark.parametrize("strategy", ["sighup", "none", "restart"])
+@pytest.mark.parametrize("strategy", ["sighup", "none", "restart", "kick"])
 def test_each_mosquitto_strategy_is_measured_for_what_it_does(tmp_path: Path, strategy: str) -> None:
-    reenroll = "2" if strategy == "restart" else "false"
+    reenroll = "2" if strategy == "restart" else "false"  # Mosquitto's kept sessions would never come back
     _, s = rehearse(tmp_path, toml("mosquitto", strategy=strategy, reenroll=reenroll, duration=9))
     r = s["revocation"]
     assert r["strategy"] == strategy and r["revoked"] == 20 and r["false_accepts"] == 0
     if strategy in ("sighup", "none"):  # Mosquitto never cuts live sessions: they stay, reported not hidden
         assert r["revoked_still_connected_at_end"] == 20 and r["last_revoked_session_gone_after_s"] is None
         assert r["false_rejects"] == 0 and r["revoked_refused_attempts"] == 0
+    elif strategy == "kick":  # the dynamic-security plugin cuts exactly the revoked, by name
+        assert r["revoked_still_connected_at_end"] == 0 and r["last_revoked_session_gone_after_s"] < 3
+        assert r["false_rejects"] == 0 and r["collateral_drops"] == 0 and r["revoked_refused_attempts"] > 0
     else:  # a restart cuts everyone: the healthy drops are its collateral, the revoked are refused on return
         assert r["revoked_still_connected_at_end"] == 0 and r["collateral_drops"] == 80 and r["false_rejects"] == 0
         assert r["revoked_refused_attempts"] > 0 and r["reenrolled_back"] == 20
@@ -131,3 +134,14 @@ def test_a_scenario_without_revocation_is_not_a_rehearsal(tmp_path: Path) -> Non
     r = subprocess.run([*FLEETSIM, "rehearse", "scenarios/ward.toml"], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).parent.parent)
     assert r.returncode == 2 and "no [revocation] section" in r.stderr
+
+
+def test_a_rehearsal_gets_its_timeline_and_steps_in_the_html_report(tmp_path: Path) -> None:
+    run_dir, _ = rehearse(tmp_path, toml("embedded", duration=8))
+    page = tmp_path / "r.html"
+    r = subprocess.run([*FLEETSIM, "report", str(run_dir), "--html", str(page)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert "<h2>Revocation rehearsal</h2>" in text and "first revoked device refused" in text
+    assert text.count("data:image/png;base64,") >= 5  # the run's figures and the rehearsal's timeline

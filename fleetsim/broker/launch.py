@@ -51,10 +51,13 @@ def parse_address(target: str) -> tuple[str, int]:
     return address
 
 
-def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None) -> BrokerHandle:
+def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None,
+                 dynsec_admin: str | None = None) -> BrokerHandle:
     """Start the embedded broker or Mosquitto from the PKI, or name an external one.
 
     ``log_file`` takes the embedded broker's log (Mosquitto keeps its own, see its stats()["log"]).
+    ``dynsec_admin``: Mosquitto only, load its dynamic-security plugin with this identity as admin, so live
+    clients can be cut by name (MosquittoBroker.disconnect).
     """
     if target == "embedded":
         from fleetsim.broker.embedded_process import start_embedded
@@ -62,7 +65,8 @@ def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file
         return start_embedded(pki_dir, options, log_file=log_file)
     if target == "mosquitto":
         from fleetsim.broker.mosquitto import start_mosquitto
+        from fleetsim.broker.mosquitto_config import Extras
 
-        return start_mosquitto(pki_dir, options)
+        return start_mosquitto(pki_dir, options, extras=Extras(dynsec_admin=dynsec_admin))
     host, port = parse_address(target)
     return ExternalBroker(host, port)

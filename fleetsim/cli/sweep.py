@@ -13,7 +13,7 @@ from fleetsim.cli.live import ConsoleReporter
 
 
 def sweep(
-    sweep_file: Path = typer.Argument(..., metavar="SWEEP", help="Sweep file (see scenarios/sweep-*.toml)."),
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP", help="Sweep file (see scenarios/sweeps/*.toml)."),
     out: Path = typer.Option(Path("results"), "--out", help="The sweep's directory goes here, named after it; "
                                                             "running again resumes it."),
 ) -> None:
