@@ -155,12 +155,14 @@ def start_broker(kind: str = "embedded", pki: Pki | str | Path = "pki", **option
 
 
 def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broker: BrokerHandle | str | None = None,
-        out: str | Path = "results", progress: Callable[[Progress], None] | None = None) -> Run:
+        out: str | Path = "results", progress: Callable[[Progress], None] | None = None,
+        cluster: str | None = None) -> Run:
     """Run ``scenario`` (a Scenario or a TOML file) and return its results.
 
     ``broker``: a running broker (from :func:`start_broker`, or any BrokerHandle) to use as it is; a name
     ("embedded", "mosquitto", "HOST:PORT") to start or target instead of the scenario's; None: the scenario's.
-    ``progress`` is called about once a second with a :class:`fleetsim.progress.Progress`.
+    ``progress`` is called about once a second with a :class:`fleetsim.progress.Progress`. ``cluster``: run the
+    shards as tasks on a Dask cluster (``"tcp://SCHEDULER:8786"``, or ``"local:N"``).
     """
     s = scenario if isinstance(scenario, Scenario) else load(scenario)
     handle = None
@@ -169,7 +171,7 @@ def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broke
     elif broker is not None:
         handle = broker
     run_dir, _ = run_scenario(s, pki=pki if isinstance(pki, Pki) else Path(pki), out_dir=Path(out), broker=handle,
-                              reporter=Callback(progress) if progress else None)
+                              reporter=Callback(progress) if progress else None, cluster=cluster)
     return Run(run_dir)
 
 

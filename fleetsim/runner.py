@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
-import multiprocessing as mp
 import os
 import queue
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -28,21 +27,23 @@ from typing import Any
 from fleetsim import placement, progress, provision, rehearsal, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
-from fleetsim.broker.launch import start_broker
-from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO, PkiIdentities
-from fleetsim.engine.shard import ShardResult, ShardSpec, run_shard
+from fleetsim.broker.launch import ExternalBroker, start_broker
+from fleetsim.broker.pool import BrokerPool, start_pool
+from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO
+from fleetsim.engine.shard import ShardResult, ShardSpec
 from fleetsim.errors import BrokerError, FleetsimError, PkiError
 from fleetsim.events import EventRunner
+from fleetsim.executors import Executor, executor_for
 from fleetsim.pki import Layout, Pki
 from fleetsim.progress import Progress, Reporter, Silent
 from fleetsim.rehearse import Rehearsal
 from fleetsim.scenario import Scenario
 from fleetsim.scenario.schema import strategy_of
+from fleetsim.scenario.validate import is_loopback
 from fleetsim.series import run_series
-from fleetsim.shards import deal, merge_results
+from fleetsim.shards import deal, merge_results, with_sources
 
 FDS_PER_WORKER_SPARE = 64
-START_DELAY_S = 1.0  # lets every worker be up before the shared t0
 PREPARE_MS = 2.5  # building one device's own TLS context, with margin (~1.9 ms measured here)
 PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
@@ -57,12 +58,22 @@ class Outcome:
     """What the workers brought back."""
 
     results: dict[int, ShardResult] = field(default_factory=dict)
+    lost: dict[int, str] = field(default_factory=dict)  # shard -> why it never reported (its worker lost)
+    lost_devices: dict[int, list[str]] = field(default_factory=dict)  # shard -> its devices
     interrupted: str | None = None
     stopped_early: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     broker_samples: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     missing: list[int] = field(default_factory=list)
+
+
+def fd_workers(devices: int) -> int:
+    """The fewest workers whose shards each fit under the open-files limit (one socket a device)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 1
+    return -(-devices // max(1, hard - FDS_PER_WORKER_SPARE))
 
 
 def raise_fd_limit(devices: int, workers: int) -> None:
@@ -133,23 +144,6 @@ def prepare_time(scenario: Scenario, per_worker: int) -> float:
     return min(PREPARE_BUDGET_S, per_worker * PREPARE_MS / 1000.0)
 
 
-def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any,
-            cores: frozenset[int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
-    placement.pin(cores)  # before any thread starts (the progress queue's feeder), so all of them stay there
-    _name_process(f"fsim-shard-{shard.index}")
-    assert shard.pki_dir is not None
-    ids = PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})  # fresh per attempt
-    result = run_shard(scenario, shard, ids, progress=lambda snap: progress_q.put((shard.index, snap)), stop=stop)
-    result_q.put((shard.index, result))
-
-
-def _name_process(name: str) -> None:
-    """What ps and psutil show (15 characters at most), so a user can tell the workers apart."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_text(name[:15])
-
-
 def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, target: str) -> str | None:
     """Why to stop a run in which no healthy device could connect at all, or None to go on. Pure."""
     attempts, connects = state.get("healthy_attempts", 0), state.get("healthy_connects", 0)
@@ -170,16 +164,12 @@ def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, tar
 
 
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, reporter: Reporter,
-              fleet: Mapping[str, tuple[str, str]], worker_cores: frozenset[int] = frozenset()) -> Outcome:
-    """Start one process per shard, fire events on time, show progress, collect results whatever happens.
+              fleet: Mapping[str, tuple[str, str]], executor: Executor) -> Outcome:
+    """Start the shards, fire events on time, show progress, collect results whatever happens.
 
-    ``fleet``: the healthy devices, id -> (lot, model), the devices events and rehearsals act on."""
-    ctx = mp.get_context("fork")
-    progress_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(scenario, s, progress_q, result_q, stop, worker_cores),
-                         name=f"fleetsim-shard-{s.index}", daemon=True) for s in shards]
-    for p in procs:
-        p.start()
+    ``fleet``: the healthy devices, id -> (lot, model), the devices events and rehearsals act on. A shard lost
+    mid-run (its worker gone) leaves the others running; the summary names its devices."""
+    executor.start(scenario, shards)
     events = EventRunner(scenario.events, pki, broker, {d: lot for d, (lot, _) in fleet.items()}, scenario.seed)
     drivers: list[Any] = [events]
     if scenario.revocation is not None:
@@ -190,10 +180,14 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     snapshots: dict[int, Mapping[str, Any]] = {}
     target = f"{broker.host}:{broker.port}"
     last_sample = 0.0
+    stopped = False
     try:
-        while len(out.results) < len(shards):
+        while len(out.results) + len(out.lost) < len(shards):
             try:
-                _collect(result_q, progress_q, snapshots, out)
+                polled = executor.poll(wait=0.25)
+                snapshots.update(polled.snapshots)
+                out.results.update(polled.results)
+                out.lost.update(polled.lost)
                 now = time.time()
                 elapsed = now - t0
                 state = progress.merge(snapshots)
@@ -207,33 +201,26 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 reporter.progress(Progress(elapsed=max(0.0, elapsed), duration=scenario.duration,
                                            devices=scenario.devices, events=len(out.events), state=state,
                                            broker={"kind": broker.kind, "cpu_seconds": cpu}))
-                if not stop.is_set() and (why := nothing_connects(state, elapsed, len(fleet), target)):
-                    out.stopped_early = why
-                    stop.set()
-                if not any(p.is_alive() for p in procs):
-                    _collect(result_q, progress_q, snapshots, out, wait=1.0)
-                    if len(out.results) < len(shards):
-                        out.interrupted = out.interrupted or "a worker died before returning its results"
-                    break
+                if not stopped and (why := nothing_connects(state, elapsed, len(fleet), target)):
+                    out.stopped_early, stopped = why, True
+                    executor.stop()
                 if now > deadline:
                     out.interrupted = out.interrupted or "workers did not finish in time"
                     break
             except KeyboardInterrupt:
-                out.interrupted = "interrupted (Ctrl-C)"
-                stop.set()
+                out.interrupted, stopped = "interrupted (Ctrl-C)", True
+                executor.stop()
                 deadline = min(deadline, time.time() + COLLECT_GRACE_S)
             except FleetsimError as exc:
-                out.interrupted = f"event failed: {exc}"
-                stop.set()
+                out.interrupted, stopped = f"event failed: {exc}", True
+                executor.stop()
     finally:
         reporter.done()
-    _sample(broker, time.time() - t0, out.broker_samples)
-    out.wall_s = time.time() - t0
-    out.missing = sorted({s.index for s in shards} - set(out.results))
-    for p in procs:
-        p.join(timeout=2)
-        if p.is_alive():
-            p.terminate()
+        _sample(broker, time.time() - t0, out.broker_samples)
+        out.wall_s = time.time() - t0
+        out.missing = sorted({s.index for s in shards} - set(out.results))
+        executor.stop()
+        executor.close()
     return out
 
 
@@ -262,12 +249,13 @@ def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, A
 
 
 def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: BrokerHandle | None = None,
-                 reporter: Reporter | None = None) -> tuple[Path, dict[str, Any]]:
+                 reporter: Reporter | None = None, cluster: str | None = None) -> tuple[Path, dict[str, Any]]:
     """The whole job of `fleetsim run`; returns the results directory and the summary.
 
     ``pki``: a Pki, or a directory (created on first use). ``broker``: a running broker to use as it is (not
     stopped here); None starts the one the scenario names. ``reporter`` hears what is going on (silence by
-    default; the CLI's draws a progress line).
+    default; the CLI's draws a progress line). ``cluster``: run the shards on a Dask cluster
+    (``tcp://SCHEDULER:8786``, or ``local:N`` for N worker processes here) instead of local processes.
     """
     reporter = reporter or Silent()
     if broker is not None and scenario.broker.auth == "password":
@@ -276,17 +264,28 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
     if broker is not None and scenario.broker.isolate:
         raise FleetsimError("isolate applies only to a broker fleetsim starts", "drop isolate, or leave broker out")
     cores = placement.split(placement.usable_cores()) if scenario.broker.isolate else placement.Placement()
-    workers = max(1, min(scenario.workers or len(cores.workers) or os.cpu_count() or 1, scenario.devices))
+    workers = scenario.workers or max(len(cores.workers) or os.cpu_count() or 1, fd_workers(scenario.devices))
+    workers = max(1, min(workers, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
-    address = (broker.host, broker.port) if broker is not None else scenario.broker.address
-    if address is not None:
+    for address in [(broker.host, broker.port)] if broker is not None else scenario.broker.addresses:
         probe(*address)
     pki = pki if isinstance(pki, Pki) else open_pki(Path(pki), reporter)
     fleet = _provision(pki, scenario, reporter)
+    executor = executor_for(cluster, cores.workers)
+    try:
+        return _run(scenario, pki, fleet, out_dir, broker, reporter, executor, cores, workers)
+    except BaseException:
+        executor.close()  # supervise() closes it on the way out; this covers what fails before it
+        raise
+
+
+def _run(scenario: Scenario, pki: Pki, fleet: list[provision.Provisioned], out_dir: Path,
+         broker: BrokerHandle | None, reporter: Reporter, executor: Executor, cores: placement.Placement,
+         workers: int) -> tuple[Path, dict[str, Any]]:
     run_dir = results.new_run_dir(out_dir, scenario.name)
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
     results.write_json(run_dir / "meta.json", {**results.machine_facts(), "pki": str(pki.root), "workers": workers,
-                                               **cores.as_dict()})
+                                               **cores.as_dict(), **executor.facts()})
     healthy = {p.device_id: (p.slot.lot, p.slot.model) for p in fleet if p.slot.fault is None}
     if scenario.revocation is not None and scenario.revocation.crl_prefill:
         _prefill_crl(pki, scenario.revocation.crl_prefill, reporter)
@@ -294,7 +293,11 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
         with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
             outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, reporter,
-                                                                  healthy, run_dir / "broker.log", cores, broker)
+                                                                  healthy, run_dir / "broker.log", cores, broker,
+                                                                  executor)
+    if executor.kind == "dask":  # the clock skew is measured as the shards start
+        results.write_json(run_dir / "meta.json", {**json.loads((run_dir / "meta.json").read_text()),
+                                                   **executor.facts()})
     summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind,
                      healthy=list(healthy))
     return run_dir, summary
@@ -331,25 +334,55 @@ def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
         pki.pad_crl(entries - have)
 
 
+def _start_brokers(scenario: Scenario, pki: Pki, auth: Auth, broker_log: Path) -> BrokerHandle:
+    """The broker (or pool) the scenario names; an external cluster's nodes as a pool of their addresses."""
+    b = scenario.broker
+    if b.kind == "external":
+        nodes = [ExternalBroker(h, p) for h, p in b.addresses]
+        return nodes[0] if len(nodes) == 1 else BrokerPool(nodes)
+    admin = _kick_admin(scenario, pki)
+
+    def one(options: BrokerOptions, i: int) -> BrokerHandle:
+        log = broker_log if i == 0 else broker_log.with_name(f"broker-{i + 1}.log")
+        return start_broker(b.target, pki.root, options, log_file=log, dynsec_admin=admin)
+
+    return start_pool(b.processes, auth.options, one)
+
+
+def _targets(broker: BrokerHandle, auth: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(broker, BrokerPool):
+        return ()
+    return tuple(broker.plain_targets() if auth == "none" else broker.targets)
+
+
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
                         workers: int, reporter: Reporter, healthy: dict[str, tuple[str, str]], broker_log: Path,
-                        cores: placement.Placement, given: BrokerHandle | None
+                        cores: placement.Placement, given: BrokerHandle | None, executor: Executor
                         ) -> tuple[Outcome, dict[str, Any], float, str]:
     if given is None:
-        reporter.step(f"starting the {scenario.broker.target} broker")
-    broker = given or start_broker(scenario.broker.target, pki.root, auth.options, log_file=broker_log,
-                                   dynsec_admin=_kick_admin(scenario, pki))
+        reporter.step(f"starting the {scenario.broker.target} broker"
+                      + (f"s ({scenario.broker.processes})" if scenario.broker.processes > 1 else ""))
+    broker = given or _start_brokers(scenario, pki, auth, broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
-        lead = max(START_DELAY_S, prepare_time(scenario, math.ceil(scenario.devices / workers)))
+        lead = max(executor.lead_s, prepare_time(scenario, math.ceil(scenario.devices / workers)))
+        targets = _targets(broker, scenario.broker.auth)
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="localhost", ca_pem=pki.layout.ca_chain.read_bytes(),
-                             t0=time.time() + lead, pki_dir=pki.root, password=auth.password)
+                             t0=time.time() + lead, pki_dir=pki.root, password=auth.password, targets=targets)
         shards = deal(scenario, fleet, template, workers)
+        loopback = all(is_loopback(h) for h, _ in targets or [(broker.host, broker.port)])
+        shards = with_sources(shards, len(targets) or 1, scenario.source_addresses, loopback)
+        sources = sorted({s.source_address for s in shards if s.source_address})
         reporter.note(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
-                      f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
-                      + (f"; {cores.describe()}" if cores.broker else ""))
-        outcome = supervise(scenario, shards, pki, broker, reporter, healthy, cores.workers)
+                      + (f"pool of {len(targets)} from " if targets else "")
+                      + f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
+                      + (f"; from {', '.join(sources)}" if sources else "")
+                      + (f"; {cores.describe()}" if cores.broker else "")
+                      + (f"; shards on Dask {executor.facts().get('cluster')}" if executor.kind == "dask" else ""))
+        outcome = supervise(scenario, shards, pki, broker, reporter, healthy, executor)
+        outcome.lost_devices = {i: [d.id for d in shards_by[i].devices]
+                                for shards_by in [{s.index: s for s in shards}] for i in outcome.lost}
         broker_stats = _safe_stats(broker)
         _keep_log(broker_stats.get("log"), broker_log)
         return outcome, broker_stats, template.t0, broker.kind
@@ -406,5 +439,11 @@ def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: di
         summary["stopped_early"] = outcome.stopped_early
     if outcome.missing:
         summary["shards_missing"] = outcome.missing
+    if outcome.lost:
+        devices = [d for ids in outcome.lost_devices.values() for d in ids]
+        summary["lost_with_worker"] = {"shards": {str(i): why for i, why in outcome.lost.items()},
+                                       "devices": len(devices), "device_ids": devices[:1000]}
+        summary["warnings"].append(f"{len(devices):,} devices were lost with their worker "
+                                   f"({'; '.join(outcome.lost.values())}); the rest of the run is complete")
     results.write_json(run_dir / results.SUMMARY, summary)
     return summary

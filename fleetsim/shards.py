@@ -22,15 +22,17 @@ def arrival_offsets(scenario: Scenario) -> list[float]:
 
 
 def deal(scenario: Scenario, fleet: list[provision.Provisioned], template: ShardSpec, workers: int) -> list[ShardSpec]:
-    """Deal devices round-robin, in arrival order, so every worker sees every group, fault and moment.
+    """Deal devices round-robin, in arrival order, so every worker sees every group, fault and moment, and
+    every broker of a pool (``template.targets``) gets its share of each.
 
-    ``template`` carries what all shards share (broker address, CA, t0, PKI, password).
+    ``template`` carries what all shards share (broker addresses, CA, t0, PKI, password).
     """
     order = np.random.default_rng([scenario.seed, 0x5EED]).permutation(len(fleet))  # groups arrive mixed
     offsets = arrival_offsets(scenario)
+    brokers = max(1, len(template.targets))
     specs = [
         DeviceSpec(id=p.device_id, model=p.slot.model, site=p.slot.site, key_type=p.slot.key_type,
-                   fault=p.slot.fault, group=p.slot.group, offset=offsets[rank])
+                   fault=p.slot.fault, group=p.slot.group, offset=offsets[rank], target=rank % brokers)
         for rank, p in enumerate(fleet[i] for i in order)
     ]
     return [
@@ -86,3 +88,16 @@ def merge_results(parts: Mapping[int, ShardResult]) -> Merged:
         loop_lag_ms=[x for p in ordered for x in p.loop.get("lag_ms", [])],
         workers=[{"shard": p.index, **{k: v for k, v in p.loop.items() if k != "lag_ms"}} for p in ordered],
     )
+
+
+PER_SOURCE_ADDRESS = 25_000  # loopback source ports 32768-60999 give ~28,000 connections per (address, broker)
+
+
+def with_sources(shards: list[ShardSpec], brokers: int, given: tuple[str, ...], loopback: bool) -> list[ShardSpec]:
+    """Give each shard a local address to connect from when one address cannot hold the fleet's connections to
+    one broker (or when the user named addresses): the ones given, in turn, else 127.0.0.1, 127.0.0.2, ..."""
+    per_broker = sum(len(s.devices) for s in shards) / max(1, brokers)
+    if not given and (per_broker <= PER_SOURCE_ADDRESS or not loopback):
+        return shards
+    pool = list(given) or [f"127.0.0.{i + 1}" for i in range(len(shards))]
+    return [dataclasses.replace(s, source_address=pool[i % len(pool)]) for i, s in enumerate(shards)]

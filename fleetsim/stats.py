@@ -224,14 +224,15 @@ def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, 
     if not final or "error" in final:
         return {"kind": kind, "available": False,
                 "why": f"the broker's counters could not be read at the end ({(final or {}).get('error', 'no answer')})"}
-    out: dict[str, Any] = {"kind": kind, "available": True,
-                           **{k: v for k, v in final.items() if not isinstance(v, list)}}
+    out: dict[str, Any] = {"kind": kind, "available": True,  # per member and per process kept: a pool's figures
+                           **{k: v for k, v in final.items() if not isinstance(v, list) or k in ("members",
+                                                                                                "processes")}}
     t = np.asarray([s["t"] for s in samples], dtype=float)
     cpu = np.asarray([s["cpu_seconds"] for s in samples], dtype=float)
     _, lo_, hi_ = up_window(attempts, t0)
     if t.size < 2 or lo_ is None or hi_ is None:
         return out
-    lo, hi = lo_, max(hi_, lo_ + 1.0)  # the samples come once a second
+    lo, hi = max(0.0, lo_), max(hi_, lo_ + 1.0)  # the samples come once a second; a hair before t0 is t0
     _, end, ok = attempt_times(attempts, t0)
     failure = np.asarray(attempts.get("failure", []), dtype=object)
     at_broker = ok | ~np.isin(failure, list(NOT_AT_BROKER))

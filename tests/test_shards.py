@@ -1,7 +1,7 @@
 """Dealing a fleet into shards and merging their results: pure, no network."""
 
 from fleetsim import provision
-from fleetsim.engine.shard import ShardResult, ShardSpec
+from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec
 from fleetsim.scenario import parse
 from fleetsim.shards import deal, merge_results
 
@@ -58,3 +58,29 @@ def test_merge_adds_counters_by_second_and_takes_the_worst_lag() -> None:
     assert m.messages["published"] == 12 and m.messages["by_kind"] == {"telemetry": 12}
     assert m.messages["ack_ms"] == [1.0, 1.0] and len(m.loop_lag_ms) == 5
     assert [w["cpu_s"] for w in m.workers] == [1.0, 1.0]
+
+
+def test_sources_are_given_per_shard_only_when_one_address_cannot_hold_the_fleet() -> None:
+    from fleetsim.shards import with_sources
+
+    def shards(n: int, each: int) -> list[ShardSpec]:
+        return [ShardSpec(index=i, devices=tuple(DeviceSpec(id=f"d{i}-{k}", model="thermometer")
+                                                 for k in range(each)), host="127.0.0.1", port=1) for i in range(n)]
+
+    small = shards(2, 100)
+    assert with_sources(small, 1, (), loopback=True) == small
+    big = with_sources(shards(3, 10_000), 1, (), loopback=True)  # 30,000 to one broker: more than one address holds
+    assert [s.source_address for s in big] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert with_sources(shards(3, 10_000), 2, (), loopback=True)[0].source_address is None  # a pool of two holds it
+    given = with_sources(small, 1, ("10.0.0.5", "10.0.0.6"), loopback=False)
+    assert [s.source_address for s in given] == ["10.0.0.5", "10.0.0.6"]
+
+
+def test_a_pool_sums_its_members_and_keeps_each() -> None:
+    from fleetsim.broker.pool import pooled
+
+    a = {"kind": "mosquitto", "port": 1, "accepted": 3, "cpu_seconds": 1.5, "rejected": {"x": 1}, "pid": 10}
+    b = {"kind": "mosquitto", "port": 2, "accepted": 4, "cpu_seconds": 0.5, "rejected": {"x": 2, "y": 1}, "pid": 11}
+    p = pooled([a, b])
+    assert p["accepted"] == 7 and p["cpu_seconds"] == 2.0 and p["rejected"] == {"x": 3, "y": 1}
+    assert [m["port"] for m in p["members"]] == [1, 2] and [x["pid"] for x in p["processes"]] == [10, 11]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -12,10 +15,10 @@ from rich.text import Text
 from fleetsim import __version__
 from fleetsim.errors import FleetsimError
 
-try:  # typer >= 0.2x vendors its own click; older ones use click itself
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
+# typer >= 0.2x vendors its own click, older ones use click itself (which Dask's packages also install)
+_click = importlib.import_module("typer._click.exceptions" if importlib.util.find_spec("typer._click")
+                                 else "click.exceptions")
+ClickException, NoArgsIsHelpError, UsageError = _click.ClickException, _click.NoArgsIsHelpError, _click.UsageError
 
 app = typer.Typer(
     name="fleetsim",
@@ -51,7 +54,7 @@ def _register() -> None:
     report.register(app)
 
 
-def usage_line(exc: UsageError) -> str:
+def usage_line(exc: Any) -> str:
     """click's usage errors span usage, hint and message; a user needs the message and where to look."""
     where = exc.ctx.command_path if exc.ctx else "fleetsim"
     return f"{exc.format_message().rstrip('.')}; see `{where} --help`"

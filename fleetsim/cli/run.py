@@ -30,6 +30,10 @@ def run(
     isolate_broker: bool = typer.Option(False, "--isolate-broker",
                                         help="Give the broker fleetsim starts a core of its own, the workers the "
                                              "others (handshake timing on one machine)."),
+    brokers: int | None = typer.Option(None, "--brokers", min=1, help="A pool of N brokers fleetsim starts, on "
+                                       "consecutive ports; the fleet dealt over them."),
+    cluster: str | None = typer.Option(None, "--cluster", metavar="ADDRESS",
+                                       help="Run the shards on a Dask cluster: tcp://SCHEDULER:8786, or local:N."),
     fail_on: list[str] = typer.Option([], "--fail-on", metavar="RULE",
                                       help="Exit 1 when the run breaches RULE, e.g. 'connected<100%' or "
                                            "'p99.total>200ms' (repeatable; see fleetsim/thresholds.py)."),
@@ -41,8 +45,8 @@ def run(
     rules = thresholds.parse(fail_on)  # a bad rule is one line before anything runs
     console = Console(markup=False, highlight=False)
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
-                                                     broker=broker, isolate=isolate_broker or None)
-    run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console))
+                                                     broker=broker, isolate=isolate_broker or None, brokers=brokers)
+    run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console), cluster=cluster)
     if rules:
         summary["thresholds"] = thresholds.judge(rules, summary)
         results.write_json(run_dir / results.SUMMARY, summary)
@@ -56,6 +60,8 @@ def exit_code(summary: dict) -> int:
     if "Ctrl-C" in str(summary.get("interrupted", "")):
         return INTERRUPTED
     problems = [summary[k] for k in ("stopped_early", "interrupted") if summary.get(k)]
+    if lost := summary.get("lost_with_worker"):
+        problems.append(f"{lost['devices']:,} devices were lost with their worker")
     problems += [f"--fail-on {t['rule']} breached (measured {t['value']}{t['unit']})"
                  for t in summary.get("thresholds", []) if t["breached"]]
     for p in problems:

@@ -14,6 +14,7 @@ a :class:`WaitSink` so the phase clock can book it apart from the network's and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -23,6 +24,7 @@ import sys
 import time
 from typing import Protocol
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 _PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
@@ -99,7 +101,9 @@ async def tcp_connect(host: str, port: int, *, source: str | None = None,
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if source:
+        if source:  # the port is chosen at connect(), per destination: more than 28,000 from one address
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
         t = time.perf_counter()
         if not _connected(sock, address) and not _connected(sock, address):

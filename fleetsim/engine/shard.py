@@ -73,6 +73,7 @@ class DeviceSpec:
     fault: str | None = None
     group: int = 0
     offset: float | None = None  # first arrival, s after t0; None: this shard draws it from scenario.arrival
+    target: int = 0  # which of the shard's brokers (ShardSpec.targets) it connects to
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ShardSpec:
     pki_dir: Path | None = None  # where a local worker reads identities each attempt (see runner._worker)
     password: str | None = None  # auth = "password": every device's password (user name = device id)
     source_address: str | None = None  # optional local address (other 127.x.y.z give more source ports)
+    targets: tuple[tuple[str, int], ...] = ()  # a pool of brokers: device d connects to targets[d.target]
 
 
 @dataclass
@@ -356,8 +358,9 @@ class _Shard:
             clock.lap("setup_ms")
             async with asyncio.timeout(self.sc.connect_timeout):
                 clock.phase = Phase.TCP
-                sock, _ = await tcp_connect(self.spec.host, self.spec.port, source=self.spec.source_address,
-                                            sink=clock)
+                host, port = self.spec.targets[dev.spec.target] if self.spec.targets else (self.spec.host,
+                                                                                          self.spec.port)
+                sock, _ = await tcp_connect(host, port, source=self.spec.source_address, sink=clock)
                 clock.lap("tcp_ms")
                 clock.phase = Phase.IDENTITY
                 link = self._wrap(dev, ident, sock)

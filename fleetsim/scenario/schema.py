@@ -60,18 +60,24 @@ class BrokerSpec:
     auth: str = "mtls"
     allow_remote: bool = False
     isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
+    processes: int = 1  # a pool of this many brokers fleetsim starts, on consecutive ports; the fleet dealt over
 
     @property
     def kind(self) -> str:
-        """ "embedded", "mosquitto" or "external" (any HOST:PORT)."""
+        """ "embedded", "mosquitto" or "external" (any HOST:PORT, or several, comma-separated)."""
         return self.target if self.target in TARGETS else "external"
 
     @property
-    def address(self) -> tuple[str, int] | None:
-        """(host, port) of an external broker, None for the ones fleetsim starts."""
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each external broker (a cluster's nodes), [] for the ones fleetsim starts."""
         if self.kind != "external":
-            return None
-        return split_hostport(self.target)
+            return []
+        return [a for a in (split_hostport(t.strip()) for t in self.target.split(",")) if a is not None]
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the (first) external broker, None for the ones fleetsim starts."""
+        return self.addresses[0] if self.addresses else None
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class Scenario:
     faults: dict[str, float] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
     revocation: Revocation | None = None
+    source_addresses: tuple[str, ...] = ()  # local addresses the devices connect from (default: chosen as needed)
     source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
 
     def __post_init__(self) -> None:
@@ -184,6 +191,7 @@ class Scenario:
         workers: int | None = None,
         broker: str | None = None,
         isolate: bool | None = None,
+        brokers: int | None = None,
     ) -> Scenario:
         """The same scenario with CLI overrides, validated like the file.
 
@@ -193,7 +201,7 @@ class Scenario:
         from fleetsim.scenario.validate import overridden
 
         return overridden(self, devices=devices, duration=duration, workers=workers, broker=broker,
-                          isolate=isolate)
+                          isolate=isolate, brokers=brokers)
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated), e.g. ``s.replace(duration=10)``."""
@@ -223,6 +231,7 @@ class Scenario:
             "events": [_without_none(_fields(e)) for e in self.events] if isinstance(self.events, list | tuple)
             else self.events,
             **({"revocation": _revocation_data(self.revocation)} if self.revocation is not None else {}),
+            **({"source_addresses": list(self.source_addresses)} if self.source_addresses else {}),
         }
 
     def to_toml(self) -> str:

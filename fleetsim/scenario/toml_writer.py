@@ -19,13 +19,18 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _tables(value: Any) -> bool:
+    """An array of tables ([[key]]), as opposed to an array of values."""
+    return isinstance(value, list) and any(isinstance(v, dict) for v in value)
+
+
 def dump(data: Mapping[str, Any]) -> str:
-    """Minimal TOML writer for the scenario's shape: scalars, tables and arrays of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    """Minimal TOML writer for the scenario's shape: scalars, arrays, tables and arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and not _tables(v)]
     for key, value in data.items():
         if isinstance(value, dict):
             lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
-        elif isinstance(value, list):
+        elif _tables(value):
             for item in value:
                 lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"

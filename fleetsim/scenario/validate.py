@@ -220,7 +220,7 @@ def _choose(value: str, choices: Sequence[str]) -> str:
     return f"{hint}(choose one of: {', '.join(choices)})"
 
 
-_TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers", "revocation",
+_TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers", "revocation", "source_addresses",
         "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events")  # fmt: skip
 
 
@@ -252,11 +252,12 @@ def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         "faults": _faults(top, data),
         "events": _events(top, data, duration, fleet),
         "revocation": _revocation(top, data, duration, fleet, broker),
+        "source_addresses": _sources(top, data, broker),
     }
 
 
 def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
-    keys = ("target", "tls_version", "session_resumption", "auth", "allow_remote", "isolate")
+    keys = ("target", "tls_version", "session_resumption", "auth", "allow_remote", "isolate", "processes")
     t = _table(top, data, "broker", keys)
     w = top.sub("broker")
     spec = BrokerSpec(
@@ -266,16 +267,40 @@ def _broker(top: _Where, data: Mapping[str, Any]) -> BrokerSpec:
         auth=_str(w, t, "auth", "mtls", AUTHS),
         allow_remote=_bool(w, t, "allow_remote", False),
         isolate=_bool(w, t, "isolate", False),
+        processes=_int(w, t, "processes", 1, 1, MAX_BROKERS),
     )
     if spec.target not in TARGETS:
-        _check_target(w, spec.target, spec.allow_remote)
+        for part in spec.target.split(","):
+            _check_target(w, part.strip(), spec.allow_remote)
+        if spec.processes > 1:
+            raise w.fail("processes", f"applies only to brokers fleetsim starts, not {spec.target}",
+                         'list several targets instead: target = "10.0.0.1:8883,10.0.0.2:8883"')
         if spec.isolate:
             raise w.fail("isolate", f"applies only to a broker fleetsim starts, not {spec.target}",
                          'use target = "embedded" or "mosquitto", or drop isolate')
     return spec
 
 
-def _is_loopback(host: str) -> bool:
+MAX_BROKERS = 16
+
+
+def _sources(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> tuple[str, ...]:
+    """Local addresses the devices connect from; each must be an IP address, loopback unless allow_remote."""
+    value = data.get("source_addresses", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise top.fail("source_addresses", "must be a list of local IP addresses", 'e.g. ["10.0.0.5", "10.0.0.6"]')
+    for v in value:
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            raise top.fail("source_addresses", f"{v!r} is not an IP address", "give addresses of this host") from None
+        if not ip.is_loopback and not broker.allow_remote:
+            raise top.fail("source_addresses", f"{v} is not a loopback address",
+                           "set allow_remote = true in [broker] for a broker you operate elsewhere")
+    return tuple(value)
+
+
+def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
@@ -294,7 +319,7 @@ def _check_target(w: _Where, target: str, allow_remote: bool) -> None:
             f"{target!r} is neither embedded, mosquitto nor HOST:PORT",
             f'{hint}write "embedded", "mosquitto" or e.g. "127.0.0.1:8883" ("[::1]:8883" for IPv6)',
         )
-    if not allow_remote and not _is_loopback(address[0]):
+    if not allow_remote and not is_loopback(address[0]):
         raise w.fail(
             "target",
             f"{address[0]} is not a loopback address; fleetsim sends its load to this machine only by default",
@@ -470,7 +495,7 @@ def _event(w: _Where, t: Any, duration: float, lots: set[str]) -> Event:
 
 
 def overridden(s: Scenario, *, devices: int | None, duration: float | None, workers: int | None,
-               broker: str | None, isolate: bool | None) -> Scenario:
+               broker: str | None, isolate: bool | None, brokers: int | None = None) -> Scenario:
     """``s`` with the CLI's overrides, validated like the file (see Scenario.with_overrides)."""
     data = s.to_dict()
     where = _Where(f"{s.source} (with overrides)", "")
@@ -488,6 +513,9 @@ def overridden(s: Scenario, *, devices: int | None, duration: float | None, work
         data["broker"]["target"] = broker
     if isolate is not None:
         data["broker"]["isolate"] = isolate
+    if brokers is not None:
+        _check_int(where, "--brokers", brokers, 1, MAX_BROKERS)
+        data["broker"]["processes"] = brokers
     return _build(data, where.source)
 
 
