@@ -3,9 +3,16 @@ scraped while it runs."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +181,95 @@ def test_reporter_passes_everything_on_to_the_one_it_wraps() -> None:
     r.done()
     assert inner.calls == [("note", "n"), ("step", "s"), ("progress", p), ("done", None)]
     assert "fleetsim_devices_connected 2.0" in generate_latest(ep.registry).decode()
+
+
+# -- a real run, scraped while it runs --------------------------------------------------------------------------
+FLEETSIM = [sys.executable, "-m", "fleetsim"]
+RUN_TOML = """
+name = "live-metrics"
+seed = 5
+duration = 8
+connect_timeout = 5
+workers = 2
+[broker]
+target = "embedded"
+[mqtt]
+qos_telemetry = 1
+[arrival]
+pattern = "linear"
+rate = 8
+[[fleet]]
+model = "pulse-oximeter"
+count = 40
+lot = "ward-m"
+[faults]
+revoked = 0.1
+[reconnect]
+max_attempts = 1
+"""
+
+
+def scrape_run(proc: subprocess.Popen[str], every: float = 0.8) -> tuple[list[str], list[Samples]]:
+    """The run's stdout lines, and one scrape every ``every`` s from the metrics line until the run ends."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    url, scrapes = None, []
+    while proc.poll() is None:
+        url = url or next((ln.split("metrics: ", 1)[1].strip() for ln in lines if ln.startswith("metrics: ")), None)
+        if url:
+            with contextlib.suppress(OSError):  # the run ended between poll() and the scrape
+                scrapes.append(scrape(url)[1])
+        time.sleep(every)
+    reader.join(timeout=10)
+    return lines, scrapes
+
+
+def value(s: Samples, name: str, **labels: str) -> float:
+    return s.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_run_serves_growing_metrics_while_it_runs(tmp_path: Path) -> None:
+    scenario = tmp_path / "live.toml"
+    scenario.write_text(RUN_TOML)
+    proc = subprocess.Popen([*FLEETSIM, "run", str(scenario), "--pki", str(tmp_path / "pki"), "--out",
+                             str(tmp_path / "out"), "--metrics-port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines, scrapes = scrape_run(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""  # type: ignore[union-attr]
+    live = [s for s in scrapes if ("fleetsim_devices_connected", ()) in s]
+    assert len(live) >= 3, f"{len(scrapes)} scrapes, {len(live)} during the devices' run; stdout: {lines}"
+    connected = [value(s, "fleetsim_connection_attempts_total", outcome="connected") for s in live]
+    published = [value(s, "fleetsim_messages_published_total", qos="1") for s in live]
+    assert connected == sorted(connected) and connected[-1] > connected[0]
+    assert published == sorted(published) and published[-1] > published[0]
+    assert max(value(s, "fleetsim_devices_connected") for s in live) > 0
+    last = live[-1]
+    assert value(last, "fleetsim_connection_failures_total", failure="alert_revoked") > 0
+    assert value(last, "fleetsim_fleet_devices") == 40
+    assert value(last, "fleetsim_broker_cpu_seconds_total", broker="embedded") > 0
+    for s in live:  # one snapshot, one state: the histograms count exactly the connected attempts
+        n = value(s, "fleetsim_connection_attempts_total", outcome="connected")
+        for phase in PHASES:
+            assert value(s, "fleetsim_connect_phase_seconds_count", phase=phase) == n, phase
+            assert value(s, "fleetsim_connect_phase_seconds_bucket", phase=phase, le="+Inf") == n, phase
+    assert value(last, "fleetsim_connect_phase_seconds_sum", phase="tls") > 0
+
+
+def test_cli_metrics_port_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*FLEETSIM, "run", "scenarios/ward.toml", "--pki", str(tmp_path / "pki"),
+                            "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: cannot serve metrics on 127.0.0.1:{port}: the port is in use; pick " \
+                               "another --metrics-port, or 0 for a free one"
+    assert not (tmp_path / "pki").exists()  # nothing ran
