@@ -71,14 +71,15 @@ IGNORED = {"shard", "t", "stopping"}
 
 
 def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """Sum the counters of every shard; take the worst (largest) of latency percentiles."""
+    """Sum the counters of every shard (lists in a mapping, such as histogram buckets, element by element);
+    take the worst (largest) of latency percentiles."""
     out: dict[str, Any] = {}
     for snap in snapshots.values():
         for key, value in snap.items():
             if isinstance(value, Mapping):
                 inner = out.setdefault(key, {})
                 for k, v in value.items():
-                    inner[k] = inner.get(k, 0) + v
+                    inner[k] = _add(inner.get(k), v)
             elif key in IGNORED or value is None:
                 continue
             elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -87,6 +88,13 @@ def merge(snapshots: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
                 else:
                     out[key] = out.get(key, 0) + value
     return out
+
+
+def _add(total: Any, value: Any) -> Any:
+    """``total + value`` for counts, element-wise for lists of counts; a new list, never the shard's own."""
+    if isinstance(value, list | tuple):
+        return [a + b for a, b in zip(total or [0] * len(value), value, strict=True)]
+    return (total or 0) + value
 
 
 class View:

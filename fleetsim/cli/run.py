@@ -6,6 +6,8 @@ breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C (resul
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -14,6 +16,7 @@ from rich.text import Text
 
 from fleetsim import report, results, thresholds
 from fleetsim.cli.live import ConsoleReporter
+from fleetsim.progress import Reporter
 
 RUN_FAILED = 1
 INTERRUPTED = 130
@@ -37,6 +40,9 @@ def run(
     fail_on: list[str] = typer.Option([], "--fail-on", metavar="RULE",
                                       help="Exit 1 when the run breaches RULE, e.g. 'connected<100%' or "
                                            "'p99.total>200ms' (repeatable; see fleetsim/thresholds.py)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, metavar="P",
+                                            help="Serve live Prometheus metrics on 127.0.0.1:P/metrics during "
+                                                 "the run (0: a free port; see dashboards/)."),
 ) -> None:
     """Run a fleet against a broker that requires client certificates, then print the summary."""
     from fleetsim import scenario as scenario_mod
@@ -46,13 +52,29 @@ def run(
     console = Console(markup=False, highlight=False)
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
                                                      broker=broker, isolate=isolate_broker or None, brokers=brokers)
-    run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console), cluster=cluster)
+    with _metrics(metrics_port, console) as wrap:
+        run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=wrap(ConsoleReporter(console)),
+                                        cluster=cluster)
     if rules:
         summary["thresholds"] = thresholds.judge(rules, summary)
         results.write_json(run_dir / results.SUMMARY, summary)
     report.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))
     raise typer.Exit(exit_code(summary))
+
+
+@contextlib.contextmanager
+def _metrics(port: int | None, console: Console) -> Iterator[Callable[[Reporter], Reporter]]:
+    """The live metrics endpoint for the run's length, bound before anything runs (a port in use is one line,
+    exit 2); without --metrics-port the reporter is left as it is."""
+    if port is None:
+        yield lambda reporter: reporter
+        return
+    from fleetsim.live_metrics import MetricsEndpoint  # prometheus_client only when asked for
+
+    with MetricsEndpoint(port) as endpoint:
+        console.print(Text(f"metrics: {endpoint.url}"))
+        yield endpoint.reporter
 
 
 def exit_code(summary: dict) -> int:

@@ -44,6 +44,7 @@ from fleetsim.engine.identity import (
 )
 from fleetsim.engine.monitor import CPU_COLUMN, CPU_MAX_COLUMN, LAG_COLUMN, LoopMonitor
 from fleetsim.engine.outcome import Drop, Failure, Phase, classify, classify_connack, describe, drop_cause
+from fleetsim.engine.phase_histogram import PhaseHistogram
 from fleetsim.engine.timeline import Bins
 from fleetsim.telemetry import TelemetryStream, topic
 
@@ -235,6 +236,7 @@ class _Shard:
         self.ack_ms: list[float] = []
         self.acks_seen = 0
         self.connect_ms: list[float] = []
+        self.phases = PhaseHistogram()  # connected attempts' phase times, bucketed for live metrics
         self.connected = 0
         self.stopping = False
         self.stopped_at: float | None = None  # wall clock of the stop: connections still up end then
@@ -391,6 +393,7 @@ class _Shard:
             return False
         self._record(dev, row, None, "")
         self.connect_ms.append(row["total_ms"])
+        self.phases.observe(row)
         dev.session = (dev.attempts, row["start"] + row["total_ms"] / 1000.0)
         return True
 
@@ -574,6 +577,8 @@ class _Shard:
             "p99_ms": float(np.percentile(ms, 99)) if ms is not None else None,
             "lag_max_ms": max(lags) if lags else 0.0, "waiting": self.admission.waiting,
             "t": self.run_time(), "stopping": self.stopping,
+            "messages": dict(self.msg),  # published_qosN, published_<kind>, sent_qos0, acked_qosN
+            **self.phases.snapshot(),  # phase_buckets, phase_sum_s: cumulative, summed across workers
         }
 
     def result(self) -> ShardResult:
