@@ -368,7 +368,8 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         lead = max(executor.lead_s, prepare_time(scenario, math.ceil(scenario.devices / workers)))
         targets = _targets(broker, scenario.broker.auth)
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
-                             server_hostname="localhost", ca_pem=pki.layout.ca_chain.read_bytes(),
+                             server_hostname="" if scenario.broker.kind == "external" else "localhost",
+                             ca_pem=pki.layout.ca_chain.read_bytes(),
                              t0=time.time() + lead, pki_dir=pki.root, password=auth.password, targets=targets)
         shards = deal(scenario, fleet, template, workers)
         loopback = all(is_loopback(h) for h, _ in targets or [(broker.host, broker.port)])

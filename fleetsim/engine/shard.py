@@ -83,7 +83,7 @@ class ShardSpec:
     devices: tuple[DeviceSpec, ...]
     host: str
     port: int
-    server_hostname: str = "localhost"
+    server_hostname: str = "localhost"  # the name the broker's certificate must carry; "": the host dialled
     ca_pem: bytes = b""
     t0: float = 0.0  # wall clock (time.time()) of the run's start, shared by all shards
     pki_dir: Path | None = None  # where a local worker reads identities each attempt (see runner._worker)
@@ -314,17 +314,18 @@ class _Shard:
             self.ctxs.context(dev.spec.id, ident)
         return ident
 
-    def _wrap(self, dev: _Device, ident: Identity | None, sock: Any) -> Any:
+    def _wrap(self, dev: _Device, ident: Identity | None, sock: Any, host: str) -> Any:
         """The TCP socket wrapped for TLS as this device (or as it is, without TLS); no handshake yet."""
         if self.auth == "none":
             return sock
+        name = self.spec.server_hostname or host
         try:
             if ident is None:  # server-only TLS: one context for all, no client certificate
                 return self.ctxs.anonymous().wrap_socket(sock, do_handshake_on_connect=False,
-                                                         server_hostname=self.spec.server_hostname)
+                                                         server_hostname=name)
             conn = dev.conn
             session = conn.last_session if conn is not None and self.sc.broker.session_resumption else None
-            return self.ctxs.wrap(dev.spec.id, ident, sock, self.spec.server_hostname, session)
+            return self.ctxs.wrap(dev.spec.id, ident, sock, name, session)
         except BaseException:
             sock.close()
             raise
@@ -365,7 +366,7 @@ class _Shard:
                 sock, _ = await tcp_connect(host, port, source=self.spec.source_address, sink=clock)
                 clock.lap("tcp_ms")
                 clock.phase = Phase.IDENTITY
-                link = self._wrap(dev, ident, sock)
+                link = self._wrap(dev, ident, sock, host)
                 clock.lap("setup_ms")
                 clock.phase = Phase.TLS
                 if link is not sock:
