@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import functools
 import heapq
+import math
 import random
 import signal
 import sys
@@ -132,10 +133,10 @@ class _PhaseClock:
 
     __slots__ = ("last", "phase", "queued", "row", "start")
 
-    def __init__(self, row: dict[str, Any]) -> None:
+    def __init__(self, row: dict[str, Any], late: float = 0.0) -> None:
         self.row = row
         self.phase = Phase.IDENTITY
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = time.perf_counter() - late
         self.queued = 0.0
         row["wait_ms"] = 0.0
 
@@ -206,6 +207,61 @@ class _Publishes:
             self._arm()
 
 
+class _Wakeups:
+    """Every device's next wake-up (its arrival, the end of its backoff) on one heap behind one loop timer, woken
+    at most PER_ITERATION a loop iteration.
+
+    Why: a burst is thousands of devices due at the same instant; woken together they made one loop iteration
+    last a fifth of a second, and every device's timing carried it. Devices woken a few iterations late keep
+    the time they were due as their attempt's start, so the lateness is booked as their wait, not hidden.
+    """
+
+    PER_ITERATION = 64
+
+    __slots__ = ("handle", "heap", "loop", "n", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self.handle: asyncio.Handle | None = None
+        self.scheduled = math.inf  # loop time the timer is set for
+        self.n = 0
+
+    def at(self, when: float) -> asyncio.Future[bool]:
+        """A future that becomes True at ``when`` (loop time), or False if the shard stops first."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        heapq.heappush(self.heap, (when, self.n, fut))
+        self.n += 1
+        if when < self.scheduled:
+            self._arm(when)
+        return fut
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.scheduled = when
+        self.handle = self.loop.call_at(when, self._run)
+
+    def _run(self) -> None:
+        self.handle, self.scheduled = None, math.inf
+        due, woken = self.loop.time() + 0.001, 0
+        while self.heap and self.heap[0][0] <= due and woken < self.PER_ITERATION:
+            _, _, fut = heapq.heappop(self.heap)
+            if not fut.done():
+                fut.set_result(True)
+                woken += 1
+        if self.heap:
+            self._arm(min(self.heap[0][0], self.loop.time()))  # the rest of a burst: next iteration
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        for _, _, fut in self.heap:
+            if not fut.done():
+                fut.set_result(False)
+        self.heap.clear()
+
+
 def _timeout_named(exc: Exception, timeout: float) -> Exception:
     if isinstance(exc, TimeoutError) and not str(exc):
         return TimeoutError(f"no answer within {timeout:g} s")
@@ -250,6 +306,7 @@ class _Shard:
         self.end_at = self.loop_t0 + self.sc.duration
         self.stop_fut = self.loop.create_future()
         self.publishes = _Publishes(self.loop, self._publish)
+        self.wakeups = _Wakeups(self.loop)
         self.monitor = LoopMonitor(self.loop, self.bins, self.run_time)
 
     def run_time(self) -> float:
@@ -264,22 +321,19 @@ class _Shard:
         drawn = sc.arrival_times(arrival, n, self.rng)
         return [d.spec.offset if d.spec.offset is not None else float(drawn[i]) for i, d in enumerate(self.devices)]
 
-    async def _sleep(self, delay: float) -> bool:
-        """Sleep unless the shard stops first; False when it stopped."""
-        assert self.stop_fut is not None
+    async def _until(self, when: float) -> bool:
+        """Wait until loop time ``when``; False when the shard stopped first."""
         if self.stopping:
             return False
-        if delay > 0:
-            await asyncio.wait([self.stop_fut], timeout=delay)
-        return not self.stopping
+        return await self.wakeups.at(when) and not self.stopping
 
-    # -- one device -----------------------------------------------------------------------------------------
     async def device_life(self, dev: _Device, offset: float) -> None:
-        if not await self._sleep(self.loop_t0 + offset - self.loop.time()):
+        due = self.loop_t0 + offset
+        if not await self._until(due):
             return
         rc = self.sc.reconnect
         while not self.stopping:
-            ok = await self.attempt(dev)
+            ok = await self.attempt(dev, due)
             if self.stopping and not ok:
                 return
             if ok:
@@ -295,7 +349,8 @@ class _Shard:
                     dev.gave_up = True
                     return
                 delay = sc.backoff(dev.fails - 1, rc, self.rng)
-            if not await self._sleep(delay):
+            due = self.loop.time() + delay
+            if not await self._until(due):
                 return
 
     def _identity(self, dev: _Device) -> Identity | None:
@@ -340,16 +395,18 @@ class _Shard:
                                       resume=self.sc.broker.session_resumption)
         return dev.conn
 
-    async def attempt(self, dev: _Device) -> bool:
+    async def attempt(self, dev: _Device, due: float | None = None) -> bool:
         """One connection attempt, recorded whatever happens; True when CONNACK accepted it.
 
         Phases are contiguous, so setup + wait + tcp + tls + mqtt is the total: wait is the simulator's queue
         (admission, late wake-ups), setup the device's own preparation (its MQTT client, its TLS identity), tcp
         ends when the connect completes, tls when the handshake does, mqtt at CONNACK. An attempt still waiting
-        for admission when the run stops never happened: no row.
+        for admission when the run stops never happened: no row. ``due`` (loop time) is when the device meant to
+        start: a start the simulator was late for keeps that time, the lateness booked as its wait.
         """
-        row: dict[str, Any] = {"start": time.time(), "key_type": dev.spec.key_type}
-        clock = _PhaseClock(row)
+        late = max(0.0, self.loop.time() - due) if due is not None else 0.0
+        row: dict[str, Any] = {"start": time.time() - late, "key_type": dev.spec.key_type}
+        clock = _PhaseClock(row, late)
         if not await self.admission.admit():
             return False
         dev.attempts += 1
@@ -506,6 +563,7 @@ class _Shard:
         if self.stop_fut is not None and not self.stop_fut.done():
             self.stop_fut.set_result(None)
         self.admission.close()
+        self.wakeups.close()
         for dev in self.devices:
             if dev.wake is not None and not dev.wake.done():
                 dev.wake.set_result("stop")
