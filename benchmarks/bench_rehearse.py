@@ -78,8 +78,8 @@ def rehearse(tmp: Path, n: int, broker: str, strategy: str, rate: float, prefill
                        capture_output=True, text=True, timeout=1200)
     (run_dir,) = set(out.iterdir()) - before
     summary = json.loads((run_dir / "summary.json").read_text())
-    if r.returncode not in (0, 1):
-        raise RuntimeError(r.stderr[-500:])
+    if r.returncode not in (0, 1) or "first_revoked_refused_after_s" not in summary["revocation"]:
+        raise RuntimeError(f"{path.name}: fleetsim rehearse exited {r.returncode}: {r.stderr.strip()[-500:]}")
     return summary
 
 

@@ -78,8 +78,9 @@ def write_scenario(path: Path, n: int, *, target: str, duration: float, initial:
 
 
 # ---------------------------------------------------------------- fleetsim, the CLI a user runs
-def fleetsim_run(scenario: Path, pki: Path, out: Path, broker: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "fleetsim", "run", str(scenario), "--pki", str(pki), "--out", str(out)]
+def fleetsim_run(scenario: Path, pki: Path, out: Path, broker: str | None = None,
+                 extra: list[str] | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "fleetsim", "run", str(scenario), "--pki", str(pki), "--out", str(out), *(extra or [])]
     if broker:
         cmd += ["--broker", broker]
     before = set(out.iterdir()) if out.exists() else set()

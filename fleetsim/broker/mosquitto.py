@@ -56,6 +56,7 @@ log = logging.getLogger("fleetsim.broker.mosquitto")
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 RUN_AS = "mosquitto"  # Mosquitto's default `user`: whom it becomes when started as root
 ADDRESS_IN_USE = "Address already in use"
+KICKS_PER_MESSAGE = 200  # CNs per dynamic-security message: ~27 KB, well under the 64 KiB max_packet_size
 
 
 def _utcnow() -> dt.datetime:
@@ -293,7 +294,9 @@ class MosquittoBroker:
         if admin is None:
             raise BrokerError("disconnect needs the dynamic-security plugin", "start it with Extras(dynsec_admin=CN)")
         commands = [{"command": c, "username": u} for u in usernames for c in ("createClient", "deleteClient")]
-        return control(self, admin, {"commands": commands}, timeout)
+        # several messages: one over max_packet_size would cost the admin its connection (500 CNs are ~67 KB)
+        chunks = [commands[i:i + 2 * KICKS_PER_MESSAGE] for i in range(0, len(commands), 2 * KICKS_PER_MESSAGE)]
+        return control(self, admin, [{"commands": c} for c in chunks], timeout)
 
     # -- process ------------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
@@ -524,23 +527,30 @@ class MosquittoBroker:
         self.stop()
 
 
-def control(broker: MosquittoBroker, admin: str, message: dict[str, Any], timeout: float) -> float:
-    """Publish one dynamic-security control message as the ``admin`` certificate and wait for the response."""
+def control(broker: MosquittoBroker, admin: str, messages: Sequence[dict[str, Any]], timeout: float) -> float:
+    """Publish dynamic-security control messages as the ``admin`` certificate and wait for every response."""
     import paho.mqtt.client as mqtt
 
     lay = broker.layout
     ctx = ssl.create_default_context(cafile=str(lay.ca_chain))
     ctx.load_cert_chain(lay.device_cert(admin), lay.device_key(admin))
-    answered = threading.Event()
+    answered, pending = threading.Event(), [len(messages)]
+
+    def on_response(*_: object) -> None:
+        pending[0] -= 1
+        if pending[0] <= 0:
+            answered.set()
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=admin)
     client.tls_set_context(ctx)
-    client.on_message = lambda *_: answered.set()
+    client.on_message = on_response
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
         client.subscribe(f"{DYNSEC_TOPIC}/response", qos=1)[0]
         started = time.perf_counter()
-        client.publish(DYNSEC_TOPIC, json.dumps(message), qos=1)
+        for message in messages:
+            client.publish(DYNSEC_TOPIC, json.dumps(message), qos=1)
         if not answered.wait(timeout):
             raise BrokerError(f"mosquitto's dynamic-security plugin did not answer within {timeout:g} s",
                               f"see {broker.files.log}")
