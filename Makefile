@@ -15,7 +15,7 @@ test: system-deps $(VENV)/.installed-test lint
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check fleetsim tests benchmarks
-	$(BIN)/mypy fleetsim
+	$(BIN)/mypy fleetsim tests benchmarks
 
 system-deps:
 	@scripts/install-system-deps.sh

@@ -1,7 +1,7 @@
-"""The campus on this machine: 50,000 concurrent mTLS devices against a pool of two Mosquitto brokers, QoS 1
+"""The campus on this machine: 50,000 concurrent mTLS devices against a pool of three Mosquitto brokers, QoS 1
 telemetry, through the shipped scenario as a user runs it.
 
-    .venv/bin/python benchmarks/bench_campus.py                 # scenarios/campus.toml as shipped (~10 minutes)
+    .venv/bin/python benchmarks/bench_campus.py                 # scenarios/campus.toml as shipped (~12 minutes)
     .venv/bin/python benchmarks/bench_campus.py --devices 5000  # the same fleet scaled down (~2 minutes)
 
 Setup (outside the clock): a PKI on disk, and the reference beside it: in a fresh forked process, K devices each
@@ -13,7 +13,7 @@ open-files limit and spreads them over loopback source addresses. A thread sampl
 Printed: devices connected at once (peak, and median over the steady window after the ramp), the ramp rate the
 fleet came up at (the summary's own ``fleet_up``) against the scenario's rate, QoS 1 messages published /
 acknowledged / lost, the simulator's loop lag, memory per connected device and its ratio to the reference floor,
-and each broker's CPU and connection count. Loopback only, bounded by the scenario (50,000 devices, 420 s).
+and each broker's CPU and connection count. Loopback only, bounded by the scenario (50,000 devices, 560 s).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 Setup (outside the clock): a PKI on disk holding the storm's identities and one Mosquitto started by fleetsim
 (``fleetsim.broker.mosquitto``), which every round targets as HOST:PORT. Each round runs the CLI a user runs twice,
 back to back: ``--workers 2`` (local processes) and ``--cluster local:2`` (a LocalCluster of two worker processes
-started by the run itself; identities travel with their shard as bytes). The figure compared is the summary's
+started by the run itself; its tasks read the identities from the PKI on disk, as workers on several hosts
+would from a shared path). The figure compared is the summary's
 own ``fleet_up`` rate (first attempt's start to the last first CONNACK), so the cluster's start-up before t0 does
 not count and its per-task overhead after t0 does. Target: the cluster costs < 10% in connect rate.
 Loopback only, bounded by --devices (max 5,000).

@@ -98,12 +98,7 @@ def timeline_figure(runs: Sequence[tuple[str, Timeline]], events: Sequence[Marks
             _events(ax, events[i] if i < len(events) else (), c, label=ax is top)
     top.set_ylabel("devices connected\n(at each second's end)")
     bottom.set_ylabel("per second")
-    bottom.set_xlabel("run seconds")
-    for ax in (top, bottom):
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8, loc="upper right")
-    return fig
+    return _finish(fig, top, bottom)
 
 
 def failures_figure(runs: Sequence[tuple[str, dict[str, np.ndarray]]], events: Sequence[Marks]) -> Figure:
@@ -155,8 +150,13 @@ def machine_figure(runs: Sequence[tuple[str, Machine]], events: Sequence[Marks],
                 label=f"{LAG_P99_LATE_MS:g} ms: p99 above this = saturated")
     lag.set_ylabel("loop lag, max (ms)")
     cpu.set_ylabel("CPU (% of one core)")
-    cpu.set_xlabel("run seconds")
-    for ax in (lag, cpu):
+    return _finish(fig, lag, cpu)
+
+
+def _finish(fig: Figure, *axes: Axes) -> Figure:
+    """Two stacked time axes over run seconds, from zero, gridded, each with its legend."""
+    axes[-1].set_xlabel("run seconds")
+    for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, loc="upper right")

@@ -88,6 +88,18 @@ def raise_fd_limit(devices: int, workers: int) -> None:
                             f"the limit is {hard:,}", f"use --workers {need} or more, or raise `ulimit -Hn`")
 
 
+def check_broker_fds(devices: int, processes: int) -> None:
+    """Each broker fleetsim starts gets the same open-files limit as this process (Mosquitto, 2.0, refuses
+    connections past it with a reset): say so before the run rather than after 10,000 resets."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    share = -(-devices // processes) + FDS_PER_WORKER_SPARE
+    if hard != resource.RLIM_INFINITY and share > hard:
+        need = -(-devices // (hard - FDS_PER_WORKER_SPARE))
+        raise FleetsimError(f"{devices:,} devices on {processes} broker process{'es' if processes > 1 else ''} need "
+                            f"{share:,} open files per broker, the limit is {hard:,}",
+                            f"use --brokers {need} or more (or [broker] processes = {need}), or raise `ulimit -Hn`")
+
+
 def open_pki(pki_dir: Path, reporter: Reporter) -> Pki:
     """The PKI at ``pki_dir``, created for the user on first use (in a new or empty directory only)."""
     if Layout(pki_dir).is_pki():
@@ -267,6 +279,8 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
     workers = scenario.workers or max(len(cores.workers) or os.cpu_count() or 1, fd_workers(scenario.devices))
     workers = max(1, min(workers, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
+    if broker is None and scenario.broker.kind != "external":
+        check_broker_fds(scenario.devices, scenario.broker.processes)
     for address in [(broker.host, broker.port)] if broker is not None else scenario.broker.addresses:
         probe(*address)
     pki = pki if isinstance(pki, Pki) else open_pki(Path(pki), reporter)

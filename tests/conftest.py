@@ -6,18 +6,26 @@
   * one monitor identity ``monitor`` (subscribes to every topic, publishes none: a test's subscriber).
 Find them with ``pki.devices(fault="none")`` / ``pki.devices(fault="expired")`` or the helpers below.
 It is shared: do not revoke, re-enrol or issue into it. A test that changes a PKI uses ``make_pki``.
+
+``target`` (module, once per broker kind): the embedded broker or Mosquitto over the module's ``pki``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Device, Fault, Pki
 
 HEALTHY = 8
+HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
+BROKER_KINDS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(not HAVE_MOSQUITTO,
+                                                                              reason="mosquitto not installed"))]
 
 
 def fault_id(fault: Fault | str) -> str:
@@ -50,3 +58,17 @@ def make_pki(tmp_path: Path) -> Callable[..., Pki]:
         return Pki.init(tmp_path / f"pki-{next(counter)}", **init_options)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="module", params=BROKER_KINDS)
+def target(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
+    """Each broker kind as fleetsim starts it (default options) over the requesting module's ``pki``: the same
+    attack or rule tried against both."""
+    if request.param == "embedded":
+        with start_embedded(pki.root, BrokerOptions(port=0)) as handle:
+            yield handle
+    else:
+        from fleetsim.broker.mosquitto import start_mosquitto
+
+        with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
+            yield broker

@@ -61,7 +61,7 @@ def test_a_notebook_runs_a_fleet_with_the_public_api(tmp_path: Path, where: str)
 
 
 def test_scenarios_built_in_python_have_file_defaults_and_api_words_in_errors() -> None:
-    s = fs.Scenario(fleet=[fs.Group("thermometer", 5)])
+    s = fs.Scenario(fleet=[fs.Group("thermometer", 5)])  # type: ignore[arg-type]  # a list, as users write it
     assert s.duration == 60 and s.broker.target == "embedded" and s.devices == 5
     assert fs.parse_scenario(s.to_toml(), "x.toml") == s
     with pytest.raises(fs.FleetsimError, match=r"fleet: no device groups; pass fleet=\[Group"):
@@ -69,7 +69,7 @@ def test_scenarios_built_in_python_have_file_defaults_and_api_words_in_errors() 
     with pytest.raises(fs.FleetsimError, match="broker: must be a table, got 5; pass broker="):
         fs.Scenario(fleet=[fs.Group("thermometer", 1)], broker=5)  # type: ignore[arg-type]
     with pytest.raises(fs.FleetsimError, match=r"fleet\[0\].count: must be a positive integer"):
-        fs.Scenario(fleet=[fs.Group("thermometer", 0)])
+        fs.Scenario(fleet=[fs.Group("thermometer", 0)])  # type: ignore[arg-type]
     assert s.replace(duration=5).duration == 5
 
 

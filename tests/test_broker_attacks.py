@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 from mqtt_raw import Raw, connect, connected, device_context, publish, varint
@@ -21,8 +20,6 @@ from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
 
 HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
-KINDS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(not HAVE_MOSQUITTO,
-                                                                       reason="mosquitto not installed"))]
 SITE, MODEL = "site-1", "generic"
 
 
@@ -41,18 +38,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     p.issue_monitor("watch")
     return p
 
-
-@pytest.fixture(scope="module", params=KINDS)
-def target(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
-    """The broker under attack, as fleetsim starts it (default options)."""
-    if request.param == "embedded":
-        with start_embedded(pki.root, BrokerOptions(port=0)) as handle:
-            yield handle
-    else:
-        from fleetsim.broker.mosquitto import start_mosquitto
-
-        with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
-            yield broker
 
 
 class Devices:

@@ -231,7 +231,7 @@ def _resume_twice(port: int, ctx: object, dev: str) -> tuple[bool, str]:
         ack = second.connack()
     except (TimeoutError, ssl.SSLError):
         ack = None
-    return resumed, "closed" if ack is None else f"connack {ack[1]}"
+    return bool(resumed), "closed" if ack is None else f"connack {ack[1]}"
 
 
 @pytest.mark.parametrize("tickets", [False, True])

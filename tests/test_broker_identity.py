@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,10 @@ from fleetsim.broker.cert_rules import (
     CertRules,
     Refused,
 )
-from fleetsim.broker.embedded import start_embedded
-from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki, keys
 from fleetsim.pki.certs import Issuer, crl, spiffe_uri
 
 HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
-KINDS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(not HAVE_MOSQUITTO,
-                                                                       reason="mosquitto not installed"))]
 NOW = dt.datetime.now(dt.UTC)
 
 
@@ -103,17 +98,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         chain.write(root_crl.public_bytes(Encoding.PEM))
     return p
 
-
-@pytest.fixture(scope="module", params=KINDS)
-def target(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
-    if request.param == "embedded":
-        with start_embedded(pki.root, BrokerOptions(port=0)) as handle:
-            yield handle
-    else:
-        from fleetsim.broker.mosquitto import start_mosquitto
-
-        with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
-            yield broker
 
 
 def outcome(target: object, pki: Pki, file_id: str, client_id: str) -> str:

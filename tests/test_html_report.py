@@ -94,7 +94,7 @@ def test_figure_data_from_real_rows_matches_the_run(runs: tuple[Path, Path]) -> 
     n = len(series["second"])
     by = figdata.failures_by_class(run.attempts, run.t0, n)
     assert {"alert_expired", "alert_unknown_ca"} <= set(by)
-    assert sum(by.values()).tolist() == series["failures"].tolist()  # the same bins as series.parquet
+    assert np.asarray(sum(by.values())).tolist() == series["failures"].tolist()  # the same bins as series.parquet
     for phase, (x, y) in figdata.phase_cdfs(run.attempts).items():
         assert round(1 / y[0]) == s["phases_ms"][phase]["n"] and y[-1] == 1.0
         assert x[-1] == pytest.approx(s["phases_ms"][phase]["max"], abs=1e-3)

@@ -242,7 +242,7 @@ def test_a_run_serves_growing_metrics_while_it_runs(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""  # type: ignore[union-attr]
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     live = [s for s in scrapes if ("fleetsim_devices_connected", ()) in s]
     assert len(live) >= 3, f"{len(scrapes)} scrapes, {len(live)} during the devices' run; stdout: {lines}"
     connected = [value(s, "fleetsim_connection_attempts_total", outcome="connected") for s in live]

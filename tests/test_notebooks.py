@@ -5,8 +5,12 @@ The parameters cell is replaced, as papermill would, so the run stays small and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from nbformat.notebooknode import NotebookNode
 
 nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' brings nbclient and nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -29,7 +33,7 @@ key_type = ["ecdsa-p256", "rsa-2048"]
 """
 
 
-def execute(name: str, parameters: str, where: Path) -> nbformat.NotebookNode:
+def execute(name: str, parameters: str, where: Path) -> NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code")
     first.source = parameters
@@ -38,12 +42,12 @@ def execute(name: str, parameters: str, where: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def outputs(nb: nbformat.NotebookNode) -> str:
+def outputs(nb: NotebookNode) -> str:
     return "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def images(nb: nbformat.NotebookNode) -> int:
+def images(nb: NotebookNode) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                for o in c.get("outputs", []))
 

@@ -144,6 +144,6 @@ def test_slimmed_structures_match_what_paho_does_with_them() -> None:
     async def main() -> None:
         client = MqttConnection("dev-1", host="127.0.0.1", port=1).client
         assert len(vars(client)) < 30  # immutable paho defaults are read from the class
-        assert client._keepalive == 60 and client._client_id == b"dev-1" and client._out_packet.popleft
+        assert client._keepalive == 60 and client._client_id == b"dev-1" and callable(client._out_packet.popleft)
 
     asyncio.run(main())

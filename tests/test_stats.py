@@ -1,6 +1,7 @@
 """Pure statistics: percentiles, the timeline rebuilt from rows, and each summary figure from the rows it names."""
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ T0 = 1_000.0
 
 def attempts(rows):
     """rows: (device, start s after T0, outcome, failure, total ms[, fault, detail])."""
-    cols = {c: [] for c in ("device_id", "start", "outcome", "failure", "total_ms", "tcp_ms", "tls_ms", "mqtt_ms",
+    cols: dict[str, list[Any]] = {c: [] for c in ("device_id", "start", "outcome", "failure", "total_ms", "tcp_ms", "tls_ms", "mqtt_ms",
                             "fault", "detail")}
     for r in rows:
         device, start, outcome, failure, total, *rest = r
@@ -141,7 +142,7 @@ def test_recovery_after_a_restart_is_the_time_until_the_count_is_back():
 def test_simulator_saturation_is_flagged_with_what_it_means():
     a = attempts([("d1", 0.0, "connected", None, 10.0)])
     m = merged(a, sessions([]), lag=[1.0] * 90 + [400.0] * 10)
-    series = {"attempts": [1, 1, 1, 1], "sim_cpu_max": [1.0, 1.0, 1.0, 0.2]}
+    series: dict[str, list[float]] = {"attempts": [1, 1, 1, 1], "sim_cpu_max": [1.0, 1.0, 1.0, 0.2]}
     sim = stats.simulator(m, series, workers=2)
     assert sim["saturated"] and sim["seconds_at_full_cpu"] == 3 and "bottleneck" in sim["warning"]
     calm = stats.simulator(merged(a, sessions([]), lag=[1.0] * 100), {"attempts": [1], "sim_cpu_max": [0.3]}, 2)
