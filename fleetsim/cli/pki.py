@@ -18,6 +18,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
+from fleetsim.cli.console import PIPED_WIDTH
 from fleetsim.errors import PkiError
 from fleetsim.pki import REASONS, Fault, KeyType, Pki
 from fleetsim.pki.certs import ROLES
@@ -237,7 +238,7 @@ def list_(
     for d in shown:
         table.add_row(d.id, format(d.serial, "x")[:16], d.model, d.lot, d.key_type, d.not_after.date().isoformat(),
                       d.fault.value if d.fault else "", d.status, str(d.generation), d.role)
-    wide = out if out.is_terminal else Console(highlight=False, width=160, markup=False)  # piped: whole ids
+    wide = out if out.is_terminal else Console(highlight=False, width=PIPED_WIDTH, markup=False)  # piped: whole ids
     wide.print(table)
     more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""
     out.print(f"{len(devices):,} device(s){more}")

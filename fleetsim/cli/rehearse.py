@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from fleetsim import report
+from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.errors import ScenarioError
 from fleetsim.scenario.toml_writer import dump
@@ -37,7 +37,7 @@ def rehearse(
         data = sc.to_dict()
         data["revocation"]["strategy"] = strategy
         sc = scenario_mod.parse(dump(data), f"{scenario} (with --strategy)")
-    console = Console(markup=False, highlight=False)
+    console = tables()
     run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console))
     report.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))

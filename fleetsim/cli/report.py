@@ -13,13 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetsim import compare, report, results, rundata
+from fleetsim.cli.console import tables
 from fleetsim.errors import FleetsimError
 
 VERDICT_STYLE = {"better": "green", "worse": "bold red", "": ""}
 
 
 def _console() -> Console:
-    return Console(markup=False, highlight=False)
+    return tables()
 
 
 def _wrote(out: Path, text: str, what: str) -> None:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from fleetsim import report, results, thresholds
+from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.progress import Reporter
 
@@ -49,7 +50,7 @@ def run(
     from fleetsim.runner import run_scenario
 
     rules = thresholds.parse(fail_on)  # a bad rule is one line before anything runs
-    console = Console(markup=False, highlight=False)
+    console = tables()
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
                                                      broker=broker, isolate=isolate_broker or None, brokers=brokers)
     with _metrics(metrics_port, console) as wrap:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from fleetsim import report
+from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 
 
@@ -21,7 +21,7 @@ def sweep(
     from fleetsim import sweep as sweep_mod
     from fleetsim.sweep_run import read_sweep, run_sweep
 
-    console = Console(markup=False, highlight=False)
+    console = tables()
     definition = sweep_mod.load(sweep_file)
     console.print(Text(f"sweep {definition.name}: {len(definition.cells)} cells, results in "
                        f"{out / definition.name}"))
