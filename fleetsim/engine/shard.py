@@ -251,8 +251,8 @@ class _Wakeups:
             if not fut.done():
                 fut.set_result(True)
                 woken += 1
-        if self.heap:
-            self._arm(min(self.heap[0][0], self.loop.time()))  # the rest of a burst: next iteration
+        if self.heap:  # the next due; one already due (the rest of a burst) fires on the next iteration
+            self._arm(self.heap[0][0])
 
     def close(self) -> None:
         if self.handle is not None:
