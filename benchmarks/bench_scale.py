@@ -1,6 +1,6 @@
 """Scale: 10,000 concurrent mTLS devices against Mosquitto on loopback, QoS 1 telemetry every 10 s for 2 minutes.
 
-    .venv/bin/python benchmarks/bench_scale.py            # 10,000 devices, ramp at 100/s, 120 s steady (~5 min)
+    .venv/bin/python benchmarks/bench_scale.py            # 10,000 devices, ramp at 150/s, 120 s steady (~4 min)
     .venv/bin/python benchmarks/bench_scale.py --quick    # 2,000 devices, 30 s steady (~1 min)
 
 One Mosquitto (fleetsim's own config, started by fleetsim.broker.mosquitto) serves the whole run:
@@ -235,8 +235,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2,000 devices, 30 s steady")
     ap.add_argument("--devices", type=int, default=None)
     ap.add_argument("--steady", type=float, default=None, help="seconds after the ramp (default 120, quick 30)")
-    ap.add_argument("--rate", type=float, default=100.0,
-                    help="arrivals per second (this 2-core machine: p99 < 100 ms up to ~100/s, 218 ms at 150/s)")
+    ap.add_argument("--rate", type=float, default=150.0,
+                    help="arrivals per second (this 2-core machine: connect p99 54 ms at 150/s)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ref-devices", type=int, default=400, help="devices per reference round")
     ap.add_argument("--ref-rounds", type=int, default=3)
