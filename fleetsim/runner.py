@@ -41,10 +41,10 @@ from fleetsim.scenario import Scenario
 from fleetsim.scenario.schema import strategy_of
 from fleetsim.scenario.validate import is_loopback
 from fleetsim.series import run_series
-from fleetsim.shards import deal, merge_results, with_sources
+from fleetsim.shards import deal, merge_results, with_in_flight_caps, with_sources
 
 FDS_PER_WORKER_SPARE = 64
-PREPARE_MS = 2.5  # building one device's own TLS context, with margin (~1.9 ms measured here)
+PREPARE_MS = 2.5  # setting one device up before t0, with margin (~1.9 ms its TLS context, ~0.2 ms the rest, here)
 PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
 SAMPLE_EVERY_S = 1.0  # broker CPU samples, for CPU per handshake over the storm's window
@@ -149,7 +149,7 @@ def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) ->
 
 
 def prepare_time(scenario: Scenario, per_worker: int) -> float:
-    """Seconds before t0 the workers may spend building their devices' TLS contexts (shards that keep one per
+    """Seconds before t0 the workers may spend setting their devices up (shards that keep a TLS context per
     device), so a burst does not queue behind it: stated, bounded by PREPARE_BUDGET_S."""
     if scenario.broker.auth != "mtls" or per_worker > PER_DEVICE_CONTEXTS_UP_TO:
         return 0.0
@@ -379,7 +379,8 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
     broker = given or _start_brokers(scenario, pki, auth, broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
-        lead = max(executor.lead_s, prepare_time(scenario, math.ceil(scenario.devices / workers)))
+        prepare = prepare_time(scenario, math.ceil(scenario.devices / workers))
+        lead = max(executor.lead_s, prepare)
         targets = _targets(broker, scenario.broker.auth)
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="" if scenario.broker.kind == "external" else "localhost",
@@ -388,11 +389,13 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         shards = deal(scenario, fleet, template, workers)
         loopback = all(is_loopback(h) for h, _ in targets or [(broker.host, broker.port)])
         shards = with_sources(shards, len(targets) or 1, scenario.source_addresses, loopback)
+        shards = with_in_flight_caps(shards, len(targets) or 1, loopback)
         sources = sorted({s.source_address for s in shards if s.source_address})
         reporter.note(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
                       + (f"pool of {len(targets)} from " if targets else "")
                       + f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
                       + (f"; from {', '.join(sources)}" if sources else "")
+                      + (f"; up to {prepare:.1f} s before t0 to set devices up" if prepare else "")
                       + (f"; {cores.describe()}" if cores.broker else "")
                       + (f"; shards on Dask {executor.facts().get('cluster')}" if executor.kind == "dask" else ""))
         outcome = supervise(scenario, shards, pki, broker, reporter, healthy, executor)

