@@ -7,14 +7,15 @@ become the simulator's queue, and completions arrive in one bunch at the end (fi
 at the rate the worker can finish them keeps each iteration short. The limit follows the loop's own lag and the
 broker's answers (multiplicative increase while both are quick and attempts are waiting, multiplicative decrease
 when either is slow), so a slow remote broker still gets many attempts in flight while a CPU-bound worker gets
-few. The broker's side is read as in TCP Vegas: attempts beyond what it can serve only queue there, so once the
-window's median connect time (tcp + tls + mqtt, the loop's own queue left out) is several times the fastest
-connect seen (its time without a queue, TCP Vegas's base RTT), fewer go in flight; and a SYN the broker's kernel dropped (a connect that waited for its 1 s retransmit) cuts the
-limit and caps it there for the rest of the run, as TCP's slow-start threshold does. On this machine that keeps a 2,000-device burst out of Mosquitto's listen backlog
-(100): past it the kernel drops SYNs, each one a 1 s retransmit, and a fixed high limit lost 5-15% of the
-storm's rate that way (bench_storm). Growth is clocked by completions: a window in which nothing finished holds.
-The scenario's arrival stays what the user asked for: the wait is recorded per attempt (``wait_ms``) and
-reported, never hidden.
+few. Growth is clocked by completions: a window in which nothing finished holds.
+
+The broker's side is read as TCP Vegas reads a path: attempts beyond what the broker serves only queue there, so
+once the window's median connect time (tcp + tls + mqtt, the loop's own queue left out) is several times the
+fastest connect seen (its time without a queue: Vegas's base RTT), fewer go in flight. A SYN the broker's kernel
+dropped (a connect that waited for its 1 s retransmit) cuts the limit and caps it there for the rest of the run,
+as TCP's slow-start threshold does: past Mosquitto's listen backlog (100) a fixed high limit lost 5-15% of a
+2,000-device storm's rate that way (bench_storm). The scenario's arrival stays what the user asked for: the wait
+is recorded per attempt (``wait_ms``) and reported, never hidden.
 
 ``next_limit`` is the pure rule; :class:`Admission` applies it on a loop.
 """
