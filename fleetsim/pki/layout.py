@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+DEVICE_CERT_SUFFIX, DEVICE_KEY_SUFFIX = ".pem", ".key"  # under devices/, named by device id
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -75,10 +77,10 @@ class Layout:
 
     def device_cert(self, device_id: str) -> Path:
         """Leaf + issuing CA, so a device presents its whole chain."""
-        return self.devices / f"{device_id}.pem"
+        return self.devices / f"{device_id}{DEVICE_CERT_SUFFIX}"
 
     def device_key(self, device_id: str) -> Path:
-        return self.devices / f"{device_id}.key"
+        return self.devices / f"{device_id}{DEVICE_KEY_SUFFIX}"
 
     def is_pki(self) -> bool:
         return self.inventory.is_file() and self.issuing_key.is_file()
