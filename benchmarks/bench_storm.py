@@ -34,10 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 from _common import in_child
 
 from fleetsim import provision, stats
@@ -87,9 +90,23 @@ def fleetsim_run(scenario: Path, pki: Path, out: Path, broker: str | None = None
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     (run_dir,) = set(out.iterdir()) - before
     summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    summary["run_dir"] = str(run_dir)
     if r.returncode != 0:
         raise RuntimeError(f"fleetsim run failed ({r.returncode}): {r.stderr[-500:]}")
     return summary
+
+
+def worker_cpu_per_connect(run_dir: Path) -> float:
+    """The workers' CPU (ms) per connect over the seconds in which devices connected (series.parquet): what the
+    simulator spent on each device of the storm, beside the bare loop's process CPU per connection."""
+    series = pq.read_table(run_dir / "series.parquet", columns=["connects", "sim_cpu_s"]).to_pydict()
+    busy = [(n, cpu) for n, cpu in zip(series["connects"], series["sim_cpu_s"], strict=True) if n]
+    return 1000.0 * sum(c for _, c in busy) / max(1, sum(n for n, _ in busy))
+
+
+def storm_window(up: dict[str, Any], t0: float) -> tuple[float, float]:
+    """Wall-clock start and end of a storm: its first attempt and its last first CONNACK."""
+    return t0 + up["first_attempt_s"], t0 + up["last_first_connect_s"]
 
 
 def storm_figures(s: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +114,32 @@ def storm_figures(s: dict[str, Any]) -> dict[str, Any]:
     return {"rate": s["fleet_up"]["rate_per_s"], "ok": s["fleet_up"]["devices"],
             "failed": s["attempts"] - s["outcomes"].get("connected", 0),
             "lag_p99": sim["loop_lag_ms"]["p99"], "lag_max": sim["loop_lag_ms"]["max"],
-            "cpu_p50": sim["busiest_worker_cpu"]["p50"], "saturated": sim["saturated"],
+            "cpu_ms": worker_cpu_per_connect(Path(s["run_dir"])), "saturated": sim["saturated"],
+            "window": storm_window(s["fleet_up"], s["t0"]),
             **{f"p50_{p}": phases[p]["p50"] for p in ("wait", "tls", "mqtt", "total")}}
+
+
+class BrokerCpu:
+    """The broker's CPU seconds sampled every 50 ms in a thread, so each storm's share is read over the storm's own
+    window (first attempt to last CONNACK) and neither the hold that follows nor the disconnects at the end."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker, self.samples = broker, [(time.time(), broker.cpu_seconds() or 0.0)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.time(), self.broker.cpu_seconds() or 0.0))
+
+    def over(self, start: float, end: float) -> float:
+        times, cpu = zip(*self.samples, strict=True)
+        return float(np.interp(end, times, cpu) - np.interp(start, times, cpu))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # ---------------------------------------------------------------- bare asyncio reference
@@ -160,17 +201,21 @@ def _contexts(pki_dir: Path, ids: list[str]) -> dict[str, ssl.SSLContext]:
 def bare_round(host: str, port: int, pki_dir: Path, ids: list[str]) -> dict[str, Any]:
     ctxs = _contexts(pki_dir, ids)  # before the clock
 
-    async def main() -> dict[str, Any]:
+    async def main() -> tuple[dict[str, Any], float]:
         held: list[Any] = []
+        cpu = time.process_time()
         rows = await _bare_storm(host, port, ctxs, held)
+        cpu = time.process_time() - cpu
         for tr in held:
             tr.close()
         await asyncio.sleep(0.2)
-        return rows
+        return rows, cpu
 
-    rows = asyncio.run(main())
-    up = stats.fleet_up(rows, min(rows["start"]))
-    return {"rate": up["rate_per_s"], "ok": up["devices"], "failed": rows["outcome"].count("failed")}
+    rows, cpu = asyncio.run(main())
+    t0 = min(rows["start"])
+    up = stats.fleet_up(rows, t0)
+    return {"rate": up["rate_per_s"], "ok": up["devices"], "failed": rows["outcome"].count("failed"),
+            "cpu_ms": 1000.0 * cpu / max(1, up["devices"]), "window": storm_window(up, t0)}
 
 
 def bare_reconnect_round(pki_dir: Path, ids: list[str]) -> dict[str, Any]:
@@ -241,20 +286,26 @@ def main() -> None:
         with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
             target = f"127.0.0.1:{broker.port}"
             write_scenario(tmp / "storm.toml", n, target=target, duration=max(10.0, n / 150))
+            broker_cpu = BrokerCpu(broker)
             for r in range(args.rounds):
                 rounds["fleetsim"].append(storm_figures(fleetsim_run(tmp / "storm.toml", pki.root, tmp / "out")))
                 time.sleep(1.0)
                 rounds["bare"].append(in_child(bare_round, broker.host, broker.port, pki.root, ids))
                 time.sleep(1.0)
+                for side in ("fleetsim", "bare"):
+                    x = rounds[side][-1]
+                    x["broker_ms"] = 1000.0 * broker_cpu.over(*x["window"]) / max(1, x["ok"])
                 rounds["c"].append(s_time_round(broker.host, broker.port, pki, ids, args.s_time))
                 time.sleep(1.0)
                 f, b, c = rounds["fleetsim"][-1], rounds["bare"][-1], rounds["c"][-1]
                 print(f"round {r + 1}: fleetsim {f['rate']:6.0f}/s ({f['ok']} ok, {f['failed']} failed; p50 "
                       f"wait/tls/mqtt/total {f['p50_wait']:.1f}/{f['p50_tls']:.1f}/{f['p50_mqtt']:.1f}/"
                       f"{f['p50_total']:.0f} ms; loop lag p99 {f['lag_p99']:.0f} ms, max {f['lag_max']:.0f} ms; "
-                      f"busiest worker CPU p50 {100 * (f['cpu_p50'] or 0):.0f}%{'; SATURATED' if f['saturated'] else ''})"
-                      f"   bare asyncio {b['rate']:6.0f}/s ({b['ok']} ok)   s_time x{c['processes']} {c['rate']:6.0f}/s",
-                      flush=True)
+                      f"CPU per connect: workers {f['cpu_ms']:.2f} ms, broker {f['broker_ms']:.2f} ms"
+                      f"{'; SATURATED' if f['saturated'] else ''})   bare asyncio {b['rate']:6.0f}/s ({b['ok']} ok; "
+                      f"CPU per connect {b['cpu_ms']:.2f} ms, broker {b['broker_ms']:.2f} ms)   "
+                      f"s_time x{c['processes']} {c['rate']:6.0f}/s", flush=True)
+            broker_cpu.close()
         reconnect: dict[str, list[dict[str, Any]]] = {"fleetsim": [], "bare": []}
         if args.reconnect:
             for r in range(args.rounds):
@@ -269,8 +320,13 @@ def main() -> None:
     med = {k: statistics.median(x["rate"] for x in v) for k, v in rounds.items()}
     print(f"\n{n} devices at once vs Mosquitto, {os.cpu_count()} cores, medians of {args.rounds} rounds:")
     print(f"  fleetsim run (CLI, workers, PKI on disk): {med['fleetsim']:8.0f} /s")
+    paired = statistics.median(f["rate"] / b["rate"] for f, b in zip(rounds["fleetsim"], rounds["bare"], strict=True))
     print(f"  bare asyncio, contexts prebuilt:          {med['bare']:8.0f} /s   ratio {med['fleetsim'] / med['bare']:.2f}"
-          "  (target >= 1.0)")
+          f"  (target >= 1.0; median of the rounds' own ratios {paired:.2f})")
+    cpu = {k: statistics.median(x[key] for x in rounds[k]) for k, key in (("fleetsim", "cpu_ms"), ("bare", "cpu_ms"))}
+    mq = {k: statistics.median(x["broker_ms"] for x in rounds[k]) for k in ("fleetsim", "bare")}
+    print(f"  CPU per connect, medians: fleetsim's workers {cpu['fleetsim']:.2f} ms, bare loop {cpu['bare']:.2f} ms; "
+          f"Mosquitto {mq['fleetsim']:.2f} ms under fleetsim, {mq['bare']:.2f} ms under the bare loop")
     print(f"  openssl s_time C clients, summed:         {med['c']:8.0f} /s   ratio {med['fleetsim'] / med['c']:.2f}"
           "  (target >= 0.7)")
     if reconnect["fleetsim"]:

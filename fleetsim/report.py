@@ -102,6 +102,8 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("simulator loop lag p50 / p99 / max (ms)", f"{_fmt(lag.get('p50'))} / {_fmt(lag.get('p99'))} / "
                                                         f"{_fmt(lag.get('max'))}"),
             ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
+    if (adm := sim.get("admission", {})).get("peak_in_flight"):
+        rows.append(("attempts in flight per worker: peak / cap", _admission_text(adm)))
     if not b.get("available", True):
         rows.append(("broker figures", "not available: " + str(b.get("why", ""))))
         return rows
@@ -118,6 +120,13 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("broker CPU per message (ms)", f"{b['cpu_ms_per_message']:,.3f}  (after the storm: "
                                                     f"{b['messages_after_storm']:,} published + acknowledged)"))
     return rows
+
+
+def _admission_text(adm: Mapping[str, Any]) -> str:
+    text = ", ".join(f"{peak:,} / {'-' if cap is None else f'{cap:,}'}"
+                     for peak, cap in zip(adm["peak_in_flight"], adm["cap"], strict=True))
+    held = [c for c in adm.get("syn_ceiling", []) if c is not None]
+    return text + (f"  (held at {min(held):,} after dropped SYNs)" if held else "")
 
 
 def _pct(v: Any) -> str:

@@ -193,6 +193,7 @@ def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> d
                                "max": _r(busiest.max()) if busiest.size else None},
         "seconds_at_full_cpu": busy_s, "saturated": bool(saturated),
         "worker_cpu_s": _r(sum(w.get("cpu_s", 0.0) for w in m.workers)),
+        "admission": admission(m.workers),
     }
     if saturated:
         out["warning"] = (
@@ -201,6 +202,16 @@ def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> d
             "worker, so tls and mqtt times include that wait beyond what wait_ms could book apart. Use more "
             "cores or workers (--workers), or a lower arrival rate, to measure the broker.")
     return out
+
+
+def admission(workers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per worker: the most attempts it had in flight, its cap (a broker on this machine), and the limit dropped
+    SYNs held it at; so a reader can tell a run that sat at its cap from one the broker's answers paced."""
+    seen = [w for w in workers if w.get("admission_peak_in_flight") is not None]
+    return {"peak_in_flight": [int(w["admission_peak_in_flight"]) for w in seen],
+            "cap": [w.get("admission_cap") for w in seen],
+            "syn_ceiling": [w.get("admission_ceiling") for w in seen],
+            "peak_waiting": max((int(w.get("admission_peak_waiting") or 0) for w in seen), default=0)}
 
 
 def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, Any]) -> str | None:

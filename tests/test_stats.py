@@ -149,6 +149,20 @@ def test_simulator_saturation_is_flagged_with_what_it_means():
     assert not calm["saturated"] and "warning" not in calm
 
 
+def test_admission_is_stated_per_worker_with_its_cap_and_syn_ceiling():
+    from fleetsim import report
+    workers: list[dict[str, Any]] = [{"shard": 0, "admission_peak_in_flight": 48, "admission_cap": 48, "admission_ceiling": None,
+                "admission_peak_waiting": 952},
+               {"shard": 1, "admission_peak_in_flight": 40, "admission_cap": 48, "admission_ceiling": 34,
+                "admission_peak_waiting": 960}]
+    adm = stats.admission(workers)
+    assert adm == {"peak_in_flight": [48, 40], "cap": [48, 48], "syn_ceiling": [None, 34], "peak_waiting": 960}
+    assert report._admission_text(adm) == "48 / 48, 40 / 48  (held at 34 after dropped SYNs)"
+    remote = stats.admission([{"admission_peak_in_flight": 700, "admission_cap": None}])
+    assert report._admission_text(remote) == "700 / -"
+    assert stats.admission([{"shard": 0, "cpu_s": 1.0}])["peak_in_flight"] == []  # a result from before
+
+
 def test_broker_cpu_per_handshake_comes_from_the_storm_window():
     rows = [(f"d{i}", 0.0, "connected", None, 1_000.0 + 10.0 * i) for i in range(200)]  # CONNACKs 1.0-2.99 s
     a = attempts(rows)

@@ -78,12 +78,13 @@ class Admission:
     """A gate in front of each attempt: ``await admit()`` before TCP connect, ``release()`` when it ends."""
 
     __slots__ = ("_cut_at", "_ended", "_syn_dropped", "_waiters", "best_ms", "ceiling", "closed", "in_flight",
-                 "limit", "peak_waiting", "rule", "saturated")
+                 "limit", "peak_in_flight", "peak_waiting", "rule", "saturated")
 
     def __init__(self, rule: Rule = Rule()) -> None:
         self.rule = rule
         self.limit = rule.initial
         self.in_flight = 0
+        self.peak_in_flight = 0
         self.saturated = False  # the limit held someone back since the last adjustment
         self.peak_waiting = 0
         self.closed = False
@@ -104,6 +105,7 @@ class Admission:
             return False
         if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             return True
         self.saturated = True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -162,4 +164,5 @@ class Admission:
             fut = self._waiters.popleft()
             if not fut.done():
                 self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
                 fut.set_result(True)

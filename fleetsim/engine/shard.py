@@ -682,7 +682,9 @@ class _Shard:
             devices["state"].append(_final_state(dev, dev.spec.id in self.up_at_end))
             devices["lost"].append(dev.conn.unacked() if dev.conn is not None else 0)
         loop = {"lag_ms": self.monitor.lag_ms.tolist(), **self.monitor.totals(), "stopped_at": self.stopped_at,
-                "admission_limit": self.admission.limit, "admission_peak_waiting": self.admission.peak_waiting}
+                "admission_limit": self.admission.limit, "admission_peak_waiting": self.admission.peak_waiting,
+                "admission_peak_in_flight": self.admission.peak_in_flight, "admission_cap": self.spec.in_flight_cap,
+                "admission_ceiling": self.admission.ceiling}
         return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,
                            loop, {"devices": len(self.devices), "failures": dict(self.failures)})
 
