@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 from _common import in_child
 
@@ -135,7 +134,7 @@ class BrokerCpu:
 
     def over(self, start: float, end: float) -> float:
         times, cpu = zip(*self.samples, strict=True)
-        return float(np.interp(end, times, cpu) - np.interp(start, times, cpu))
+        return stats.cpu_between(times, cpu, start, end)
 
     def close(self) -> None:
         self._stop.set()

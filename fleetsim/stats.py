@@ -211,7 +211,7 @@ def admission(workers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"peak_in_flight": [int(w["admission_peak_in_flight"]) for w in seen],
             "cap": [w.get("admission_cap") for w in seen],
             "syn_ceiling": [w.get("admission_ceiling") for w in seen],
-            "peak_waiting": max((int(w.get("admission_peak_waiting") or 0) for w in seen), default=0)}
+            "peak_waiting": max((int(w.get("admission_peak_waiting") or 0) for w in seen), default=0)}  # at one worker
 
 
 def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, Any]) -> str | None:
@@ -248,7 +248,7 @@ def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, 
     failure = np.asarray(attempts.get("failure", []), dtype=object)
     at_broker = ok | ~np.isin(failure, list(NOT_AT_BROKER))
     handshakes = int(((end >= lo) & (end <= hi) & at_broker).sum())
-    window_cpu = float(np.interp(hi, t, cpu) - np.interp(lo, t, cpu))
+    window_cpu = cpu_between(t, cpu, lo, hi)
     moved = np.asarray(series.get("published", []), dtype=float) + np.asarray(series.get("acked", []), dtype=float)
     seconds = np.arange(moved.size)
     in_window = int(moved[(seconds >= np.floor(lo)) & (seconds < np.ceil(hi))].sum())
@@ -259,11 +259,16 @@ def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, 
         out["handshakes_in_storm"] = handshakes
         out["messages_in_storm"] = in_window
     after = moved[seconds >= np.ceil(hi)].sum()
-    rest_cpu = float(np.interp(stopped_s, t, cpu) - np.interp(hi, t, cpu))
+    rest_cpu = cpu_between(t, cpu, hi, stopped_s)
     if after > 0 and stopped_s - hi >= 2:
         out["cpu_ms_per_message"] = _r(1000 * rest_cpu / after)
         out["messages_after_storm"] = int(after)
     return out
+
+
+def cpu_between(t: Any, cpu: Any, start: float, end: float) -> float:
+    """CPU seconds spent between two times, read off cumulative samples (times ``t``, totals ``cpu``)."""
+    return float(np.interp(end, t, cpu) - np.interp(start, t, cpu))
 
 
 # -- events ------------------------------------------------------------------------------------------------------

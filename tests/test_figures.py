@@ -103,6 +103,9 @@ def test_a_burst_that_loads_the_loop_is_figured_from_its_rows(tmp_path: Path, ta
     assert max(a["tcp_ms"]) < 900
     sim = s["simulator"]
     assert sim["admission"]["cap"] == [96] and 32 <= sim["admission"]["peak_in_flight"][0] <= 96
+    # an admitted attempt is inside its row's [start, start + total]: the rows bound the peak from above
+    edges = sorted([(t, 1) for t in start] + [(t, -1) for t in end])
+    assert sim["admission"]["peak_in_flight"][0] <= max(np.cumsum([d for _, d in edges]))
     assert sim["admission"]["peak_waiting"] > 700 // 2  # a burst: most devices waited for admission
     assert sim["loop_lag_ms"]["n"] > 100 and sim["loop_lag_ms"]["max"] >= sim["loop_lag_ms"]["p99"] >= 0
     assert len(series["loop_lag_ms_max"]) == n and max(series["sim_cpu_max"]) > 0.2

@@ -104,8 +104,7 @@ class Admission:
         if self.closed:
             return False
         if self.in_flight < self.limit and not self._waiters:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._enter()
             return True
         self.saturated = True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -159,10 +158,14 @@ class Admission:
             if not fut.done():
                 fut.set_result(False)
 
+    def _enter(self) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:
             fut = self._waiters.popleft()
             if not fut.done():
-                self.in_flight += 1
-                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                self._enter()
                 fut.set_result(True)
