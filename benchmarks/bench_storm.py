@@ -114,7 +114,7 @@ def storm_figures(s: dict[str, Any]) -> dict[str, Any]:
             "failed": s["attempts"] - s["outcomes"].get("connected", 0),
             "lag_p99": sim["loop_lag_ms"]["p99"], "lag_max": sim["loop_lag_ms"]["max"],
             "cpu_ms": worker_cpu_per_connect(Path(s["run_dir"])), "saturated": sim["saturated"],
-            "window": storm_window(s["fleet_up"], s["t0"]),
+            "window": storm_window(s["fleet_up"], s["t0"]), "ready": sim.get("set_up_before_t0") or {},
             **{f"p50_{p}": phases[p]["p50"] for p in ("wait", "tls", "mqtt", "total")}}
 
 
@@ -300,7 +300,8 @@ def main() -> None:
                 print(f"round {r + 1}: fleetsim {f['rate']:6.0f}/s ({f['ok']} ok, {f['failed']} failed; p50 "
                       f"wait/tls/mqtt/total {f['p50_wait']:.1f}/{f['p50_tls']:.1f}/{f['p50_mqtt']:.1f}/"
                       f"{f['p50_total']:.0f} ms; loop lag p99 {f['lag_p99']:.0f} ms, max {f['lag_max']:.0f} ms; "
-                      f"CPU per connect: workers {f['cpu_ms']:.2f} ms, broker {f['broker_ms']:.2f} ms"
+                      f"CPU per connect: workers {f['cpu_ms']:.2f} ms, broker {f['broker_ms']:.2f} ms; "
+                      f"set up before t0 {f['ready'].get('devices', 0)}/{f['ready'].get('of', 0)}"
                       f"{'; SATURATED' if f['saturated'] else ''})   bare asyncio {b['rate']:6.0f}/s ({b['ok']} ok; "
                       f"CPU per connect {b['cpu_ms']:.2f} ms, broker {b['broker_ms']:.2f} ms)   "
                       f"s_time x{c['processes']} {c['rate']:6.0f}/s", flush=True)

@@ -74,12 +74,12 @@ def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
     placement.pin(cores)  # before any thread starts (the progress queue's feeder), so all of them stay there
     _name_process(f"fsim-shard-{shard.index}")
-    result = run_shard(scenario, shard, _identities(shard), progress=lambda s: progress_q.put((shard.index, s)),
-                       stop=stop)
+    result = run_shard(scenario, shard, shard_identities(shard),
+                       progress=lambda s: progress_q.put((shard.index, s)), stop=stop)
     result_q.put((shard.index, result))
 
 
-def _identities(shard: ShardSpec) -> PkiIdentities:
+def shard_identities(shard: ShardSpec) -> PkiIdentities:
     assert shard.pki_dir is not None
     return PkiIdentities(shard.pki_dir, {d.id: d.key_type for d in shard.devices})  # read fresh per attempt
 
@@ -182,7 +182,7 @@ def dask_shard(scenario: Scenario, shard: ShardSpec, run_id: str) -> ShardResult
     helper = threading.Thread(target=forward, name="fleetsim-forward", daemon=True)
     helper.start()
     try:
-        return run_shard(scenario, shard, _identities(shard), progress=offer, stop=stop)
+        return run_shard(scenario, shard, shard_identities(shard), progress=offer, stop=stop)
     finally:
         done.set()
         helper.join(timeout=2 * PROGRESS_FORWARD_S + 1)

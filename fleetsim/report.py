@@ -104,6 +104,8 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
     if (adm := sim.get("admission", {})).get("peak_in_flight"):
         rows.append(("attempts in flight per worker: peak / cap", _admission_text(adm)))
+    if (ready := sim.get("set_up_before_t0")) is not None:
+        rows.append(("devices set up before t0", _set_up_text(ready)))
     if not b.get("available", True):
         rows.append(("broker figures", "not available: " + str(b.get("why", ""))))
         return rows
@@ -127,6 +129,13 @@ def _admission_text(adm: Mapping[str, Any]) -> str:
                      for peak, cap in zip(adm["peak_in_flight"], adm["cap"], strict=True))
     held = [c for c in adm.get("syn_ceiling", []) if c is not None]
     return text + (f"  (held at {min(held):,} after dropped SYNs)" if held else "")
+
+
+def _set_up_text(ready: Mapping[str, int]) -> str:
+    late = ready["of"] - ready["devices"]
+    return f"{ready['devices']:,} of {ready['of']:,}" + (
+        f"  ({late:,} set up at their first attempt, inside the clock: their setup_ms is the simulator's)"
+        if late else "")
 
 
 def _pct(v: Any) -> str:

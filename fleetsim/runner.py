@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import queue
 import resource
@@ -29,11 +28,10 @@ from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import ExternalBroker, start_broker
 from fleetsim.broker.pool import BrokerPool, start_pool
-from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO
-from fleetsim.engine.shard import ShardResult, ShardSpec
+from fleetsim.engine.shard import ShardResult, ShardSpec, setup_seconds
 from fleetsim.errors import BrokerError, FleetsimError, PkiError
 from fleetsim.events import EventRunner
-from fleetsim.executors import Executor, executor_for
+from fleetsim.executors import Executor, executor_for, shard_identities
 from fleetsim.pki import Layout, Pki
 from fleetsim.progress import Progress, Reporter, Silent
 from fleetsim.rehearse import Rehearsal
@@ -44,7 +42,7 @@ from fleetsim.series import run_series
 from fleetsim.shards import deal, merge_results, with_in_flight_caps, with_sources
 
 FDS_PER_WORKER_SPARE = 64
-PREPARE_MS = 2.5  # setting one device up before t0, with margin (~1.9 ms its TLS context, ~0.2 ms the rest, here)
+PREPARE_MARGIN = 1.5  # the lead over the setup time measured at the start: the machine's speed drifts
 PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
 SAMPLE_EVERY_S = 1.0  # broker CPU samples, for CPU per handshake over the storm's window
@@ -148,12 +146,11 @@ def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) ->
     return Auth(dataclasses.replace(options, password_file=path), password)
 
 
-def prepare_time(scenario: Scenario, per_worker: int) -> float:
-    """Seconds before t0 the workers may spend setting their devices up (shards that keep a TLS context per
-    device), so a burst does not queue behind it: stated, bounded by PREPARE_BUDGET_S."""
-    if scenario.broker.auth != "mtls" or per_worker > PER_DEVICE_CONTEXTS_UP_TO:
-        return 0.0
-    return min(PREPARE_BUDGET_S, per_worker * PREPARE_MS / 1000.0)
+def prepare_time(per_worker: int, per_device_s: float) -> float:
+    """Seconds before t0 the workers may spend setting their devices up (``per_device_s`` as measured on this
+    machine at the start, with a margin), so a burst does not queue behind it: stated, bounded by
+    PREPARE_BUDGET_S."""
+    return min(PREPARE_BUDGET_S, per_worker * per_device_s * PREPARE_MARGIN)
 
 
 def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, target: str) -> str | None:
@@ -379,14 +376,16 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
     broker = given or _start_brokers(scenario, pki, auth, broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
-        prepare = prepare_time(scenario, math.ceil(scenario.devices / workers))
-        lead = max(executor.lead_s, prepare)
         targets = _targets(broker, scenario.broker.auth)
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="" if scenario.broker.kind == "external" else "localhost",
                              ca_pem=pki.layout.ca_chain.read_bytes(),
-                             t0=time.time() + lead, pki_dir=pki.root, password=auth.password, targets=targets)
+                             pki_dir=pki.root, password=auth.password, targets=targets)
         shards = deal(scenario, fleet, template, workers)
+        biggest = max(shards, key=lambda s: len(s.devices))
+        prepare = prepare_time(len(biggest.devices), setup_seconds(scenario, biggest, shard_identities(biggest)))
+        t0 = time.time() + executor.lead_s + prepare  # the workers start, then set their devices up
+        shards = [dataclasses.replace(s, t0=t0) for s in shards]
         loopback = all(is_loopback(h) for h, _ in targets or [(broker.host, broker.port)])
         shards = with_sources(shards, len(targets) or 1, scenario.source_addresses, loopback)
         shards = with_in_flight_caps(shards, len(targets) or 1, loopback)
@@ -403,7 +402,7 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
                                 for shards_by in [{s.index: s for s in shards}] for i in outcome.lost}
         broker_stats = _safe_stats(broker)
         _keep_log(broker_stats.get("log"), broker_log)
-        return outcome, broker_stats, template.t0, broker.kind
+        return outcome, broker_stats, t0, broker.kind
     finally:
         if given is None:
             broker.stop()

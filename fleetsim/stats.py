@@ -194,6 +194,7 @@ def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> d
         "seconds_at_full_cpu": busy_s, "saturated": bool(saturated),
         "worker_cpu_s": _r(sum(w.get("cpu_s", 0.0) for w in m.workers)),
         "admission": admission(m.workers),
+        "set_up_before_t0": set_up_before_t0(m.workers),
     }
     if saturated:
         out["warning"] = (
@@ -212,6 +213,13 @@ def admission(workers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "cap": [w.get("admission_cap") for w in seen],
             "syn_ceiling": [w.get("admission_ceiling") for w in seen],
             "peak_waiting": max((int(w.get("admission_peak_waiting") or 0) for w in seen), default=0)}  # at one worker
+
+
+def set_up_before_t0(workers: Sequence[Mapping[str, Any]]) -> dict[str, int] | None:
+    """Devices set up before t0 (identity checked, TLS context built) of those their workers set up in advance;
+    None when none do. Any shortfall was set up at its first attempt, inside the clock."""
+    of = sum(int(w.get("to_prepare") or 0) for w in workers)
+    return {"devices": sum(int(w.get("prepared") or 0) for w in workers), "of": of} if of else None
 
 
 def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, Any]) -> str | None:

@@ -107,6 +107,7 @@ def test_a_burst_that_loads_the_loop_is_figured_from_its_rows(tmp_path: Path, ta
     edges = sorted([(t, 1) for t in start] + [(t, -1) for t in end])
     assert sim["admission"]["peak_in_flight"][0] <= max(np.cumsum([d for _, d in edges]))
     assert sim["admission"]["peak_waiting"] > 700 // 2  # a burst: most devices waited for admission
+    assert sim["set_up_before_t0"] == {"devices": 700, "of": 700}  # the lead was sized from this machine's speed
     assert sim["loop_lag_ms"]["n"] > 100 and sim["loop_lag_ms"]["max"] >= sim["loop_lag_ms"]["p99"] >= 0
     assert len(series["loop_lag_ms_max"]) == n and max(series["sim_cpu_max"]) > 0.2
     q1 = s["messages"]["qos1plus"]

@@ -163,6 +163,25 @@ def test_admission_is_stated_per_worker_with_its_cap_and_syn_ceiling():
     assert stats.admission([{"shard": 0, "cpu_s": 1.0}])["peak_in_flight"] == []  # a result from before
 
 
+def test_devices_set_up_before_t0_are_summed_over_workers_and_a_shortfall_said():
+    from fleetsim import report
+    workers = [{"prepared": 1000, "to_prepare": 1000}, {"prepared": 717, "to_prepare": 1000}]
+    ready = stats.set_up_before_t0(workers)
+    assert ready == {"devices": 1717, "of": 2000}
+    assert report._set_up_text(ready) == ("1,717 of 2,000  (283 set up at their first attempt, inside the clock: "
+                                          "their setup_ms is the simulator's)")
+    assert report._set_up_text({"devices": 5, "of": 5}) == "5 of 5"
+    assert stats.set_up_before_t0([{"prepared": 0, "to_prepare": 0}]) is None  # shared contexts: nothing ahead
+    assert stats.set_up_before_t0([{"cpu_s": 1.0}]) is None  # a result from before
+
+
+def test_the_lead_before_t0_follows_the_setup_time_measured_on_this_machine():
+    from fleetsim import runner
+    assert runner.prepare_time(1000, 0.002) == pytest.approx(1000 * 0.002 * runner.PREPARE_MARGIN)
+    assert runner.prepare_time(2000, 0.008) == runner.PREPARE_BUDGET_S  # bounded, whatever the machine
+    assert runner.prepare_time(1000, 0.0) == 0.0
+
+
 def test_broker_cpu_per_handshake_comes_from_the_storm_window():
     rows = [(f"d{i}", 0.0, "connected", None, 1_000.0 + 10.0 * i) for i in range(200)]  # CONNACKs 1.0-2.99 s
     a = attempts(rows)

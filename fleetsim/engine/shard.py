@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from fleetsim.telemetry import TelemetryStream, topic
 DRAIN_S = 2.0  # after the stop, how long connected devices wait for outstanding acknowledgements
 PROGRESS_EVERY_S = 0.5
 ADJUST_EVERY_S = 0.1  # admission limit follows the loop lag at this period
+SETUP_SAMPLE = 16  # devices timed to size the lead before t0
 ACK_SAMPLES_MAX = 100_000  # reservoir: enough for percentiles, bounded memory
 ATTEMPT_COLUMNS = ("device_id", "attempt", "start", "setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms",
                    "total_ms", "outcome", "failure", "detail", "tls_version", "cipher", "resumed", "tls_cpu_ms",
@@ -308,6 +309,7 @@ class _Shard:
         self.stopped_at: float | None = None  # wall clock of the stop: connections still up end then
         self.up_at_end: set[str] = set()
         self.stop_fut: asyncio.Future[None] | None = None
+        self.prepared = 0  # devices set up before t0
 
     # -- timing --------------------------------------------------------------------------------------------
     def _setup_clock(self) -> None:
@@ -604,23 +606,31 @@ class _Shard:
                 await ticker
             self.monitor.stop()
 
+    def prepares(self) -> bool:
+        """Whether this shard sets its devices up before t0 (one TLS context per device to build)."""
+        return self.auth == "mtls" and not self.ctxs.shared
+
     def _prepare(self) -> None:
         """Before t0, while waiting anyway, set each device up as a real one is before it dials: its identity
         parsed and checked, its TLS context built, its MQTT client and telemetry made. In a burst these would
         otherwise run serially on the loop ahead of the first handshakes (~1.9 ms per device, most of it
         OpenSSL's PEM key decoder), and the storm would measure the simulator. Bounded by the time to t0 (the
-        runner's stated prepare budget); whatever is left is done at the device's first attempt, as before."""
-        if self.auth != "mtls" or self.ctxs.shared:
+        runner's stated lead); whatever is left is done at the device's first attempt, and counted."""
+        if not self.prepares():
             return
         budget = self.loop_t0 - self.loop.time() - 0.05
         t = time.perf_counter()
         for dev in self.devices:
             if time.perf_counter() - t > budget:
                 break
-            with contextlib.suppress(Exception):  # a bad identity fails again, recorded, at its attempt
-                self._identity(dev)
-            self._connection(dev)
-            self._stream(dev)
+            self.set_up(dev)
+            self.prepared += 1
+
+    def set_up(self, dev: _Device) -> None:
+        with contextlib.suppress(Exception):  # a bad identity fails again, recorded, at its attempt
+            self._identity(dev)
+        self._connection(dev)
+        self._stream(dev)
 
     def _stream(self, dev: _Device) -> TelemetryStream:
         if dev.stream is None:
@@ -684,7 +694,8 @@ class _Shard:
         loop = {"lag_ms": self.monitor.lag_ms.tolist(), **self.monitor.totals(), "stopped_at": self.stopped_at,
                 "admission_limit": self.admission.limit, "admission_peak_waiting": self.admission.peak_waiting,
                 "admission_peak_in_flight": self.admission.peak_in_flight, "admission_cap": self.spec.in_flight_cap,
-                "admission_ceiling": self.admission.ceiling}
+                "admission_ceiling": self.admission.ceiling,
+                "prepared": self.prepared, "to_prepare": len(self.devices) if self.prepares() else 0}
         return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,
                            loop, {"devices": len(self.devices), "failures": dict(self.failures)})
 
@@ -735,6 +746,30 @@ def run_shard(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, 
         return _drive(state)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleetsim-shard") as pool:
         return pool.submit(_drive, state).result()
+
+
+def setup_seconds(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, Identity] | IdentitySource,
+                  sample: int = SETUP_SAMPLE) -> float:
+    """Seconds this machine takes now to set one of ``shard``'s devices up before t0 (median over its first
+    ``sample``); 0 when the shard sets nothing up. The runner sizes the lead before t0 from it, not from a
+    constant: the speed of a shared machine drifts (~1.6x within an hour here), and a lead too short for it
+    leaves devices to be set up inside the storm's clock."""
+    state = _Shard(scenario, replace(shard, devices=shard.devices[:sample]), as_source(identities),
+                   None, None)
+    if not state.prepares():
+        return 0.0
+
+    async def timed() -> list[float]:  # an MQTT client belongs to a loop: give them one, on a thread of its own
+        times = []
+        for dev in state.devices:
+            t = time.perf_counter()
+            state.set_up(dev)
+            times.append(time.perf_counter() - t)
+        return times
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleetsim-setup") as pool:
+        times = pool.submit(asyncio.run, timed()).result()
+    return float(np.median(times)) if times else 0.0
 
 
 _NEVER = 2**30  # a generation-2 threshold no run reaches
