@@ -7,7 +7,8 @@ Setup (outside the clock): a PKI on disk holding the storm scenario's identities
 first run), and one Mosquitto started by fleetsim (``fleetsim.broker.mosquitto``: ECDSA P-256 leaf + issuing CA,
 CRL on, TCP_NODELAY) that every burst round targets as HOST:PORT.
 
-Each round, back to back:
+Each round, back to back (in the order A B, then B A in the next round, so a drift in the machine's speed
+favours neither side):
   * fleetsim: the CLI itself (``fleetsim run storm.toml --broker 127.0.0.1:PORT --pki DIR``: its worker processes,
     identities read from the PKI on disk), all N devices at once (``pattern = "burst"``), full mTLS + MQTT
     CONNECT/CONNACK, connections held. Its rate is the summary's own ``fleet_up`` (first attempt's start to the
@@ -70,6 +71,11 @@ lot = "storm"
 """
 IN_FLIGHT = 100
 S_TIME = re.compile(r"(\d+) connections in ([\d.]+) real seconds")
+
+
+def abba(r: int, sides: tuple[str, str]) -> tuple[str, str]:
+    """Round r's order: A B, then B A, so a machine speeding up or slowing down over a round favours neither."""
+    return sides if r % 2 == 0 else (sides[1], sides[0])
 
 
 def write_scenario(path: Path, n: int, *, target: str, duration: float, initial: float = 0.5,
@@ -286,11 +292,12 @@ def main() -> None:
             target = f"127.0.0.1:{broker.port}"
             write_scenario(tmp / "storm.toml", n, target=target, duration=max(10.0, n / 150))
             broker_cpu = BrokerCpu(broker)
+            sides = {"fleetsim": lambda: storm_figures(fleetsim_run(tmp / "storm.toml", pki.root, tmp / "out")),
+                     "bare": lambda: in_child(bare_round, broker.host, broker.port, pki.root, ids)}
             for r in range(args.rounds):
-                rounds["fleetsim"].append(storm_figures(fleetsim_run(tmp / "storm.toml", pki.root, tmp / "out")))
-                time.sleep(1.0)
-                rounds["bare"].append(in_child(bare_round, broker.host, broker.port, pki.root, ids))
-                time.sleep(1.0)
+                for side in abba(r, ("fleetsim", "bare")):
+                    rounds[side].append(sides[side]())
+                    time.sleep(1.0)
                 for side in ("fleetsim", "bare"):
                     x = rounds[side][-1]
                     x["broker_ms"] = 1000.0 * broker_cpu.over(*x["window"]) / max(1, x["ok"])
@@ -308,11 +315,12 @@ def main() -> None:
             broker_cpu.close()
         reconnect: dict[str, list[dict[str, Any]]] = {"fleetsim": [], "bare": []}
         if args.reconnect:
+            again = {"fleetsim": lambda: fleetsim_reconnect(tmp, pki.root, n),
+                     "bare": lambda: in_child(bare_reconnect_round, pki.root, ids)}
             for r in range(args.rounds):
-                reconnect["fleetsim"].append(fleetsim_reconnect(tmp, pki.root, n))
-                time.sleep(1.0)
-                reconnect["bare"].append(in_child(bare_reconnect_round, pki.root, ids))
-                time.sleep(1.0)
+                for side in abba(r, ("fleetsim", "bare")):
+                    reconnect[side].append(again[side]())
+                    time.sleep(1.0)
                 f, b = reconnect["fleetsim"][-1], reconnect["bare"][-1]
                 print(f"reconnect round {r + 1}: fleetsim all {n} back {f['back_after_s']:.2f} s after the restart "
                       f"event (restart itself {f['restart_s']:.2f} s): {f['rate']:6.0f}/s, lag p99 "
