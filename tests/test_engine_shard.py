@@ -14,6 +14,7 @@ import pytest
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.engine import DeviceSpec, Identity, PkiIdentities, ShardResult, ShardSpec, run_shard
+from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO
 from fleetsim.engine.shard import setup_seconds
 from fleetsim.pki import Fault, Pki
 
@@ -114,6 +115,8 @@ def test_devices_are_set_up_before_t0_as_far_as_the_lead_allows_and_counted(pki:
     password = scenario()
     password = replace(password, broker=replace(password.broker, auth="password"))
     assert setup_seconds(password, shard(pki, broker, ids), identities(pki, ids)) == 0.0  # nothing to build
+    many = [ids[i % 10] for i in range(PER_DEVICE_CONTEXTS_UP_TO + 1)]  # one shared context: nothing ahead
+    assert setup_seconds(scenario(), shard(pki, broker, many), identities(pki, ids)) == 0.0
     ahead = run_shard(scenario(1.0), shard(pki, broker, ids, t0=time.time() + 0.5), identities(pki, ids))
     assert (ahead.loop["prepared"], ahead.loop["to_prepare"]) == (10, 10)
     late = run_shard(scenario(1.0), shard(pki, broker, ids, t0=time.time()), identities(pki, ids))

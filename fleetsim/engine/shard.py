@@ -607,8 +607,7 @@ class _Shard:
             self.monitor.stop()
 
     def prepares(self) -> bool:
-        """Whether this shard sets its devices up before t0 (one TLS context per device to build)."""
-        return self.auth == "mtls" and not self.ctxs.shared
+        return sets_up_ahead(self.sc, len(self.devices))
 
     def _prepare(self) -> None:
         """Before t0, while waiting anyway, set each device up as a real one is before it dials: its identity
@@ -748,16 +747,22 @@ def run_shard(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, 
         return pool.submit(_drive, state).result()
 
 
+def sets_up_ahead(scenario: sc.Scenario, devices: int) -> bool:
+    """Whether a shard of this many devices sets them up before t0: only one with a TLS context per device to
+    build (mTLS, and few enough devices to keep a context each) has anything to set up."""
+    return scenario.broker.auth == "mtls" and devices <= PER_DEVICE_CONTEXTS_UP_TO
+
+
 def setup_seconds(scenario: sc.Scenario, shard: ShardSpec, identities: Mapping[str, Identity] | IdentitySource,
                   sample: int = SETUP_SAMPLE) -> float:
     """Seconds this machine takes now to set one of ``shard``'s devices up before t0 (median over its first
     ``sample``); 0 when the shard sets nothing up. The runner sizes the lead before t0 from it, not from a
     constant: the speed of a shared machine drifts (~1.6x within an hour here), and a lead too short for it
     leaves devices to be set up inside the storm's clock."""
+    if not sets_up_ahead(scenario, len(shard.devices)):  # decided by the whole shard, not by the sample
+        return 0.0
     state = _Shard(scenario, replace(shard, devices=shard.devices[:sample]), as_source(identities),
                    None, None)
-    if not state.prepares():
-        return 0.0
 
     async def timed() -> list[float]:  # an MQTT client belongs to a loop: give them one, on a thread of its own
         times = []
