@@ -74,6 +74,7 @@ lot = "storm"
 {events}
 """
 IN_FLIGHT = 100
+CORES = os.cpu_count() or 1
 S_TIME = re.compile(r"(\d+) connections in ([\d.]+) real seconds")
 
 
@@ -109,6 +110,12 @@ def fleetsim_run(scenario: Path, pki: Path, out: Path, broker: str | None = None
     if proc.returncode != 0:
         raise RuntimeError(f"fleetsim run failed ({proc.returncode}): {err[-500:]}")
     return summary
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine's cores have run anything since boot (user, system, interrupts; not steal)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def tree_cpu_seconds(root: psutil.Process) -> float:
@@ -306,7 +313,7 @@ def main() -> None:
         with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
             target = f"127.0.0.1:{broker.port}"
             write_scenario(tmp / "storm.toml", n, target=target, duration=max(10.0, n / 150))
-            broker_cpu = CpuSampler(broker.cpu_seconds)
+            broker_cpu, machine_cpu = CpuSampler(broker.cpu_seconds), CpuSampler(machine_busy_seconds)
             sides = {"fleetsim": lambda: storm_figures(fleetsim_run(tmp / "storm.toml", pki.root, tmp / "out")),
                      "bare": lambda: in_child(bare_round, broker.host, broker.port, pki.root, ids)}
             for r in range(args.rounds):
@@ -316,18 +323,23 @@ def main() -> None:
                 for side in ("fleetsim", "bare"):
                     x = rounds[side][-1]
                     x["broker_ms"] = 1000.0 * broker_cpu.over(*x["window"]) / max(1, x["ok"])
+                    x["broker_busy"] = x["rate"] * x["broker_ms"] / 1000.0  # of its one core (single-threaded)
+                    start, end = x["window"]
+                    x["machine_busy"] = machine_cpu.over(start, end) / ((end - start) * CORES)
                 rounds["c"].append(s_time_round(broker.host, broker.port, pki, ids, args.s_time))
                 time.sleep(1.0)
                 f, b, c = rounds["fleetsim"][-1], rounds["bare"][-1], rounds["c"][-1]
                 print(f"round {r + 1}: fleetsim {f['rate']:6.0f}/s ({f['ok']} ok, {f['failed']} failed; p50 "
                       f"wait/tls/mqtt/total {f['p50_wait']:.1f}/{f['p50_tls']:.1f}/{f['p50_mqtt']:.1f}/"
                       f"{f['p50_total']:.0f} ms; loop lag p99 {f['lag_p99']:.0f} ms, max {f['lag_max']:.0f} ms; "
-                      f"CPU per connect: fleetsim {f['cpu_ms']:.2f} ms, broker {f['broker_ms']:.2f} ms; "
+                      f"CPU per connect: fleetsim {f['cpu_ms']:.2f} ms, broker {f['broker_ms']:.2f} ms, broker busy "
+                      f"{f['broker_busy']:.0%}, machine busy {f['machine_busy']:.0%}; "
                       f"set up before t0 {f['ready'].get('devices', 0)}/{f['ready'].get('of', 0)}"
                       f"{'; SATURATED' if f['saturated'] else ''})   bare asyncio {b['rate']:6.0f}/s ({b['ok']} ok; "
-                      f"CPU per connect {b['cpu_ms']:.2f} ms, broker {b['broker_ms']:.2f} ms)   "
+                      f"CPU per connect {b['cpu_ms']:.2f} ms, broker {b['broker_ms']:.2f} ms, busy {b['broker_busy']:.0%}, machine {b['machine_busy']:.0%})   "
                       f"s_time x{c['processes']} {c['rate']:6.0f}/s", flush=True)
             broker_cpu.close()
+            machine_cpu.close()
         reconnect: dict[str, list[dict[str, Any]]] = {"fleetsim": [], "bare": []}
         if args.reconnect:
             again = {"fleetsim": lambda: fleetsim_reconnect(tmp, pki.root, n),
@@ -350,6 +362,11 @@ def main() -> None:
     mq = {k: statistics.median(x["broker_ms"] for x in rounds[k]) for k in ("fleetsim", "bare")}
     print(f"  CPU per connect over each storm's window, medians: fleetsim (runner + workers) {cpu['fleetsim']:.2f} ms, bare loop {cpu['bare']:.2f} ms; "
           f"Mosquitto {mq['fleetsim']:.2f} ms under fleetsim, {mq['bare']:.2f} ms under the bare loop")
+    busy = {k: statistics.median(x["broker_busy"] for x in rounds[k]) for k in ("fleetsim", "bare")}
+    whole = {k: statistics.median(x["machine_busy"] for x in rounds[k]) for k in ("fleetsim", "bare")}
+    print(f"  busy over the storm, medians: Mosquitto (one thread) {busy['fleetsim']:.0%} of its core under fleetsim, "
+          f"{busy['bare']:.0%} under the bare loop; the machine ({CORES} cores) {whole['fleetsim']:.0%} and "
+          f"{whole['bare']:.0%}")
     print(f"  openssl s_time C clients, summed:         {med['c']:8.0f} /s   ratio {med['fleetsim'] / med['c']:.2f}"
           "  (target >= 0.7)")
     if reconnect["fleetsim"]:

@@ -102,6 +102,9 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("simulator loop lag p50 / p99 / max (ms)", f"{_fmt(lag.get('p50'))} / {_fmt(lag.get('p99'))} / "
                                                         f"{_fmt(lag.get('max'))}"),
             ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
+    if (busy := s.get("machine", {}).get("busy_in_storm")) is not None:
+        rows.append(("machine busy over the storm", f"{busy['share']:.0%} of {busy['cores']} cores "
+                                                    f"({busy['from_s']:.1f}-{busy['to_s']:.1f} s)"))
     if (adm := sim.get("admission", {})).get("peak_in_flight"):
         rows.append(("attempts in flight per worker: peak / cap", _admission_text(adm)))
     if (ready := sim.get("set_up_before_t0")) is not None:

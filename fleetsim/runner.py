@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from fleetsim import placement, progress, provision, rehearsal, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
@@ -45,7 +47,8 @@ FDS_PER_WORKER_SPARE = 64
 PREPARE_MARGIN = 1.5  # the lead over the setup time measured at the start: the machine's speed drifts
 PREPARE_BUDGET_S = 10.0  # at most this long before t0 for workers to build their devices' contexts
 COLLECT_GRACE_S = 20.0
-SAMPLE_EVERY_S = 1.0  # broker CPU samples, for CPU per handshake over the storm's window
+SAMPLE_EVERY_S = 1.0  # broker and machine CPU samples, for CPU per handshake and busy share over the storm
+CORES = psutil.cpu_count() or 1  # the machine's, all of them: what its busy CPU seconds are shared by
 EARLY_CHECK_S = 5.0  # nothing connected this long after t0 ...
 EARLY_MIN_ATTEMPTS = 20  # ... with at least this many attempts (or every healthy device) failed: stop
 PROBE_TIMEOUT_S = 3.0
@@ -62,6 +65,7 @@ class Outcome:
     stopped_early: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     broker_samples: list[dict[str, float]] = field(default_factory=list)
+    machine_samples: list[dict[str, float]] = field(default_factory=list)  # this machine's busy CPU, same times
     wall_s: float = 0.0
     missing: list[int] = field(default_factory=list)
 
@@ -206,6 +210,7 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 if now - last_sample >= SAMPLE_EVERY_S:
                     last_sample = now
                     _sample(broker, elapsed, out.broker_samples)
+                    out.machine_samples.append(_machine_sample(elapsed))
                 cpu = out.broker_samples[-1]["cpu_seconds"] if out.broker_samples else None
                 reporter.progress(Progress(elapsed=max(0.0, elapsed), duration=scenario.duration,
                                            devices=scenario.devices, events=len(out.events), state=state,
@@ -226,6 +231,7 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     finally:
         reporter.done()
         _sample(broker, time.time() - t0, out.broker_samples)
+        out.machine_samples.append(_machine_sample(time.time() - t0))
         out.wall_s = time.time() - t0
         out.missing = sorted({s.index for s in shards} - set(out.results))
         executor.stop()
@@ -238,6 +244,13 @@ def _sample(broker: BrokerHandle, elapsed: float, samples: list[dict[str, float]
         cpu = broker.cpu_seconds()
         if cpu is not None:
             samples.append({"t": round(elapsed, 3), "cpu_seconds": cpu})
+
+
+def _machine_sample(elapsed: float) -> dict[str, float]:
+    """CPU seconds this machine's cores have run anything (user, system, interrupts; not steal) since boot."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return {"t": round(elapsed, 3), "busy_s": round(busy, 3)}
 
 
 def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, Any]], out: Outcome,
@@ -443,9 +456,11 @@ def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: di
         results.write_table(run_dir / f"{name}.parquet", table)
     results.write_json(run_dir / "events.json", outcome.events)
     results.write_json(run_dir / "broker.json", {**broker_stats, "cpu_samples": outcome.broker_samples})
+    results.write_json(run_dir / "machine.json", {"cores": CORES, "cpu_samples": outcome.machine_samples})
     summary = stats.summarise(m, series, t0=t0, stopped_s=stopped_s, devices=scenario.devices, workers=workers,
                               wall_s=outcome.wall_s, broker_kind=kind, broker_final=broker_stats,
-                              broker_samples=outcome.broker_samples, events=outcome.events)
+                              broker_samples=outcome.broker_samples, events=outcome.events,
+                              machine=stats.Machine(CORES, outcome.machine_samples))
     summary = {"scenario": scenario.name, "t0": t0, **summary}
     if scenario.revocation is not None:
         summary["revocation"] = _rehearsal(scenario, outcome, m, series, t0, stopped_s, healthy)

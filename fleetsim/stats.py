@@ -10,13 +10,16 @@ Every headline figure names the span it describes and is derived from attempts/s
 * ``simulator``: the workers' loop lag and CPU, and a plain warning when the simulator, not the broker, was the
   bottleneck;
 * ``broker``: counters summed over every broker process of the run, CPU per handshake from the storm's window
-  and CPU per message from the rest, or why they are not available.
+  and CPU per message from the rest, or why they are not available;
+* ``machine``: how busy the cores of the machine fleetsim ran on were over the storm, and a warning when they
+  were nearly all in use (the workers, and a broker on the same machine, then waited for a core).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ PHASES = ("setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms")
 LAG_P99_LATE_MS = 50.0  # loop lag p99 above this: the simulator, not the broker, set the pace
 BUSY_CPU = 0.95  # a worker at or above this share of its core in a second was saturated
 BUSY_SHARE = 0.25  # ... for more than this share of the seconds in which anything happened
+MACHINE_BUSY = 0.9  # the machine's cores at least this busy over a storm: devices and broker queued for a core
 BUNCH_FACTOR = 3.0  # the busiest second held this many times the storm's mean rate
 NOT_AT_BROKER = {"tcp_refused", "tcp_timeout", "tcp_error", "client_identity", "client_key_mismatch",
                  "client_key_rejected", "client_error"}  # attempts that cost the broker no TLS handshake
@@ -231,6 +235,41 @@ def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, An
             "simulator's loop was late: read the per-second peak as the simulator's batching, not the broker's")
 
 
+# -- the machine -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Machine:
+    """The machine's cores and its busy CPU seconds (all cores, cumulative) sampled through the run: ``t`` in run
+    seconds, ``busy_s``."""
+
+    cores: int
+    samples: Sequence[Mapping[str, float]] = ()
+
+
+def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any] | None:
+    """The share of the machine's cores busy over the storm (first attempt to last first CONNACK), read between
+    the first and the last sample inside it: whole sample intervals, no interpolation, so the idle time around a
+    short storm does not dilute it. None when fewer than two samples (~1 s apart) fall inside the storm."""
+    _, lo, hi = up_window(attempts, t0)
+    if lo is None or hi is None:
+        return None
+    inside = [s for s in machine.samples if lo <= s["t"] <= hi]
+    if len(inside) < 2 or inside[-1]["t"] - inside[0]["t"] <= 0:
+        return None
+    first, last = inside[0], inside[-1]
+    share = (last["busy_s"] - first["busy_s"]) / ((last["t"] - first["t"]) * machine.cores)
+    return {"share": _r(share), "from_s": first["t"], "to_s": last["t"], "cores": machine.cores}
+
+
+def machine_warning(busy: Mapping[str, Any] | None) -> str | None:
+    if busy is None or busy["share"] < MACHINE_BUSY:
+        return None
+    return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its {busy['cores']} cores over the "
+            f"storm ({busy['from_s']:.1f}-{busy['to_s']:.1f} s): whatever ran on it (the workers, and the broker if "
+            "it runs there too) may have queued for a core, and connect times then include that wait (wait_ms "
+            "books only the worker's own queue). To time the broker alone, give it cores of its own "
+            "(--isolate-broker, for a broker fleetsim starts) or run the fleet on another machine.")
+
+
 # -- the broker --------------------------------------------------------------------------------------------------
 def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, Any]],
                 attempts: Mapping[str, Sequence[Any]], series: Mapping[str, Sequence[Any]], *, t0: float,
@@ -341,8 +380,8 @@ def _back(ids: set[str], sessions: Mapping[str, Sequence[Any]], at: float, t0: f
 # -- the whole summary -------------------------------------------------------------------------------------------
 def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stopped_s: float, devices: int,
               workers: int, wall_s: float, broker_kind: str, broker_final: Mapping[str, Any] | None = None,
-              broker_samples: Sequence[Mapping[str, Any]] = (), events: Sequence[Mapping[str, Any]] = ()
-              ) -> dict[str, Any]:
+              broker_samples: Sequence[Mapping[str, Any]] = (), events: Sequence[Mapping[str, Any]] = (),
+              machine: Machine | None = None) -> dict[str, Any]:
     """summary.json."""
     s_start, s_end, _ = session_times(m.sessions, t0)
     level = Concurrency(s_start, s_end)
@@ -366,11 +405,14 @@ def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stop
         "events": event_effects(events, level, m.sessions, t0, stopped_s),
         "wall_s": _r(wall_s),
     }
+    busy = machine_busy(machine, m.attempts, t0) if machine is not None else None
+    if machine is not None:
+        summary["machine"] = {"cores": machine.cores, "busy_in_storm": busy}
     if faults := faults_table(m.attempts):
         summary["faults"] = faults
     if problems := identity_problems(m.attempts):
         summary["identity_problems"] = problems
-    warnings = [w for w in (sim.get("warning"), bunched(rate, up, sim["loop_lag_ms"])) if w]
+    warnings = [w for w in (sim.get("warning"), machine_warning(busy), bunched(rate, up, sim["loop_lag_ms"])) if w]
     if problems:
         warnings.append(f"{problems['devices']:,} devices could not load their own identity and never reached the "
                         f"broker, e.g. {problems['example']}")

@@ -115,6 +115,17 @@ def test_a_burst_that_loads_the_loop_is_figured_from_its_rows(tmp_path: Path, ta
     assert q1["lost"] == 0
     b = s["broker"]
     assert b["available"] and b["cpu_ms_per_handshake"] > 0 and b["handshakes_in_storm"] == 700
+    # the machine's busy share over the storm, from its raw samples between the first and last inside the window
+    machine = json.loads((run_dir / "machine.json").read_text())
+    inside = [x for x in machine["cpu_samples"] if start.min() <= x["t"] <= end[ok].max()]
+    busy = s["machine"]["busy_in_storm"]
+    if len(inside) >= 2:
+        share = (inside[-1]["busy_s"] - inside[0]["busy_s"]) / ((inside[-1]["t"] - inside[0]["t"]) * machine["cores"])
+        assert busy == {"share": pytest.approx(share, abs=1e-3), "from_s": inside[0]["t"], "to_s": inside[-1]["t"],
+                        "cores": machine["cores"]}
+        assert 0 < busy["share"] <= 1.0
+    else:
+        assert busy is None
 
 
 @pytest.mark.parametrize("target", TARGETS)

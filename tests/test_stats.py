@@ -195,6 +195,19 @@ def test_broker_cpu_per_handshake_comes_from_the_storm_window():
     assert b["cpu_ms_per_message"] == pytest.approx(1000 * (0.57 - 0.498) / 600, rel=2e-2)
 
 
+def test_machine_busy_is_read_over_whole_sample_intervals_inside_the_storm():
+    a = attempts([(f"d{i}", 0.2, "connected", None, 1_000.0 + 10.0 * i) for i in range(200)])  # 0.2 s to 3.19 s
+    samples = [{"t": t, "busy_s": b} for t, b in ((-0.5, 100.0), (0.1, 100.1), (0.4, 100.2), (1.4, 102.1),
+                                                   (2.4, 103.9), (3.4, 104.0))]
+    busy = stats.machine_busy(stats.Machine(2, samples), a, T0)
+    # inside 0.2-3.19 s: the samples at 0.4, 1.4 and 2.4 s; 3.7 CPU seconds over 2 s of 2 cores
+    assert busy == {"share": pytest.approx(3.7 / 4), "from_s": 0.4, "to_s": 2.4, "cores": 2}
+    assert "92% busy across its 2 cores" in (stats.machine_warning(busy) or "")
+    assert stats.machine_warning({**busy, "share": 0.5}) is None
+    assert stats.machine_busy(stats.Machine(2, samples[:3]), a, T0) is None  # one sample inside: no figure
+    assert stats.machine_busy(stats.Machine(2, samples), attempts([]), T0) is None
+
+
 def test_progress_merge_sums_counters_and_takes_worst_percentile():
     merged_ = progress.merge({
         0: {"connected": 3, "failures": {"alert_revoked": 1}, "p99_ms": 12.0, "lag_max_ms": 3.0},
