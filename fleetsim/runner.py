@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import queue
 import resource
 import secrets
@@ -270,6 +269,23 @@ def _collect(result_q: Any, progress_q: Any, snapshots: dict[int, Mapping[str, A
         pass
 
 
+def broker_cores_here(scenario: Scenario, broker: BrokerHandle | None) -> int:
+    """Cores a broker on this machine takes from the workers: one a process for a broker fleetsim starts (a
+    pool's each), one a loopback address for a broker given or named by address, none for a remote one."""
+    if broker is not None:
+        return 1 if is_loopback(broker.host) else 0
+    if scenario.broker.kind != "external":
+        return scenario.broker.processes
+    return sum(1 for host, _ in scenario.broker.addresses if is_loopback(host))
+
+
+def _default_workers(scenario: Scenario, broker: BrokerHandle | None, cluster: str | None) -> int:
+    usable = len(placement.usable_cores())
+    if cluster is not None:  # the shards run on the cluster's machines, not beside the broker
+        return usable
+    return placement.default_workers(usable, broker_cores_here(scenario, broker))
+
+
 def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: BrokerHandle | None = None,
                  reporter: Reporter | None = None, cluster: str | None = None) -> tuple[Path, dict[str, Any]]:
     """The whole job of `fleetsim run`; returns the results directory and the summary.
@@ -286,7 +302,8 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
     if broker is not None and scenario.broker.isolate:
         raise FleetsimError("isolate applies only to a broker fleetsim starts", "drop isolate, or leave broker out")
     cores = placement.split(placement.usable_cores()) if scenario.broker.isolate else placement.Placement()
-    workers = scenario.workers or max(len(cores.workers) or os.cpu_count() or 1, fd_workers(scenario.devices))
+    workers = scenario.workers or max(len(cores.workers) or _default_workers(scenario, broker, cluster),
+                                      fd_workers(scenario.devices))
     workers = max(1, min(workers, scenario.devices))
     raise_fd_limit(scenario.devices, workers)
     if broker is None and scenario.broker.kind != "external":
@@ -403,7 +420,8 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         shards = with_sources(shards, len(targets) or 1, scenario.source_addresses, loopback)
         shards = with_in_flight_caps(shards, len(targets) or 1, loopback)
         sources = sorted({s.source_address for s in shards if s.source_address})
-        reporter.note(f"{scenario.devices:,} devices on {len(shards)} workers against {broker.kind} broker "
+        on = f"{len(shards)} worker" + ("s" if len(shards) != 1 else "")
+        reporter.note(f"{scenario.devices:,} devices on {on} against {broker.kind} broker "
                       + (f"pool of {len(targets)} from " if targets else "")
                       + f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
                       + (f"; from {', '.join(sources)}" if sources else "")

@@ -15,7 +15,7 @@ from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.engine import DeviceSpec, Identity, PkiIdentities, ShardResult, ShardSpec, run_shard
 from fleetsim.engine.identity import PER_DEVICE_CONTEXTS_UP_TO
-from fleetsim.engine.shard import setup_seconds
+from fleetsim.engine.shard import keepalive_slices, setup_seconds
 from fleetsim.pki import Fault, Pki
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
@@ -213,3 +213,13 @@ def test_one_publish_timer_fires_each_device_in_time_order_and_honours_cancels()
     assert [n for n, _ in fired] == ["c", "a", "b", "a"]
     for (_, at), want in zip(fired, (0.05, 0.10, 0.20, 0.25), strict=True):
         assert want - 0.002 <= at < want + 0.04
+
+
+def test_keepalive_ticks_cover_the_fleet_once_a_second_a_slice_at_a_time() -> None:
+    devices = list(range(10_001))
+    ticks = keepalive_slices(len(devices), 0.1)
+    second = [devices[next(ticks)] for _ in range(10)]
+    assert sorted(d for part in second for d in part) == devices
+    assert max(len(part) for part in second) == 1_001
+    assert devices[next(ticks)] == second[0]  # and again the next second
+    assert [list(range(3))[next(keepalive_slices(3, 0.1))]] == [[0]]

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from fleetsim import placement
 from fleetsim.errors import FleetsimError
-from fleetsim.runner import run_scenario
+from fleetsim.runner import broker_cores_here, run_scenario
 from fleetsim.scenario import parse
 
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
@@ -28,6 +29,23 @@ def test_split_gives_the_broker_the_last_core() -> None:
     assert placement.Placement().as_dict() == {"broker_cores": [], "worker_cores": []}
     with pytest.raises(FleetsimError, match="needs at least two cores, this process may use 1"):
         placement.split([5])
+
+
+def test_the_workers_leave_a_broker_on_this_machine_its_cores() -> None:
+    assert placement.default_workers(2, 1) == 1
+    assert placement.default_workers(8, 3) == 5
+    assert placement.default_workers(4, 0) == 4  # the broker runs elsewhere
+    assert placement.default_workers(1, 1) == 1 and placement.default_workers(2, 4) == 1  # never none
+
+
+def test_which_brokers_take_cores_here() -> None:
+    def scenario(broker: str) -> Any:
+        return parse(f"[broker]\n{broker}\n[[fleet]]\nmodel = \"thermometer\"\ncount = 1\n")
+
+    assert broker_cores_here(scenario('target = "mosquitto"'), None) == 1
+    assert broker_cores_here(scenario('target = "mosquitto"\nprocesses = 3'), None) == 3
+    assert broker_cores_here(scenario('target = "127.0.0.1:8883"'), None) == 1
+    assert broker_cores_here(scenario('target = "10.0.0.1:8883"\nallow_remote = true'), None) == 0
 
 
 @TWO_CORES

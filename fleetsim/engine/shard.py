@@ -637,18 +637,20 @@ class _Shard:
         return dev.stream
 
     async def _ticker(self) -> None:
-        last_misc = last_progress = 0.0
+        """Admission, the stop flag and progress every ADJUST_EVERY_S; each device's keepalive once a second, a
+        slice of the fleet at a time: 10,000 devices in one go held the loop for ~17 ms (bench_scale on 1 worker,
+        loop lag p99 17 ms)."""
+        last_progress = 0.0
+        ticks = keepalive_slices(len(self.devices), ADJUST_EVERY_S)
         while True:
             await asyncio.sleep(ADJUST_EVERY_S)
             now = self.loop.time()
             self.admission.adjust(self.monitor.take_window())
             if self.stop_flag is not None and self.stop_flag.is_set():
                 self.request_stop()
-            if now - last_misc >= 1.0:
-                last_misc = now
-                for dev in self.devices:
-                    if dev.conn is not None:
-                        dev.conn.tick()
+            for dev in self.devices[next(ticks)]:
+                if dev.conn is not None:
+                    dev.conn.tick()
             if self.progress is not None and now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 self.progress(self.snapshot())
@@ -697,6 +699,15 @@ class _Shard:
                 "prepared": self.prepared, "to_prepare": len(self.devices) if self.prepares() else 0}
         return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,
                            loop, {"devices": len(self.devices), "failures": dict(self.failures)})
+
+
+def keepalive_slices(devices: int, every_s: float) -> Iterator[slice]:
+    """Slices of a fleet of ``devices``, one for each ``every_s`` period, covering the whole fleet once a second."""
+    periods = max(1, round(1.0 / every_s))
+    size = -(-devices // periods)
+    while True:
+        for i in range(periods):
+            yield slice(i * size, (i + 1) * size)
 
 
 def _final_state(dev: _Device, up_at_end: bool) -> str:

@@ -161,7 +161,7 @@ class Scenario:
     seed: int = 1
     duration: float = 60.0
     connect_timeout: float = 10.0
-    workers: int = 0  # 0: one per core
+    workers: int = 0  # 0: one per core, less the cores a broker on this machine takes
     broker: BrokerSpec = field(default_factory=lambda: BrokerSpec())
     mqtt: MqttSpec = field(default_factory=lambda: MqttSpec())
     arrival: Arrival = field(default_factory=lambda: Arrival())
