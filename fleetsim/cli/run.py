@@ -30,7 +30,9 @@ def run(
     out: Path = typer.Option(Path("results"), "--out", help="Where the run's results directory goes."),
     devices: int | None = typer.Option(None, "--devices", min=1, help="Fleet size (groups scaled to it)."),
     duration: float | None = typer.Option(None, "--duration", min=1, help="Run length in seconds."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per core, less one for a broker on this machine)."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Worker processes (default: one per core, less the cores a broker "
+                                            "on this machine takes)."),
     isolate_broker: bool = typer.Option(False, "--isolate-broker",
                                         help="Give the broker fleetsim starts a core of its own, the workers the "
                                              "others (handshake timing on one machine)."),
