@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint system-deps bench clean
+.PHONY: demo test check lint system-deps bench clean
 
 ## Install everything and run the demo ward on the embedded mTLS broker, ending with the summary.
 demo: $(VENV)/.installed
@@ -12,6 +12,10 @@ demo: $(VENV)/.installed
 ## Install what the tests need (Mosquitto from Debian's packages included) and run the whole suite.
 test: system-deps $(VENV)/.installed-test lint
 	$(BIN)/pytest
+
+## The fast tier, for every edit: lint and the tests that need no broker, PKI or subprocess (under a minute).
+check: $(VENV)/.installed-test lint
+	FLEETSIM_FAST_TIER=1 $(BIN)/pytest -m "not integration" -q --timeout 20
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check fleetsim tests benchmarks

@@ -72,3 +72,51 @@ def target(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
 
         with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
             yield broker
+
+
+# --- the fast tier (`make check`) ------------------------------------------------------------------------------
+# A test is an integration test when it uses a broker, a PKI or a subprocess. The first two show in its fixtures
+# (or its markers) and are marked here at collection, so nobody has to remember to; the third cannot be seen before
+# the test runs, so the fast tier (FLEETSIM_FAST_TIER=1, set by `make check`) refuses it at run time with the fix.
+INTEGRATION_FIXTURES = frozenset({"pki", "make_pki", "target", "faulty_devices"})
+INTEGRATION_MARKERS = ("slow", "mosquitto", "integration")
+FAST_TIER = os.environ.get("FLEETSIM_FAST_TIER") == "1"
+
+
+def is_integration(item: pytest.Item) -> bool:
+    """Uses a broker or a PKI fixture, or carries a marker that says it does I/O."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & INTEGRATION_FIXTURES) or any(item.get_closest_marker(m) for m in INTEGRATION_MARKERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_integration(item):
+            item.add_marker(pytest.mark.integration)
+
+
+class IntegrationInFastTier(RuntimeError):
+    """Raised when a test in the fast tier starts a process or opens a socket."""
+
+
+def _refuse(what: str) -> Callable[..., object]:
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise IntegrationInFastTier(
+            f"this test {what}: it is an integration test; mark it @pytest.mark.integration (or use the "
+            "pki/target fixtures) so that `make check` leaves it to `make test`")
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_stays_pure(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the fast tier, a test that starts a process or opens a socket fails at once, naming the fix."""
+    if not FAST_TIER or request.node.get_closest_marker("integration"):
+        return
+    import multiprocessing.process
+    import socket
+    import subprocess
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("starts a subprocess"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", _refuse("starts a worker process"))
+    for method in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, method, _refuse("opens a socket"))

@@ -12,7 +12,7 @@ import pytest
 
 import fleetsim as fs
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 SCRIPT = """
 import asyncio, socket, sys

@@ -22,7 +22,7 @@ from fleetsim.pki import Pki
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 FLEETSIM = [sys.executable, "-m", "fleetsim"]
 ROOT = Path(__file__).parent.parent
 TARGETS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]

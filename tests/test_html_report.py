@@ -21,7 +21,7 @@ from fleetsim.rundata import load_run
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ROOT = Path(__file__).parent.parent
 NAME = 'ward [red]<b>&"x"</b>'  # rich markup and HTML in one scenario name
 CHROMIUM = shutil.which("chromium")

@@ -124,6 +124,7 @@ def scrape(url: str) -> tuple[dict[str, str], Samples]:
         return parse(r.read().decode())
 
 
+@pytest.mark.integration
 def test_endpoint_serves_the_latest_progress_on_loopback(endpoint: MetricsEndpoint) -> None:
     assert endpoint.host == "127.0.0.1" and endpoint.port > 0
     assert endpoint.url == f"http://127.0.0.1:{endpoint.port}/metrics"
@@ -138,12 +139,14 @@ def test_endpoint_serves_the_latest_progress_on_loopback(endpoint: MetricsEndpoi
     assert first[key] == 2 and second[key] == 3
 
 
+@pytest.mark.integration
 def test_port_in_use_is_one_clear_line(endpoint: MetricsEndpoint) -> None:
     with pytest.raises(FleetsimError, match="the port is in use") as err:
         MetricsEndpoint(endpoint.port).start()
     assert "\n" not in str(err.value) and err.value.exit_code == 2
 
 
+@pytest.mark.integration
 def test_stop_releases_the_port_and_is_idempotent() -> None:
     ep = MetricsEndpoint(0).start()
     port = ep.port
@@ -262,6 +265,7 @@ def test_a_run_serves_growing_metrics_while_it_runs(tmp_path: Path) -> None:
     assert value(last, "fleetsim_connect_phase_seconds_sum", phase="tls") > 0
 
 
+@pytest.mark.integration
 def test_cli_metrics_port_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

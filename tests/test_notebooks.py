@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+pytestmark = pytest.mark.integration  # a Jupyter kernel running fleets
+
 if TYPE_CHECKING:
     from nbformat.notebooknode import NotebookNode
 

@@ -11,6 +11,8 @@ import pytest
 
 from fleetsim.pki import Fault, Pki
 
+pytestmark = pytest.mark.integration  # the CLI, as a subprocess
+
 FLEETSIM = Path(sys.executable).with_name("fleetsim")
 
 

@@ -49,6 +49,7 @@ def test_which_brokers_take_cores_here() -> None:
 
 
 @TWO_CORES
+@pytest.mark.integration
 def test_on_cores_is_inherited_by_what_starts_inside_and_undone_after() -> None:
     before = os.sched_getaffinity(0)
     last = max(before)
@@ -61,6 +62,7 @@ def test_on_cores_is_inherited_by_what_starts_inside_and_undone_after() -> None:
 
 @TWO_CORES
 @pytest.mark.timeout(120)
+@pytest.mark.integration
 def test_an_isolated_run_keeps_broker_and_workers_apart_across_a_restart(tmp_path: Path) -> None:
     scenario = parse("""
 name = "isolated"

@@ -18,7 +18,7 @@ from fleetsim.pki import Pki
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 FLEETSIM = [sys.executable, "-m", "fleetsim"]
 
 

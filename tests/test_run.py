@@ -17,7 +17,7 @@ import pytest
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 FLEETSIM = [sys.executable, "-m", "fleetsim"]
 
 # What a device sees for each fault, per broker. Mosquitto never compares the CN with the client id (its ACL

@@ -16,7 +16,7 @@ from fleetsim.runner import run_scenario
 from fleetsim.scenario import load, parse
 
 pytest.importorskip("distributed", reason="pip install -e '.[cluster]'")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ROOT = Path(__file__).parent.parent
 
 

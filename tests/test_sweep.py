@@ -12,6 +12,8 @@ from fleetsim import sweep
 from fleetsim.errors import ScenarioError
 from fleetsim.sweep_run import read_sweep, run_sweep
 
+pytestmark = pytest.mark.integration  # each cell runs a broker and a fleet
+
 TINY = """
 name = "tiny"
 [fleet]
