@@ -15,7 +15,8 @@ from rich.text import Text
 from fleetsim import __version__
 from fleetsim.errors import FleetsimError
 
-# typer >= 0.2x vendors its own click, older ones use click itself (which Dask's packages also install)
+# typer >= 0.2x vendors its own click (private: tests/test_typer_contract.py fences what is used), older ones use
+# click itself (which Dask's packages also install)
 _click = importlib.import_module("typer._click.exceptions" if importlib.util.find_spec("typer._click")
                                  else "click.exceptions")
 ClickException, NoArgsIsHelpError, UsageError = _click.ClickException, _click.NoArgsIsHelpError, _click.UsageError
