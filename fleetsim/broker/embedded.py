@@ -14,7 +14,10 @@ plugin, decodes bad UTF-8 into text, reads a declared length whole):
 * identity (``cert_rules``) and admission (``embedded_auth.admit``): a leaf of the issuing CA with clientAuth whose
   CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
   skipped the handshake's check); the password when configured; otherwise CONNACK 5;
-* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all.
+* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all;
+* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will); a client id
+  that connects again closes its earlier connection, which amqtt winds down before it reads the new CONNECT
+  (takeover, counted). amqtt's own session defects are fixed in ``amqtt_fixes``.
 
 CRL (``embedded_crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
 PKI (``fleetsim.pki.notify``) so a revoke is enforced before it returns, polls DIR/crl.pem every 0.2 s for other
@@ -26,7 +29,7 @@ Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
 reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
 "packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
-histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
+histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...}.
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
