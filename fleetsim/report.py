@@ -116,6 +116,9 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         procs = len(b.get("processes", [])) or 1
         rows.append(("broker CPU (s)", _fmt(round(float(b["cpu_seconds"]), 3))
                      + (f" over {procs} processes (restarts)" if procs > 1 else "")))
+    if b.get("takeovers"):
+        rows.append(("session takeovers (security event)", f"{b['takeovers']:,}  (a client id connected while "
+                                                           "already connected: a cloned identity?)"))
     if b.get("cpu_ms_per_handshake") is not None:
         lo, hi = b["storm_window_s"]
         rows.append(("broker CPU per handshake (ms)", f"{b['cpu_ms_per_handshake']:,.2f}  (storm {lo:g}-{hi:g} s: "

@@ -53,8 +53,9 @@ def body(pkt: bytes) -> bytes:
 
 
 def test_connect_fields() -> None:
-    c = w.parse_connect(body(connect("dev-1", clean=False, user=b"u", password=b"p", will=("fleet/a/b/dev-1/w", b"x"))))
-    assert c == w.Connect("dev-1", "u", b"p", False, "fleet/a/b/dev-1/w")
+    c = w.parse_connect(body(connect("dev-1", clean=False, keepalive=90, user=b"u", password=b"p",
+                                     will=("fleet/a/b/dev-1/w", b"x"))))
+    assert c == w.Connect("dev-1", "u", b"p", False, "fleet/a/b/dev-1/w", keepalive=90)
     assert c.credentials == ("dev-1", "u", b"p")
 
 

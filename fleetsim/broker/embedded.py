@@ -14,7 +14,10 @@ plugin, decodes bad UTF-8 into text, reads a declared length whole):
 * identity (``cert_rules``) and admission (``embedded_auth.admit``): a leaf of the issuing CA with clientAuth whose
   CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
   skipped the handshake's check); the password when configured; otherwise CONNACK 5;
-* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all.
+* topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all;
+* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will); a client id
+  that connects again closes its earlier connection, which amqtt winds down before it reads the new CONNECT
+  (takeover, counted). amqtt's own session defects are fixed in ``amqtt_fixes``.
 
 CRL (``embedded_crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
 PKI (``fleetsim.pki.notify``) so a revoke is enforced before it returns, polls DIR/crl.pem every 0.2 s for other
@@ -26,7 +29,7 @@ Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
 reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
 "packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
-histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
+histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...}.
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -42,15 +45,16 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
-from amqtt.broker import Broker
 
 from fleetsim.broker import embedded_pki
+from fleetsim.broker.amqtt_fixes import ConformingBroker
 from fleetsim.broker.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
 from fleetsim.broker.embedded_crl import CrlKeeper
@@ -73,9 +77,19 @@ log = logging.getLogger("fleetsim.broker.embedded")
 
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
 TOPIC_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimTopicPlugin"
+TAKEOVER_WAIT_S = 5.0  # how long a takeover waits for the old connection's session to wind down
 WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
 RESUMPTION_OFF = "resumed session (resumption is off)"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
+
+
+@dataclass(eq=False)
+class Holder:
+    """The connection a client id is served on: how to close it, and when amqtt is done with it."""
+
+    peer: Peer
+    abort: Callable[[], None]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def _amqtt_config(plain: bool) -> dict[str, Any]:
@@ -116,11 +130,12 @@ class EmbeddedBroker:
         self._passwords: PasswordFile | None = None
         self._rules: CertRules | None = None
         self._warned: set[tuple[str, str]] = set()
-        self._amqtt: Broker | None = None
+        self._amqtt: ConformingBroker | None = None
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
         self._all: set[TlsConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_client: dict[str, Holder] = {}  # client id -> the connection amqtt serves it on
         self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -147,7 +162,7 @@ class EmbeddedBroker:
         else:
             self._context = embedded_pki.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
-        self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
+        self._amqtt = ConformingBroker(_amqtt_config(opts.plain_port is not None))
         await self._amqtt.start()
         try:
             await self._listen()
@@ -327,8 +342,14 @@ class EmbeddedBroker:
             # copied into the tasks amqtt's plugins run in
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
             CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
-            if self._amqtt is not None:
-                await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel), peer.listener)
+            holder = await self._take_over(connect.client_id, peer, abort)
+            try:
+                with self._keepalive(packets, connect.keepalive, peer, abort):
+                    if self._amqtt is not None:
+                        await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel),
+                                                             peer.listener)
+            finally:
+                self._release(connect.client_id, holder)
         except Violation as exc:
             self._violation(peer, None, exc)
             if exc.connack is not None:
@@ -340,7 +361,56 @@ class EmbeddedBroker:
             log.exception("session from %s failed", peer.address)
         finally:
             timer.cancel()
+            packets.close()
             await writer.close()
+
+    async def _take_over(self, client_id: str, peer: Peer, abort: Callable[[], None]) -> Holder:
+        """3.1.4-2: a client id already connected loses its connection to this one (admitted for that id, so on the
+        certificate listener the same certificate: a device reconnecting, or a clone). The old connection is closed
+        and its session wound down in amqtt (its will published, a persistent session left to resume) before amqtt
+        reads this CONNECT. Counted: two live copies of one identity are a security event."""
+        holder = Holder(peer, abort)
+        old = self._by_client.get(client_id)
+        self._by_client[client_id] = holder
+        if old is not None:
+            self.metrics.takeovers += 1
+            log.warning("%s connected again from %s: its connection from %s is closed (session takeover; "
+                        "a cloned identity?)", client_id, peer.address, old.peer.address)
+            old.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(old.done), TAKEOVER_WAIT_S)
+        return holder
+
+    def _release(self, client_id: str, holder: Holder) -> None:
+        holder.done.set_result(None)
+        if self._by_client.get(client_id) is holder:
+            del self._by_client[client_id]
+
+    @contextlib.contextmanager
+    def _keepalive(self, packets: PacketReader, keepalive: int, peer: Peer,
+                   abort: Callable[[], None]) -> Iterator[None]:
+        """3.1.2-24: no packet for 1.5 x the keepalive the client asked for, and the connection is closed as if
+        the network had failed (amqtt then publishes the will). amqtt's own read timeout does nothing."""
+        if keepalive <= 0:
+            yield
+            return
+        loop, limit = asyncio.get_running_loop(), 1.5 * keepalive
+        handle: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal handle
+            due = packets.last_packet_at + limit
+            if loop.time() < due:
+                handle = loop.call_at(due, check)
+                return
+            log.info("%s (%s) sent nothing for %g s (1.5 x its keepalive): closed", peer.address, peer.name, limit)
+            abort()
+
+        handle = loop.call_at(packets.last_packet_at + limit, check)
+        try:
+            yield
+        finally:
+            handle.cancel()
 
     def _topic_allowed(self, peer: Peer, publish: bool, topic: str) -> bool:
         """What the topic plugin asks for this connection; a refusal is counted and logged."""

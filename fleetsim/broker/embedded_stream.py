@@ -37,14 +37,27 @@ class PacketReader(ReaderAdapter):
         self._pos = 0
         self._first = True
         self._failed = False
+        self._loading: asyncio.Task[tuple[Header, bytes]] | None = None
+        self.last_packet_at = asyncio.get_running_loop().time()
 
     async def first_connect(self) -> Connect:
         """The first packet, parsed as a CONNECT; it stays here for amqtt to read once admitted.
 
         Raises Violation (not a CONNECT, too large, malformed) and asyncio.IncompleteReadError (the device left).
         """
-        _, body = await self._load()
+        _, body = await self._next()
         return parse_connect(body)
+
+    async def _next(self) -> tuple[Header, bytes]:
+        """The next packet; a cancelled wait leaves the load running for the next read."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load())
+        loading = self._loading
+        try:
+            return await asyncio.shield(loading)
+        finally:
+            if loading.done():
+                self._loading = None
 
     async def _load(self) -> tuple[Header, bytes]:
         head = bytearray(await self._inner.read(1))
@@ -56,6 +69,7 @@ class PacketReader(ReaderAdapter):
             check_body(header, body)
         self._first = False
         self._packet, self._pos = bytes(head) + body, 0
+        self.last_packet_at = asyncio.get_running_loop().time()
         return header, body
 
     def _fail(self, violation: Violation, n: int) -> asyncio.IncompleteReadError:
@@ -70,7 +84,7 @@ class PacketReader(ReaderAdapter):
             if self._failed:
                 raise asyncio.IncompleteReadError(b"", n)
             try:
-                await self._load()
+                await self._next()
             except Violation as exc:
                 raise self._fail(exc, n) from None
         end = len(self._packet) if n < 0 else self._pos + n
@@ -82,6 +96,11 @@ class PacketReader(ReaderAdapter):
 
     def feed_eof(self) -> None:
         self._inner.feed_eof()
+
+    def close(self) -> None:
+        """Stop a load still waiting on the connection (the session is over)."""
+        if self._loading is not None:
+            self._loading.cancel()
 
 
 class ConnackWatch(WriterAdapter):

@@ -34,6 +34,7 @@ class BrokerMetrics:
     authorized: int = 0  # MQTT CONNECTs answered with CONNACK accepted
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count (TLS and MQTT)
     dropped_revoked: int = 0  # live sessions ended because a new CRL revoked their certificate
+    takeovers: int = 0  # connections closed because their client id connected again (3.1.4-2): a clone?
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -64,6 +65,7 @@ class BrokerMetrics:
             "rejected_total": sum(self.rejected.values()),
             "current_connections": current_connections,
             "dropped_revoked": self.dropped_revoked,
+            "takeovers": self.takeovers,
             "handshake_ms": {
                 "count": self.handshake_count,
                 "mean": round(self.handshake_sum_ms / self.handshake_count, 3) if self.handshake_count else None,

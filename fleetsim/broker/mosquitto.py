@@ -100,6 +100,7 @@ _CLIENT = re.compile(r"Client (?P<cid>\S+) (?P<how>disconnected|closed its conne
 # A handshake that fails inside accept() is logged in one line, with no "New connection" or "Client" line.
 _ACCEPT_FAILED = re.compile(r"Client connection from \S+ failed: \S+:SSL routines::(?P<what>.+?)\.?$")
 _NOT_AUTHORISED = re.compile(r"Client \S+ disconnected, not authori[sz]ed")
+_TAKEOVER = re.compile(r"Client \S+ already connected, closing old connection")
 
 # OpenSSL's server-side words -> a short reason. Mosquitto's log does not say *why* a certificate failed
 # verification (expired, unknown CA and revoked all read "certificate verify failed"); the device's alert does.
@@ -131,6 +132,7 @@ class LogTally:
     identity_mismatch: int = 0  # client id differs from certificate CN (username): Mosquitto lets it in
     rejected: Counter[str] = field(default_factory=Counter)
     reloads: int = 0
+    takeovers: int = 0  # a client id connected again: the old connection closed (3.1.4-2)
     _pending_tls: str | None = None
 
     def feed(self, line: str) -> None:
@@ -145,6 +147,8 @@ class LogTally:
             self.rejected[_tls_reason(m.group("what"))] += 1
         elif _NOT_AUTHORISED.search(line):
             self.rejected["not-authorised"] += 1
+        elif _TAKEOVER.search(line):
+            self.takeovers += 1
         elif (m := _CLIENT.search(line)) is not None:
             if m.group("cid") == "<unknown>":
                 self.rejected[self._pending_tls or "protocol-error"] += 1
@@ -157,7 +161,7 @@ class LogTally:
     def as_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "disconnected": self.disconnected,
                 "identity_mismatch": self.identity_mismatch, "rejected": dict(self.rejected),
-                "rejected_total": sum(self.rejected.values()), "reloads": self.reloads}
+                "rejected_total": sum(self.rejected.values()), "reloads": self.reloads, "takeovers": self.takeovers}
 
 
 def first_error(text: str) -> str | None:

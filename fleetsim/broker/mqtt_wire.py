@@ -124,6 +124,7 @@ class Connect:
     password: bytes | None = None
     clean: bool = True
     will_topic: str | None = None
+    keepalive: int = 0  # seconds (3.1.2.10); 0: the client asked for no keepalive
 
     @property
     def credentials(self) -> tuple[str, str | None, bytes | None]:
@@ -139,7 +140,7 @@ def parse_connect(body: bytes) -> Connect:
     name, pos = _field(body, 0, MALFORMED_CONNECT)
     if name != b"MQTT" or pos + 4 > len(body):
         raise Violation(MALFORMED_CONNECT)  # 3.1.2-1 (MQIsdp, 3.1, is amqtt's "unsupported" too)
-    level, flags = body[pos], body[pos + 1]
+    level, flags, keepalive = body[pos], body[pos + 1], int.from_bytes(body[pos + 2:pos + 4], "big")
     if level != 4:
         raise Violation(BAD_PROTOCOL, UNACCEPTABLE_PROTOCOL_VERSION)
     pos += 4  # level, flags, keep-alive
@@ -162,7 +163,7 @@ def parse_connect(body: bytes) -> Connect:
         raise Violation(MALFORMED_CONNECT)  # bytes after the last field: amqtt would read them as a packet
     if not client_id and not clean:
         raise Violation(BAD_CLIENT_ID, IDENTIFIER_REJECTED)
-    return Connect(client_id, username, password, clean, will_topic)
+    return Connect(client_id, username, password, clean, will_topic, keepalive)
 
 
 def topic_name(raw: bytes) -> str:
