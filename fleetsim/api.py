@@ -221,12 +221,17 @@ class SweepResult:
 
 
 def run_sweep(definition: str | Path | Any, *, out: str | Path = "results",
-              progress: Callable[[Progress], None] | None = None) -> SweepResult:
-    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept."""
+              progress: Callable[[Progress], None] | None = None, measure: Mapping[str, Any] | None = None
+              ) -> SweepResult:
+    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept.
+    ``measure`` changes the sweep's [measure] (e.g. ``{"burst_devices": 20}`` to try it small); cells kept from
+    an earlier run measured otherwise are refused with one line, never mixed in."""
     from fleetsim.sweep import Sweep, load
     from fleetsim.sweep_run import run_sweep as run_all
 
     s = definition if isinstance(definition, Sweep) else load(definition)
+    if measure:
+        s = s.with_measure(**measure)
     return SweepResult(run_all(s, out=Path(out), reporter=Callback(progress) if progress else None))
 
 
