@@ -1,7 +1,7 @@
 """fleetsim from Python (a notebook, a test, a script): the runs the CLI makes, with no terminal UI.
 
     import fleetsim as fs
-    pki = fs.Pki.open("pki")
+    pki = fs.Pki.open_or_init("pki")
     scenario = fs.Scenario(fleet=[fs.Group("pulse-oximeter", 500)], duration=30)
     with fs.start_broker("embedded", pki) as broker:
         run = fs.run(scenario, pki=pki, broker=broker)
