@@ -3,7 +3,7 @@
 The public surface (what notebooks and scripts use; see fleetsim.api)::
 
     import fleetsim as fs
-    pki = fs.Pki.init("pki")                       # or fs.Pki.open("pki")
+    pki = fs.Pki.open_or_init("pki")               # or fs.Pki.init / fs.Pki.open
     scenario = fs.Scenario(fleet=[fs.Group("pulse-oximeter", 500)], duration=30)
     with fs.start_broker("embedded", pki) as broker:
         run = fs.run(scenario, pki=pki, broker=broker)

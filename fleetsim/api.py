@@ -1,7 +1,7 @@
 """fleetsim from Python (a notebook, a test, a script): the runs the CLI makes, with no terminal UI.
 
     import fleetsim as fs
-    pki = fs.Pki.open("pki")
+    pki = fs.Pki.open_or_init("pki")
     scenario = fs.Scenario(fleet=[fs.Group("pulse-oximeter", 500)], duration=30)
     with fs.start_broker("embedded", pki) as broker:
         run = fs.run(scenario, pki=pki, broker=broker)
@@ -221,12 +221,17 @@ class SweepResult:
 
 
 def run_sweep(definition: str | Path | Any, *, out: str | Path = "results",
-              progress: Callable[[Progress], None] | None = None) -> SweepResult:
-    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept."""
+              progress: Callable[[Progress], None] | None = None, measure: Mapping[str, Any] | None = None
+              ) -> SweepResult:
+    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept.
+    ``measure`` changes the sweep's [measure] (e.g. ``{"burst_devices": 20}`` to try it small); cells kept from
+    an earlier run measured otherwise are refused with one line, never mixed in."""
     from fleetsim.sweep import Sweep, load
     from fleetsim.sweep_run import run_sweep as run_all
 
     s = definition if isinstance(definition, Sweep) else load(definition)
+    if measure:
+        s = s.with_measure(**measure)
     return SweepResult(run_all(s, out=Path(out), reporter=Callback(progress) if progress else None))
 
 

@@ -27,6 +27,7 @@ from fleetsim.scenario import FAULTS, Scenario, assign_faults
 
 REVOKED = "revoked"
 WEAK_KEY_TYPE = "rsa-1024"
+ANY = "*"  # a property wants() leaves open
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,33 @@ def _key_type(slot: Slot) -> str:
     return WEAK_KEY_TYPE if slot.fault == Fault.WEAK_KEY.value else slot.key_type
 
 
+def wants(slot: Slot) -> dict[str, str | None]:
+    """What the PKI's device for this slot must be: one id is one physical device, so it keeps these whichever
+    scenario names it. ``model`` is ``ANY`` for a faulty or revoked identity, whose id does not name a model."""
+    return {"key type": _key_type(slot), "fault": None if slot.fault in (None, REVOKED) else slot.fault,
+            "model": slot.model if slot.fault is None else ANY}
+
+
+def _has(d: Device) -> dict[str, str | None]:
+    return {"key type": d.key_type, "fault": d.fault.value if d.fault else None, "model": d.model}
+
+
 def _mismatch(d: Device, slot: Slot) -> str | None:
     """What the PKI's device differs in from the slot that names it, if anything."""
-    fault = d.fault.value if d.fault else None
-    want = None if slot.fault in (None, REVOKED) else slot.fault
-    for what, have, need in (("key type", d.key_type, _key_type(slot)), ("fault", fault, want),
-                             ("model", d.model, slot.model if slot.fault is None else d.model)):
-        if have != need:
-            return f"{what} {have or 'none'} where this scenario wants {need or 'none'}"
+    have = _has(d)
+    for what, need in wants(slot).items():
+        if need != ANY and have[what] != need:
+            return f"{what} {have[what] or 'none'} where this scenario wants {need or 'none'}"
     return None
+
+
+def _clash(pki: Pki, device_id: str, slot: Slot, why: str) -> PkiError:
+    """The one line for an id the PKI holds as another device, and the two ways out."""
+    elsewhere = "run it with --pki on another directory"
+    fix = (f"one id is one device, with one key type and model: give [[fleet]] group {slot.group + 1} "
+           f"(lot {slot.lot!r}) another lot in this scenario, or {elsewhere}" if slot.fault is None
+           else f"{elsewhere} for this scenario")
+    return PkiError(f"{pki.root} holds {device_id} with {why}", fix)
 
 
 def provision(pki: Pki, slots: Sequence[Slot], *, workers: int | None = None,
@@ -119,8 +138,7 @@ def provision(pki: Pki, slots: Sequence[Slot], *, workers: int | None = None,
                 to_revoke.append(device_id)
             continue
         if (why := _mismatch(d, slot)) is not None:
-            raise PkiError(f"{pki.root} holds {device_id} with {why}",
-                           "use another lot or --pki directory for this scenario")
+            raise _clash(pki, device_id, slot, why)
         if slot.fault == REVOKED and d.status != "revoked":
             to_revoke.append(device_id)
         elif slot.fault is None and d.status == "revoked":

@@ -19,7 +19,7 @@ import itertools
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,11 @@ class Sweep:
     measure: Measure = field(default_factory=Measure)
     description: str = ""
     source: str = "<sweep>"
+
+    def with_measure(self, **changes: Any) -> Sweep:
+        """The same cells measured otherwise (e.g. smaller, to try a sweep), checked like the file's [measure]."""
+        return replace(self, measure=_measure(f"{self.source} (with measure changes)",
+                                              {**vars(self.measure), **changes}))
 
 
 def load(path: str | Path) -> Sweep:

@@ -41,6 +41,7 @@ def run_sweep(sweep: Sweep, *, out: Path, reporter: Reporter | None = None) -> P
     """Run every cell not done yet; returns the sweep directory (``out/<sweep name>``)."""
     reporter = reporter or Silent()
     sweep_dir = out / sweep.name
+    _check_resumable(sweep, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     floor = crypto_floor(sweep_dir, {c.settings["key_type"] for c in sweep.cells}, reporter)
     done: list[dict[str, Any]] = []
@@ -56,6 +57,17 @@ def run_sweep(sweep: Sweep, *, out: Path, reporter: Reporter | None = None) -> P
     cross = cross_check(sweep, sweep_dir, done, reporter)
     _write_index(sweep, sweep_dir, done, floor, cross)
     return sweep_dir
+
+
+def _check_resumable(sweep: Sweep, sweep_dir: Path) -> None:
+    """Cells kept from an earlier run must have been measured the same way, or the table would mix them."""
+    if not (sweep_dir / SWEEP_JSON).is_file():
+        return
+    earlier = read_sweep(sweep_dir).get("measure") or {}
+    changed = [f"{k} {earlier.get(k)} -> {v}" for k, v in vars(sweep.measure).items() if earlier.get(k) != v]
+    if changed:
+        raise FleetsimError(f"{sweep_dir} holds this sweep measured otherwise ({', '.join(changed)})",
+                            "give another out directory, or remove that one to measure it again")
 
 
 def _cell_record(sweep_dir: Path, cell: Cell) -> dict[str, Any] | None:

@@ -331,6 +331,17 @@ def test_open_non_pki(tmp_path: Path) -> None:
         Pki.open(tmp_path)
 
 
+def test_open_or_init_makes_the_pki_once_then_opens_it(tmp_path: Path) -> None:
+    """The README's one call after `make demo` made pki/ (Pki.init said "already a PKI" there)."""
+    made = Pki.open_or_init(tmp_path / "pki")
+    made.issue(2, workers=1)
+    again = Pki.open_or_init(tmp_path / "pki")
+    assert again.root == made.root and set(again.inventory.devices) == {"dev-00001", "dev-00002"}
+    (tmp_path / "other" / "x").mkdir(parents=True)
+    with pytest.raises(PkiError, match=r"not a fleetsim PKI.*a new or empty one"):
+        Pki.open_or_init(tmp_path / "other")
+
+
 def test_inventory_is_json_with_every_device(pki: Pki) -> None:
     data = json.loads(pki.layout.inventory.read_text())
     assert {d["id"] for d in data["devices"]} == set(pki.inventory.devices)

@@ -80,6 +80,7 @@ def test_an_id_held_with_other_properties_is_one_line(tmp_path):
         provision.provision(pki, provision.plan(parse(SCENARIO, "t.toml")))
     assert "ward-b-ecg-patch-00001" in str(e.value) and "key type ecdsa-p384" in str(e.value)
     assert "ed25519" in str(e.value) and "\n" not in str(e.value)
+    assert "group 2 (lot 'ward-b') another lot" in str(e.value) and "--pki on another directory" in str(e.value)
 
 
 def test_a_healthy_device_an_earlier_run_revoked_is_re_enrolled(tmp_path):

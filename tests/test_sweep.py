@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,20 @@ def test_the_cli_says_what_is_wrong_with_a_sweep_file(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "fleetsim", "sweep", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad [1].toml: auth: unknown value" in r.stderr
+
+
+def test_a_sweep_measured_otherwise_is_never_resumed_into_the_same_directory(tmp_path: Path) -> None:
+    """A smaller try (fs.run_sweep(..., measure=...), the notebook's MEASURE) or an edited [measure] would mix
+    cells measured two ways in one table: one line, nothing run."""
+    import fleetsim as fs
+    from fleetsim.errors import FleetsimError
+
+    definition = sweep.parse(TINY, "tiny.toml")
+    assert definition.with_measure(burst_devices=4).measure.burst_devices == 4
+    with pytest.raises(ScenarioError, match=r"measure\.burst_devices"):
+        definition.with_measure(burst_devices=0)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "sweep.json").write_text(json.dumps({"measure": vars(definition.measure), "cells": []}))
+    with pytest.raises(FleetsimError, match=r"measured otherwise \(burst_devices 12 -> 4\)") as e:
+        fs.run_sweep(definition, out=tmp_path, measure={"burst_devices": 4})
+    assert "another out directory" in str(e.value) and not (tmp_path / "tiny" / "cells").exists()

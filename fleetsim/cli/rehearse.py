@@ -23,13 +23,15 @@ def rehearse(
                                         "none, hook."),
     out: Path = typer.Option(Path("results"), "--out", help="Where the run's results directory goes."),
     devices: int | None = typer.Option(None, "--devices", min=1, help="Fleet size (groups scaled to it)."),
+    duration: float | None = typer.Option(None, "--duration", min=1, help="Run length in seconds (a try at a "
+                                          "smaller scale: steps it no longer reaches are not taken)."),
 ) -> None:
     """Revoke a batch of devices mid-run, make the broker enforce it, re-enrol them; say how long each step took."""
     from fleetsim import scenario as scenario_mod
     from fleetsim.cli.run import exit_code
     from fleetsim.runner import run_scenario
 
-    sc = scenario_mod.load(scenario).with_overrides(devices=devices, broker=broker)
+    sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, broker=broker)
     if sc.revocation is None:
         raise ScenarioError(f"{scenario}: no [revocation] section", "add one (see scenarios/rehearsal.toml), "
                                                                     "or use fleetsim run")

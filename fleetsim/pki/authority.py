@@ -93,7 +93,8 @@ def _sign_in_pool(jobs: list[issuance.IssueJob], workers: int, progress: Progres
 
 
 class Pki:
-    """One PKI directory. Create with :meth:`init`, open with :meth:`open`; every change is saved at once."""
+    """One PKI directory. Create with :meth:`init`, open with :meth:`open`, either with :meth:`open_or_init`;
+    every change is saved at once."""
 
     def __init__(self, root: Path, inventory: Inventory) -> None:
         self.layout = Layout(root)
@@ -166,6 +167,18 @@ class Pki:
         pki = cls(staging, Inventory(org=org, trust_domain=trust_domain, crl_url=crl_url))
         pki._write_crl(issuer)
         return pki
+
+    @classmethod
+    def open_or_init(cls, root: Path | str) -> Pki:
+        """The PKI at ``root``, made there with :meth:`init`'s defaults first if ``root`` is new or empty: the one
+        call a script needs whether or not ``make demo`` or a run has made ``pki/`` already (as the CLI's --pki)."""
+        if Layout(Path(root)).is_pki():
+            return cls.open(root)
+        path = Path(root).absolute()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise PkiError(f"{path} is not a fleetsim PKI (no inventory.json or issuing CA key)",
+                           "give a PKI directory, or a new or empty one to create it there")
+        return cls.init(root)
 
     @classmethod
     def open(cls, root: Path | str) -> Pki:
