@@ -26,7 +26,8 @@ Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
 reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
 "packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
-histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...}.
+histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...};
+qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -61,6 +62,7 @@ from fleetsim.broker.embedded_stream import ConnackWatch, PacketReader
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
 from fleetsim.broker.mqtt_wire import Connect, Violation
+from fleetsim.broker.outbound import BoundedWriter
 from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
 from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
@@ -278,7 +280,7 @@ class EmbeddedBroker:
             self.metrics.handshake(conn.handshake_ms)
         peer = self._peer(conn)
         self._live[conn] = peer
-        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close))
+        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close, conn.unsent))
 
     def _peer(self, conn: TlsConnection) -> Peer:
         address = conn.peername[0] if conn.peername else "?"
@@ -304,14 +306,16 @@ class EmbeddedBroker:
         set_nodelay(writer.transport)
         self.metrics.accepted += 1
         peer = Peer(PLAIN, address=str(writer.get_extra_info("peername", ("?",))[0]))
-        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close)
+        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close,
+                          writer.transport.get_write_buffer_size)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None]) -> None:
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None],
+                     unsent: Callable[[], int]) -> None:
         """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
         has not read and checked (``embedded_stream``). The CONNECT timeout runs until amqtt's CONNACK."""
         packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
@@ -328,7 +332,11 @@ class EmbeddedBroker:
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
             CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
             if self._amqtt is not None:
-                await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel), peer.listener)
+                packets.hold_while(partial(self._backlog, connect.client_id),
+                                   self.options.max_queued_bytes // self.options.max_packet_size)
+                bounded = BoundedWriter(writer, unsent, self.options.max_queued_bytes, on_discard=self._discarded,
+                                        on_drop=partial(self._slow_consumer, peer, abort))
+                await self._amqtt.external_connected(packets, ConnackWatch(bounded, timer.cancel), peer.listener)
         except Violation as exc:
             self._violation(peer, None, exc)
             if exc.connack is not None:
@@ -353,6 +361,21 @@ class EmbeddedBroker:
             log.warning("%s from %s (%s) on %r (further ones are only counted)", reason, peer.address, peer.name,
                         topic)
         return False
+
+    def _backlog(self, client_id: str) -> int:
+        """PUBLISHes amqtt has read from this client id and not yet routed (its session's inbound queue)."""
+        entry = self._amqtt.sessions.get(client_id) if self._amqtt is not None else None
+        return entry[0].delivered_message_queue.qsize() if entry is not None else 0
+
+    def _discarded(self) -> None:
+        self.metrics.qos0_discarded += 1
+
+    def _slow_consumer(self, peer: Peer, abort: Callable[[], None]) -> None:
+        """A packet other than QoS 0 found max_queued_bytes unsent before it (fleetsim.broker.outbound): closed."""
+        self.metrics.slow_consumers_dropped += 1
+        log.warning("closing the connection from %s (%s): slow consumer, %d bytes unsent", peer.address, peer.name,
+                    self.options.max_queued_bytes)
+        abort()
 
     def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
         """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""

@@ -12,6 +12,10 @@ TlsVersion = Literal["1.2", "1.3", "any"]
 # Telemetry is well under 1 KB a message (ECG bursts ~0.8 KB): 64 KiB leaves room for any CONNECT a device sends
 # and keeps what one connection can make a broker buffer small.
 DEFAULT_MAX_PACKET = 64 * 1024
+# What the embedded broker queues unsent for one connection (fleetsim.broker.outbound): 1 MiB is ~1,000 telemetry
+# messages of fleetsim's devices (under 1 KB each), the depth Mosquitto's default max_queued_messages (1000) gives,
+# or 16 packets of the largest size a device may send.
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class BrokerOptions:
     connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
     device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes a connection may hold (outbound.py)
 
 
 class BrokerHandle(Protocol):
