@@ -7,20 +7,25 @@ memory test judges growth, and that a repeated attack adds (almost) nothing, not
 
 from __future__ import annotations
 
+import os
 import ssl
+import statistics
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
-from mqtt_raw import Raw, connected, device_context, publish, subscribe
+from mqtt_raw import Raw, connected, device_context, field, packet, publish, subscribe
 
 from fleetsim.broker.embedded import start_embedded
 from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.mosquitto import start_mosquitto
 from fleetsim.broker.outbound import Verdict, verdict
 from fleetsim.pki import Pki
 
 MODEL = "generic"
+HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
+UNSUBACK = 11
 PAYLOAD = 60_000
 ATTACK_BYTES = 120_000_000  # per round; the issue's 600 MB grew the broker 440 MB and kept it
 GROWTH_BOUND = 30e6  # the broker may grow this much over the first attack (measured: ~5 MB; before the bound ~1:1)
@@ -113,3 +118,67 @@ def test_a_qos1_subscriber_that_never_reads_is_dropped(embedded: object, pki: Pk
     assert conn.closed_within(10)  # what the socket still held drains out, then the broker's close shows
     assert embedded.stats()["slow_consumers_dropped"] == before + 1  # type: ignore[attr-defined]
     conn.close()
+
+
+# --- subscriptions ------------------------------------------------------------------------------------------------
+def filters(device_id: str, n: int, start: int = 0) -> list[str]:
+    return [f"fleet/+/+/{device_id}/k/{i}" for i in range(start, start + n)]
+
+
+def subscribe_all(conn: Raw, wanted: list[str], per_packet: int = 500) -> list[int]:
+    """SUBACK codes of ``wanted``, sent in SUBSCRIBEs of ``per_packet`` filters (each well under 64 KiB)."""
+    return [code for i in range(0, len(wanted), per_packet) for code in conn.subscribe(*wanted[i:i + per_packet])]
+
+
+def puback_median_ms(conn: Raw, device_id: str, n: int = 300) -> float:
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert conn.publish(own(device_id), str(i).encode(), qos=1)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def unsubscribe(conn: Raw, topic_filter: str) -> None:
+    conn.send(packet(0xA2, (999).to_bytes(2, "big") + field(topic_filter.encode())))
+    conn._wait_for(UNSUBACK, 999)
+
+
+def test_subscriptions_past_the_limit_are_refused_and_counted(embedded: object, pki: Pki) -> None:
+    port, limit = embedded.port, BrokerOptions().max_subscriptions  # type: ignore[attr-defined]
+    device_id = pki.devices()[4].id
+    conn = connected(port, device_context(pki, device_id), device_id)
+    before = embedded.stats().get("subscriptions_refused", 0)  # type: ignore[attr-defined]
+    codes = subscribe_all(conn, filters(device_id, limit + 10))
+    assert codes == [1] * limit + [0x80] * 10
+    assert embedded.stats()["subscriptions_refused"] == before + 10  # type: ignore[attr-defined]
+    assert conn.subscribe(filters(device_id, 1)[0]) == [1]  # one it holds: no new subscription
+    unsubscribe(conn, filters(device_id, 1)[0])
+    assert conn.subscribe(*filters(device_id, 2, start=limit + 10)) == [1, 0x80]  # the freed place, once
+    conn.close()
+
+
+MANY = 20_000  # at 21,000 subscriptions of one device the others' median was 6.9 ms (0.28 ms without)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(
+    not HAVE_MOSQUITTO, reason="mosquitto not installed"))])
+def test_one_device_holding_many_subscriptions_does_not_slow_the_others(pki: Pki, kind: str) -> None:
+    """Matching does not scale with one device's count: with the limit raised to let a device hold 20,000, the
+    others' publish-to-PUBACK median stays near its baseline (Mosquitto 2.0, which has no limit, for comparison)."""
+    options = BrokerOptions(port=0, max_subscriptions=MANY)
+    with start_embedded(pki.root, options) if kind == "embedded" else start_mosquitto(pki.root, options) as broker:
+        hog, a, b = (d.id for d in pki.devices()[:3])
+        others = [connected(broker.port, device_context(pki, d), d) for d in (a, b)]
+        for conn, d in zip(others, (a, b), strict=True):
+            assert conn.subscribe(f"fleet/+/+/{d}/#") == [1]
+        baseline = statistics.median(puback_median_ms(c, d) for c, d in zip(others, (a, b), strict=True))
+        conn = connected(broker.port, device_context(pki, hog), hog)
+        assert subscribe_all(conn, filters(hog, MANY)) == [1] * MANY
+        loaded = statistics.median(puback_median_ms(c, d) for c, d in zip(others, (a, b), strict=True))
+        print(f"{kind}: others' publish->PUBACK median {baseline:.2f} ms, {loaded:.2f} ms with one device "
+              f"holding {MANY:,} subscriptions")
+        assert loaded < max(3 * baseline, baseline + 1.5)
+        for c in (*others, conn):
+            c.close()

@@ -17,6 +17,7 @@ def test_shipped_template_loads() -> None:
     assert settings["max_packet_size"] == 65536 and settings["connect_timeout_s"] == 10
     assert settings["device_topics"] == ("fleet/+/+/%u/#",)
     assert settings["max_queued_bytes"] == BrokerOptions().max_queued_bytes  # the file states the default
+    assert settings["max_subscriptions"] == BrokerOptions().max_subscriptions
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -27,7 +27,9 @@ Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint
 reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
 "packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; crl{...};
-qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded).
+qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded);
+subscriptions_refused (SUBACK 0x80: the client id holds ``max_subscriptions``; ``subscriptions`` indexes amqtt's
+table so a publish is matched only against filters that can match it).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -51,7 +53,7 @@ from typing import Any
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
 
-from fleetsim.broker import embedded_pki
+from fleetsim.broker import embedded_pki, subscriptions
 from fleetsim.broker.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
 from fleetsim.broker.embedded_crl import CrlKeeper
@@ -63,6 +65,7 @@ from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
 from fleetsim.broker.mqtt_wire import Connect, Violation
 from fleetsim.broker.outbound import BoundedWriter
+from fleetsim.broker.subscriptions import SubscriptionTable
 from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
 from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
@@ -119,6 +122,7 @@ class EmbeddedBroker:
         self._rules: CertRules | None = None
         self._warned: set[tuple[str, str]] = set()
         self._amqtt: Broker | None = None
+        self._table = SubscriptionTable()
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
         self._all: set[TlsConnection] = set()
@@ -150,6 +154,7 @@ class EmbeddedBroker:
             self._context = embedded_pki.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
         self._amqtt = Broker(_amqtt_config(opts.plain_port is not None))
+        self._table = subscriptions.install(self._amqtt)
         await self._amqtt.start()
         try:
             await self._listen()
@@ -330,7 +335,7 @@ class EmbeddedBroker:
                 return
             # copied into the tasks amqtt's plugins run in
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
-            CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
+            CURRENT_TOPICS.set(partial(self._topic_check, peer, connect.client_id))
             if self._amqtt is not None:
                 packets.hold_while(partial(self._backlog, connect.client_id),
                                    self.options.max_queued_bytes // self.options.max_packet_size)
@@ -349,6 +354,20 @@ class EmbeddedBroker:
         finally:
             timer.cancel()
             await writer.close()
+
+    def _topic_check(self, peer: Peer, client_id: str, publish: bool, topic: str) -> bool:
+        """The topic rules, then (for a SUBSCRIBE) the per-client-id limit on subscriptions."""
+        if not self._topic_allowed(peer, publish, topic):
+            return False
+        if publish or self._table.held(client_id) < self.options.max_subscriptions or \
+                self._table.holds(client_id, topic):
+            return True
+        self.metrics.subscriptions_refused += 1
+        if len(self._warned) < WARNED_LIMIT and (peer.name, "subscription limit") not in self._warned:
+            self._warned.add((peer.name, "subscription limit"))
+            log.warning("SUBSCRIBE from %s (%s) to %r refused: it holds %d subscriptions, the limit (further ones "
+                        "are only counted)", peer.address, peer.name, topic, self.options.max_subscriptions)
+        return False
 
     def _topic_allowed(self, peer: Peer, publish: bool, topic: str) -> bool:
         """What the topic plugin asks for this connection; a refusal is counted and logged."""

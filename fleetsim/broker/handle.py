@@ -16,6 +16,10 @@ DEFAULT_MAX_PACKET = 64 * 1024
 # messages of fleetsim's devices (under 1 KB each), the depth Mosquitto's default max_queued_messages (1000) gives,
 # or 16 packets of the largest size a device may send.
 DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
+# Subscriptions one client id may hold on the embedded broker (fleetsim.broker.subscriptions): a fleetsim device
+# holds one or two; AWS IoT Core allows 50 per connection by default. 1,000 leaves room for any real device while
+# one device can no longer fill the broker's table (84,000 of them raised everyone's PUBACK median 100-fold).
+DEFAULT_MAX_SUBSCRIPTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class BrokerOptions:
     device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes a connection may hold (outbound.py)
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS  # embedded: per client id; past it SUBACK 0x80
 
 
 class BrokerHandle(Protocol):
