@@ -17,6 +17,7 @@ import psutil
 import pytest
 from mqtt_raw import Raw, connected, device_context, field, packet, publish, subscribe
 
+from fleetsim import report
 from fleetsim.broker.embedded import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto import start_mosquitto
@@ -60,6 +61,13 @@ QOS0, QOS1, PUBACK = publish("t", b"x" * 100), publish("t", b"x" * 100, qos=1), 
 def test_past_the_bound_qos0_is_discarded_and_anything_else_drops_the_consumer(packet: bytes, queued: int,
                                                                                expected: Verdict) -> None:
     assert verdict(packet, queued, 1000) is expected
+
+
+def test_the_summary_counts_what_the_broker_bounded() -> None:
+    counted = {"qos0_discarded": 1234, "slow_consumers_dropped": 2, "subscriptions_refused": 10}
+    rows = dict(report._machine_rows({"broker": {"available": True, **counted}}))
+    assert rows["broker: QoS 0 discarded / slow consumers dropped / subscriptions refused"] == "1,234 / 2 / 10"
+    assert not any(k.startswith("broker: QoS 0") for k in dict(report._machine_rows({"broker": {"kind": "mosquitto"}})))
 
 
 # --- the attack ---------------------------------------------------------------------------------------------------
