@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from mqtt_raw import Raw, connect, connected, device_context, publish, varint
+from mqtt_raw import Raw, attempt, connect, connected, device_context, publish, varint
 
 from fleetsim.broker.embedded import start_embedded
 from fleetsim.broker.handle import BrokerOptions
@@ -247,3 +247,17 @@ def test_incomplete_connect_on_mosquitto_waits_for_its_keepalive(pki: Pki, devic
         a.send(connect(me)[:6])
         assert not a.closed_within(3)
         a.close()
+
+
+# --- TLS: both brokers offer the same suites ----------------------------------------------------------------------
+CBC_SHA1 = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA:ECDHE-ECDSA-AES256-SHA:AES256-SHA"
+
+
+@pytest.mark.parametrize(("suites", "accepted"), [(CBC_SHA1, False), ("ECDHE-ECDSA-AES128-GCM-SHA256", True)])
+def test_a_tls12_client_offering_only_cbc_sha1_suites_is_refused(target: object, pki: Pki, devices: Devices,
+                                                                  suites: str, accepted: bool) -> None:
+    (me,) = devices.take(1)
+    ctx = device_context(pki, me, tls="1.2")
+    ctx.set_ciphers(suites + ":@SECLEVEL=0")  # the client's own floor out of the way: the broker must refuse
+    outcome = attempt(target.port, ctx, me)  # type: ignore[attr-defined]
+    assert (outcome == "connack 0") is accepted, outcome

@@ -21,6 +21,7 @@ from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto import LogTally, MosquittoBroker, start_mosquitto
 from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS12_CIPHERS, TLS13_SUITES
 from fleetsim.pki import Layout, Pki
 
 pytestmark = pytest.mark.mosquitto
@@ -98,6 +99,13 @@ def test_render_mtls_listener(tmp_path: Path) -> None:
                  f"crlfile {tmp_path}/crl.pem", f"log_dest file {tmp_path}/mosquitto.log", "allow_anonymous false",
                  f"acl_file {tmp_path}/acl", "log_type information", "max_packet_size 65536"):
         assert line in text.splitlines(), line
+
+
+def test_mosquitto_is_given_the_embedded_brokers_cipher_suites(tmp_path: Path) -> None:
+    text = render(BrokerOptions(port=1883), RuntimeFiles(tmp_path)).splitlines()
+    template = (Path(__file__).parent.parent / "brokers" / "mosquitto.conf.template").read_text().splitlines()
+    for line in (f"ciphers {TLS12_CIPHERS}", f"ciphers_tls1.3 {TLS13_SUITES}"):
+        assert line in text and line in template, line
 
 
 def test_render_baselines(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.topic_rules import DEVICE_TOPICS
-from fleetsim.names import TLS_PINNED
+from fleetsim.names import TLS12_CIPHERS, TLS13_SUITES, TLS_PINNED
 
 # Mosquitto's words for fleetsim's TLS version names (None: its default, 1.2 and 1.3).
 TLS_VERSIONS: dict[str, str | None] = {**{name: f"tlsv{name}" for name in TLS_PINNED}, "any": None}
@@ -112,6 +112,8 @@ def _tls_listener(options: BrokerOptions, files: RuntimeFiles, extras: Extras) -
         f"keyfile {files.keyfile}",
         f"crlfile {files.crlfile}",
         f"require_certificate {str(options.require_certificate).lower()}",
+        f"ciphers {TLS12_CIPHERS}",  # the embedded broker's: no CBC-SHA1 suite (Mosquitto's default accepts them)
+        f"ciphers_tls1.3 {TLS13_SUITES}",
     ]
     version = TLS_VERSIONS[options.tls_version]
     if version:
