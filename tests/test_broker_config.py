@@ -15,7 +15,7 @@ def test_shipped_template_loads() -> None:
     settings = config.load(TEMPLATE)
     assert settings["host"] == "127.0.0.1" and settings["session_tickets"] is False and settings["drop_revoked"]
     assert settings["max_packet_size"] == 65536 and settings["connect_timeout_s"] == 10
-    assert settings["device_topics"] == ("fleet/+/+/%u/#",)
+    assert settings["device_topics"] == ("fleet/+/%m/%u/#",)
     assert settings["max_queued_bytes"] == BrokerOptions().max_queued_bytes  # the file states the default
     assert settings["max_subscriptions"] == BrokerOptions().max_subscriptions
 

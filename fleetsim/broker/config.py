@@ -50,7 +50,7 @@ def load(path: Path) -> dict[str, Any]:
         problem = "device_topics must list strings" if not all(isinstance(t, str) for t in topics) else \
             check_patterns(topics)
         if problem is not None:
-            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/+/%u/#"]')
+            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/%m/%u/#"]')
         data["device_topics"] = tuple(topics)
     if "password_file" in data:
         data["password_file"] = (path.parent / data["password_file"]).resolve()

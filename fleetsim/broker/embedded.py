@@ -142,7 +142,7 @@ class EmbeddedBroker:
         opts = self.options
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
         if (problem := check_patterns(opts.device_topics)) is not None:
-            raise BrokerError(problem, 'use patterns like "fleet/+/+/%u/#" (%u: the device id)')
+            raise BrokerError(problem, 'use patterns like "fleet/+/%m/%u/#" (%u: the device id, %m: its model)')
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
@@ -295,7 +295,7 @@ class EmbeddedBroker:
             identity = self._rules.judge(conn.peer_der)
         except Refused as exc:
             return Peer(MTLS, refusal=exc.reason, address=address, grant=NOTHING)
-        grant = grant_for(identity.role, identity.name, self.options.device_topics)
+        grant = grant_for(identity.role, identity.name, self.options.device_topics, identity.model)
         return Peer(MTLS, identity, address=address, grant=grant)
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:

@@ -36,7 +36,7 @@ class BrokerOptions:
     require_certificate: bool = True  # False only for the server-only-TLS baseline, on purpose
     max_packet_size: int = DEFAULT_MAX_PACKET  # bytes, fixed header included; larger packets close the connection
     connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
-    device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u: its certificate's name)
+    device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u, %m: its name, model)
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes a connection may hold (outbound.py)
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS  # embedded: per client id; past it SUBACK 0x80

@@ -124,11 +124,15 @@ def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
     signal.signal(signal.SIGHUP, lambda *_: handle.reload_crl())
     typer.echo(_where("mosquitto", handle.host, handle.port, options.plain_port))
     stamp, renew_at = FileStamp.of(handle.layout.crl), time.monotonic() + RENEW_CHECK_S
+    issued = FileStamp.of(handle.layout.inventory)
     try:
         while not stop.wait(MOSQUITTO_CRL_POLL_S):  # Mosquitto re-reads its CRL only on SIGHUP: do it for it
             if (now := FileStamp.of(handle.layout.crl)) != stamp:
                 stamp = now
                 handle.reload_crl()
+            if (now := FileStamp.of(handle.layout.inventory)) != issued:  # new devices: their model's ACL line
+                issued = now
+                handle.reload_acl()
             if time.monotonic() >= renew_at:
                 renew_at = time.monotonic() + RENEW_CHECK_S
                 handle.renew_crl_if_due()
