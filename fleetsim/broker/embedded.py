@@ -392,8 +392,8 @@ class EmbeddedBroker:
     def _slow_consumer(self, peer: Peer, abort: Callable[[], None]) -> None:
         """A packet other than QoS 0 found max_queued_bytes unsent before it (fleetsim.broker.outbound): closed."""
         self.metrics.slow_consumers_dropped += 1
-        log.warning("closing the connection from %s (%s): slow consumer, %d bytes unsent", peer.address, peer.name,
-                    self.options.max_queued_bytes)
+        log.warning("closing the connection from %s (%s): slow consumer, over %d bytes unsent", peer.address,
+                    peer.name, self.options.max_queued_bytes)
         abort()
 
     def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
@@ -448,5 +448,7 @@ class EmbeddedBroker:
             "drop_revoked": self.options.drop_revoked,
             "max_packet_size": self.options.max_packet_size,
             "connect_timeout_s": self.options.connect_timeout_s,
+            "max_queued_bytes": self.options.max_queued_bytes,
+            "max_subscriptions": self.options.max_subscriptions,
         })
         return snapshot
