@@ -12,6 +12,12 @@ import ssl
 # TLS versions by name: "1.2" and "1.3" pin one, "any" allows both (1.2 up to the newest).
 TLS_PINNED: dict[str, ssl.TLSVersion] = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 TLS_VERSIONS: tuple[str, ...] = (*TLS_PINNED, "any")
+# What both brokers offer. TLS 1.2: ECDHE/DHE with AES-GCM, ChaCha20 or AES-CBC over SHA-2, never SHA-1 (no
+# CBC-SHA1 suite such as AES128-SHA), no anonymous or null suites; this is Python 3.11's own default for ssl, set
+# explicitly so the embedded broker and Mosquitto's `ciphers` cannot drift apart. TLS 1.3: OpenSSL 3.0's default
+# suites, which Python's ssl uses (it cannot set them) and Mosquitto gets as `ciphers_tls1.3`.
+TLS12_CIPHERS = "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 
 # Device ids, prefixes, lots, sites: they become file names, MQTT client ids and topic levels, and URI SANs.
 # 1-64 characters, letters, digits, '.', '_', '-', not starting with a punctuation mark. \Z, not $: no newline.

@@ -127,7 +127,20 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     if b.get("cpu_ms_per_message") is not None:
         rows.append(("broker CPU per message (ms)", f"{b['cpu_ms_per_message']:,.3f}  (after the storm: "
                                                     f"{b['messages_after_storm']:,} published + acknowledged)"))
+    rows += _bounds_rows(b)
     return rows
+
+
+BOUNDS = (("qos0_discarded", "QoS 0 discarded"), ("slow_consumers_dropped", "slow consumers dropped"),
+          ("subscriptions_refused", "subscriptions refused"))
+
+
+def _bounds_rows(b: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the broker did to keep one device from hurting the others (fleetsim.broker.outbound, .subscriptions);
+    only a broker that counts them (the embedded one) has the row."""
+    if not all(key in b for key, _ in BOUNDS):
+        return []
+    return [("broker: " + " / ".join(label for _, label in BOUNDS), " / ".join(f"{b[key]:,}" for key, _ in BOUNDS))]
 
 
 def _admission_text(adm: Mapping[str, Any]) -> str:

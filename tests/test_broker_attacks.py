@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from mqtt_raw import Raw, connect, connected, device_context, publish, varint
+from mqtt_raw import PUBLISH, Raw, attempt, connect, connected, device_context, publish, varint
 
 from fleetsim.broker.embedded import start_embedded
 from fleetsim.broker.handle import BrokerOptions
@@ -247,3 +247,38 @@ def test_incomplete_connect_on_mosquitto_waits_for_its_keepalive(pki: Pki, devic
         a.send(connect(me)[:6])
         assert not a.closed_within(3)
         a.close()
+
+
+def test_a_device_cannot_publish_under_another_models_level(target: object, pki: Pki, devices: Devices) -> None:
+    """The model level is the certificate's (its OU): a "generic" device posing as an infusion pump is dropped by
+    both brokers (the embedded broker's topic rules, Mosquitto's per-device ACL lines)."""
+    (me,) = devices.take(1)
+    port = target.port  # type: ignore[attr-defined]
+    watch = connected(port, device_context(pki, "watch"), "watch")
+    assert watch.subscribe(f"fleet/+/+/{me}/#") in ([0], [1])
+    a = connected(port, device_context(pki, me), me)
+    assert a.publish(f"fleet/{SITE}/infusion-pump/{me}/alarm", b"forged: occlusion", qos=1)  # 3.1.1 cannot refuse
+    assert a.publish(own(me, "alarm"), b"genuine", qos=1)
+    seen: list[bytes] = []
+    while b"genuine" not in seen:  # everything delivered up to the genuine alarm, sent after the forged one
+        pkt = watch.read_packet(3)
+        assert pkt is not None
+        if pkt.type == PUBLISH:
+            seen.append(watch._delivered(pkt))
+    assert b"forged: occlusion" not in seen and not watch.receives(b"forged: occlusion", timeout=0.3)
+    a.close()
+    watch.close()
+
+
+# --- TLS: both brokers offer the same suites ----------------------------------------------------------------------
+CBC_SHA1 = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA:ECDHE-ECDSA-AES256-SHA:AES256-SHA"
+
+
+@pytest.mark.parametrize(("suites", "accepted"), [(CBC_SHA1, False), ("ECDHE-ECDSA-AES128-GCM-SHA256", True)])
+def test_a_tls12_client_offering_only_cbc_sha1_suites_is_refused(target: object, pki: Pki, devices: Devices,
+                                                                  suites: str, accepted: bool) -> None:
+    (me,) = devices.take(1)
+    ctx = device_context(pki, me, tls="1.2")
+    ctx.set_ciphers(suites + ":@SECLEVEL=0")  # the client's own floor out of the way: the broker must refuse
+    outcome = attempt(target.port, ctx, me)  # type: ignore[attr-defined]
+    assert (outcome == "connack 0") is accepted, outcome

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from fleetsim.broker import config
+from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
 
 TEMPLATE = Path(__file__).parent.parent / "brokers" / "embedded.toml"
@@ -14,7 +15,9 @@ def test_shipped_template_loads() -> None:
     settings = config.load(TEMPLATE)
     assert settings["host"] == "127.0.0.1" and settings["session_tickets"] is False and settings["drop_revoked"]
     assert settings["max_packet_size"] == 65536 and settings["connect_timeout_s"] == 10
-    assert settings["device_topics"] == ("fleet/+/+/%u/#",)
+    assert settings["device_topics"] == ("fleet/+/%m/%u/#",)
+    assert settings["max_queued_bytes"] == BrokerOptions().max_queued_bytes  # the file states the default
+    assert settings["max_subscriptions"] == BrokerOptions().max_subscriptions
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -23,6 +26,7 @@ def test_shipped_template_loads() -> None:
     ("port = true", "port must be a int"),
     ("port = ", "invalid TOML"),
     ("max_packet_size = 64", "out of range; use 1024 to"),
+    ("max_queued_bytes = 1000", "out of range; use 65536 to"),
     ("connect_timeout_s = true", "connect_timeout_s must be a number"),
     ('device_topics = ["fleet/#/%u"]', "not a valid MQTT topic filter"),
     ("device_topics = [1]", "must list strings"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from mqtt_raw import connected, device_context
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetsim.broker import mosquitto as mosq
@@ -21,6 +22,7 @@ from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto import LogTally, MosquittoBroker, start_mosquitto
 from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl
 from fleetsim.errors import BrokerError
+from fleetsim.names import TLS12_CIPHERS, TLS13_SUITES
 from fleetsim.pki import Layout, Pki
 
 pytestmark = pytest.mark.mosquitto
@@ -100,6 +102,13 @@ def test_render_mtls_listener(tmp_path: Path) -> None:
         assert line in text.splitlines(), line
 
 
+def test_mosquitto_is_given_the_embedded_brokers_cipher_suites(tmp_path: Path) -> None:
+    text = render(BrokerOptions(port=1883), RuntimeFiles(tmp_path)).splitlines()
+    template = (Path(__file__).parent.parent / "brokers" / "mosquitto.conf.template").read_text().splitlines()
+    for line in (f"ciphers {TLS12_CIPHERS}", f"ciphers_tls1.3 {TLS13_SUITES}"):
+        assert line in text and line in template, line
+
+
 def test_render_baselines(tmp_path: Path) -> None:
     files = RuntimeFiles(tmp_path)
     server_only = render(BrokerOptions(port=1, require_certificate=False, plain_port=2), files).splitlines()
@@ -115,8 +124,11 @@ def test_render_baselines(tmp_path: Path) -> None:
 
 
 def test_render_acl() -> None:
-    acl = render_acl(readers=("obs",)).splitlines()
-    assert "pattern readwrite fleet/+/+/%u/#" in acl and acl[-3:] == ["user obs", "topic read #", "topic read $SYS/#"]
+    acl = render_acl(readers=("obs",), devices=[("ox-1", "pulse-oximeter")]).splitlines()
+    assert "pattern read fleet/+/+/%u/#" in acl and acl[-3:] == ["user obs", "topic read #", "topic read $SYS/#"]
+    assert acl[acl.index("user ox-1") + 1] == "topic write fleet/+/pulse-oximeter/ox-1/#"  # Mosquitto has no %m
+    assert "pattern readwrite fleet/+/+/%u/#" in render_acl(devices=None).splitlines()  # past MODEL_ACL_LIMIT
+    assert render_acl(("a/%u/#",)).splitlines()[1:] == ["pattern readwrite a/%u/#"]
 
 
 def test_log_tally_counts_reasons() -> None:
@@ -366,3 +378,21 @@ def test_dynsec_opt_in_cuts_live_sessions_by_certificate_cn(tmp_path: Path) -> N
         assert mqtt_connect(b.port, _ctx(p, "dev-00001"), "dev-00001") == "connack 0"  # not kept out: the CRL must
         assert mqtt_connect(b.port, _ctx(p, "dev-00004"), "someone-else") == "connack 0"  # client id not bound
         assert "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so" in b.files.config.read_text()
+
+
+@needs_binary
+def test_a_device_issued_after_the_start_gets_its_models_acl_line(make_pki: Callable[..., Pki]) -> None:
+    """Mosquitto binds the model level with one ACL section per device: one issued while it runs can read but not
+    publish until the ACL is written again (`broker run` does when the inventory changes)."""
+    p = make_pki()
+    p.issue(1, prefix="dev")
+    with start_mosquitto(p.root, BrokerOptions(port=0)) as b:
+        assert not b.reload_acl()  # nothing new: no SIGHUP
+        (late,) = p.issue(1, prefix="late", model="thermometer")
+        conn = connected(b.port, device_context(p, late.id), late.id)
+        assert conn.subscribe(f"fleet/+/+/{late.id}/#") == [1]
+        topic = f"fleet/ward-1/thermometer/{late.id}/telemetry"
+        assert not conn.echo(topic, b"before")
+        assert b.reload_acl()
+        assert conn.echo(topic, b"after")
+        conn.close()

@@ -36,7 +36,7 @@ def test_covers(allowed: str, requested: str, expected: bool) -> None:
 
 
 def test_grants() -> None:
-    dev = grant_for("device", "d1", DEVICE_TOPICS)
+    dev = grant_for("device", "d1", DEVICE_TOPICS, "ecg-patch")
     assert dev.may_publish("fleet/w/ecg-patch/d1/telemetry") and not dev.may_publish("fleet/w/ecg-patch/d2/alarm")
     assert dev.may_subscribe("fleet/+/+/d1/#") and not dev.may_subscribe("#")
     assert grant_for("device", "d1", ("fleet/+/+/%c/#", "shared/%u/in")).may_publish("shared/d1/in")
@@ -45,6 +45,20 @@ def test_grants() -> None:
     for name in ("+", "a/b", "#", ""):  # a name that would act as a wildcard gets nothing
         assert grant_for("device", name) is NOTHING
     assert grant_for("admin", "x") is NOTHING
+
+
+@pytest.mark.parametrize(("model", "topic", "expected"), [
+    ("pulse-oximeter", "fleet/ward9/pulse-oximeter/d1/alarm", True),
+    ("pulse-oximeter", "fleet/ward9/infusion-pump/d1/alarm", False),  # another model's level: refused
+    ("pulse-oximeter", "fleet/any-site/pulse-oximeter/d1/telemetry", True),  # the site is known to no PKI
+    (None, "fleet/ward9/pulse-oximeter/d1/alarm", False),  # a certificate naming no model publishes under none
+    ("a+b", "fleet/ward9/a+b/d1/alarm", False),
+])
+def test_the_model_level_is_the_certificates(model: str | None, topic: str, expected: bool) -> None:
+    dev = grant_for("device", "d1", DEVICE_TOPICS, model)
+    assert dev.may_publish(topic) is expected
+    assert dev.may_subscribe("fleet/+/+/d1/#") and dev.may_subscribe("fleet/ward9/infusion-pump/d1/alarm")
+    assert not dev.may_subscribe("fleet/+/+/d2/#")
 
 
 def test_pattern_check() -> None:

@@ -139,6 +139,8 @@ def test_broker_counters_and_cpu_add_up_across_a_restart(tmp_path: Path, target:
     assert b["accepted"] >= connected  # both processes' counters, not only the new one's
     if target == "embedded":
         assert len(broker["processes"]) == 2 and b["accepted"] == sum(p["accepted"] for p in broker["processes"])
+        for key in ("qos0_discarded", "slow_consumers_dropped", "subscriptions_refused"):  # a healthy fleet: none
+            assert b[key] == broker[key] == 0
         assert b["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in broker["processes"]), abs=0.05)
     samples = broker["cpu_samples"]
     assert samples and samples[-1]["cpu_seconds"] == pytest.approx(b["cpu_seconds"], abs=0.1)

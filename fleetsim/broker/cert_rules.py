@@ -9,6 +9,9 @@ own certificate presented as a client's, used to be refused only because no root
 * extendedKeyUsage present and including clientAuth;
 * exactly one CN, exactly one SPIFFE URI SAN ``spiffe://<trust domain>/<role>/<name>`` (fleetsim.pki.certs),
   and the two name the same identity: that name is the only MQTT client id the certificate may use.
+
+The device's model is read from its subject's OU (fleetsim.pki.certs puts it there), for ``topic_rules`` to bind the
+model level of its topics; a certificate with no single OU has no model, and may publish under no model level.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Identity:
     name: str
     role: str
     serial: int
+    model: str | None = None  # the subject's single OU; None when it has none or several
 
 
 class Refused(Exception):
@@ -92,7 +96,9 @@ class CertRules:
         role, name = self._spiffe(ext)
         if name != cn:
             raise Refused(CN_SAN_MISMATCH)
-        return Identity(name, role, cert.serial_number)
+        units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        model = str(units[0].value) if len(units) == 1 else None
+        return Identity(name, role, cert.serial_number, model)
 
     def _spiffe(self, ext: x509.Extensions) -> tuple[str, str]:
         san = _extension(ext, x509.SubjectAlternativeName)

@@ -14,11 +14,13 @@ from fleetsim.errors import BrokerError
 TYPES: dict[str, type | tuple[type, ...]] = {
     "kind": str, "host": str, "port": int, "tls_version": str, "session_tickets": bool, "drop_revoked": bool,
     "password_file": str, "plain_port": int, "stats_port": int, "max_packet_size": int,
-    "connect_timeout_s": (int, float), "device_topics": list, "renew_crl": bool,
+    "connect_timeout_s": (int, float), "device_topics": list, "renew_crl": bool, "max_queued_bytes": int,
+    "max_subscriptions": int,
 }
 
 # Keys with a range, so a typo (max_packet_size = 64) is refused here rather than closing every connection.
-RANGES: dict[str, tuple[float, float]] = {"max_packet_size": (1024, 268_435_460), "connect_timeout_s": (0.1, 3600)}
+RANGES: dict[str, tuple[float, float]] = {"max_packet_size": (1024, 268_435_460), "connect_timeout_s": (0.1, 3600),
+                                          "max_queued_bytes": (65536, 1 << 34), "max_subscriptions": (1, 10_000_000)}
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -48,7 +50,7 @@ def load(path: Path) -> dict[str, Any]:
         problem = "device_topics must list strings" if not all(isinstance(t, str) for t in topics) else \
             check_patterns(topics)
         if problem is not None:
-            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/+/%u/#"]')
+            raise BrokerError(f"{path}: {problem}", 'e.g. device_topics = ["fleet/+/%m/%u/#"]')
         data["device_topics"] = tuple(topics)
     if "password_file" in data:
         data["password_file"] = (path.parent / data["password_file"]).resolve()

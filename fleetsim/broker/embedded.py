@@ -29,7 +29,10 @@ Stats: ``stats()`` -> dict, and with ``stats_port`` set a loopback JSON endpoint
 (TLS handshakes completed), authorized (CONNACK accepted), rejected {reason: count} with OpenSSL's
 reason ("certificate revoked", "peer did not return a certificate", ...) or the front's ("client id mismatch",
 "packet too large", "subscribe not authorized", a cert_rules reason, ...); handshake_ms {count, mean, p50, p90, p99, max,
-histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...}.
+histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...};
+qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded);
+subscriptions_refused (SUBACK 0x80: the client id holds ``max_subscriptions``; ``subscriptions`` indexes amqtt's
+table so a publish is matched only against filters that can match it).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -53,7 +56,7 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 
-from fleetsim.broker import embedded_pki
+from fleetsim.broker import embedded_pki, subscriptions
 from fleetsim.broker.amqtt_fixes import ConformingBroker
 from fleetsim.broker.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded_auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
@@ -65,6 +68,8 @@ from fleetsim.broker.embedded_stream import ConnackWatch, PacketReader
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.metrics import BrokerMetrics
 from fleetsim.broker.mqtt_wire import Connect, Violation
+from fleetsim.broker.outbound import BoundedWriter
+from fleetsim.broker.subscriptions import SubscriptionTable
 from fleetsim.broker.tls_server import TlsConnection, TlsReader, TlsWriter, set_nodelay
 from fleetsim.broker.topic_rules import NOTHING, check_patterns, grant_for
 from fleetsim.errors import BrokerError
@@ -131,6 +136,7 @@ class EmbeddedBroker:
         self._rules: CertRules | None = None
         self._warned: set[tuple[str, str]] = set()
         self._amqtt: ConformingBroker | None = None
+        self._table = SubscriptionTable()
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
         self._all: set[TlsConnection] = set()
@@ -151,7 +157,7 @@ class EmbeddedBroker:
         opts = self.options
         embedded_pki.check_layout(self.layout, require_certificate=opts.require_certificate)
         if (problem := check_patterns(opts.device_topics)) is not None:
-            raise BrokerError(problem, 'use patterns like "fleet/+/+/%u/#" (%u: the device id)')
+            raise BrokerError(problem, 'use patterns like "fleet/+/%m/%u/#" (%u: the device id, %m: its model)')
         if self._trust_domain is None:
             self._trust_domain = embedded_pki.trust_domain(self.layout)
         if opts.require_certificate:
@@ -163,6 +169,7 @@ class EmbeddedBroker:
             self._context = embedded_pki.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
         self._amqtt = ConformingBroker(_amqtt_config(opts.plain_port is not None))
+        self._table = subscriptions.install(self._amqtt)
         await self._amqtt.start()
         try:
             await self._listen()
@@ -293,7 +300,7 @@ class EmbeddedBroker:
             self.metrics.handshake(conn.handshake_ms)
         peer = self._peer(conn)
         self._live[conn] = peer
-        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close))
+        self._spawn(self._serve(TlsReader(conn), TlsWriter(conn), peer, conn.close, conn.unsent))
 
     def _peer(self, conn: TlsConnection) -> Peer:
         address = conn.peername[0] if conn.peername else "?"
@@ -303,7 +310,7 @@ class EmbeddedBroker:
             identity = self._rules.judge(conn.peer_der)
         except Refused as exc:
             return Peer(MTLS, refusal=exc.reason, address=address, grant=NOTHING)
-        grant = grant_for(identity.role, identity.name, self.options.device_topics)
+        grant = grant_for(identity.role, identity.name, self.options.device_topics, identity.model)
         return Peer(MTLS, identity, address=address, grant=grant)
 
     def rejected(self, conn: TlsConnection, reason: str) -> None:
@@ -319,14 +326,16 @@ class EmbeddedBroker:
         set_nodelay(writer.transport)
         self.metrics.accepted += 1
         peer = Peer(PLAIN, address=str(writer.get_extra_info("peername", ("?",))[0]))
-        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close)
+        await self._serve(StreamReaderAdapter(reader), StreamWriterAdapter(writer), peer, writer.close,
+                          writer.transport.get_write_buffer_size)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None]) -> None:
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None],
+                     unsent: Callable[[], int]) -> None:
         """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
         has not read and checked (``embedded_stream``). The CONNECT timeout runs until amqtt's CONNACK."""
         packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
@@ -341,12 +350,17 @@ class EmbeddedBroker:
                 return
             # copied into the tasks amqtt's plugins run in
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
-            CURRENT_TOPICS.set(partial(self._topic_allowed, peer))
+            CURRENT_TOPICS.set(partial(self._topic_check, peer, connect.client_id))
             holder = await self._take_over(connect.client_id, peer, abort)
             try:
                 with self._keepalive(packets, connect.keepalive, peer, abort):
                     if self._amqtt is not None:
-                        await self._amqtt.external_connected(packets, ConnackWatch(writer, timer.cancel),
+                        packets.hold_while(partial(self._backlog, connect.client_id),
+                                           self.options.max_queued_bytes // self.options.max_packet_size)
+                        bounded = BoundedWriter(writer, unsent, self.options.max_queued_bytes,
+                                                on_discard=self._discarded,
+                                                on_drop=partial(self._slow_consumer, peer, abort))
+                        await self._amqtt.external_connected(packets, ConnackWatch(bounded, timer.cancel),
                                                              peer.listener)
             finally:
                 self._release(connect.client_id, holder)
@@ -412,6 +426,20 @@ class EmbeddedBroker:
         finally:
             handle.cancel()
 
+    def _topic_check(self, peer: Peer, client_id: str, publish: bool, topic: str) -> bool:
+        """The topic rules, then (for a SUBSCRIBE) the per-client-id limit on subscriptions."""
+        if not self._topic_allowed(peer, publish, topic):
+            return False
+        if publish or self._table.held(client_id) < self.options.max_subscriptions or \
+                self._table.holds(client_id, topic):
+            return True
+        self.metrics.subscriptions_refused += 1
+        if len(self._warned) < WARNED_LIMIT and (peer.name, "subscription limit") not in self._warned:
+            self._warned.add((peer.name, "subscription limit"))
+            log.warning("SUBSCRIBE from %s (%s) to %r refused: it holds %d subscriptions, the limit (further ones "
+                        "are only counted)", peer.address, peer.name, topic, self.options.max_subscriptions)
+        return False
+
     def _topic_allowed(self, peer: Peer, publish: bool, topic: str) -> bool:
         """What the topic plugin asks for this connection; a refusal is counted and logged."""
         if (publish and peer.grant.may_publish(topic)) or (not publish and peer.grant.may_subscribe(topic)):
@@ -423,6 +451,21 @@ class EmbeddedBroker:
             log.warning("%s from %s (%s) on %r (further ones are only counted)", reason, peer.address, peer.name,
                         topic)
         return False
+
+    def _backlog(self, client_id: str) -> int:
+        """PUBLISHes amqtt has read from this client id and not yet routed (its session's inbound queue)."""
+        entry = self._amqtt.sessions.get(client_id) if self._amqtt is not None else None
+        return entry[0].delivered_message_queue.qsize() if entry is not None else 0
+
+    def _discarded(self) -> None:
+        self.metrics.qos0_discarded += 1
+
+    def _slow_consumer(self, peer: Peer, abort: Callable[[], None]) -> None:
+        """A packet other than QoS 0 found max_queued_bytes unsent before it (fleetsim.broker.outbound): closed."""
+        self.metrics.slow_consumers_dropped += 1
+        log.warning("closing the connection from %s (%s): slow consumer, over %d bytes unsent", peer.address,
+                    peer.name, self.options.max_queued_bytes)
+        abort()
 
     def _violation(self, peer: Peer, abort: Callable[[], None] | None, exc: Violation) -> None:
         """A packet this front refuses: counted by reason, logged with who sent it, the connection closed."""
@@ -476,5 +519,7 @@ class EmbeddedBroker:
             "drop_revoked": self.options.drop_revoked,
             "max_packet_size": self.options.max_packet_size,
             "connect_timeout_s": self.options.connect_timeout_s,
+            "max_queued_bytes": self.options.max_queued_bytes,
+            "max_subscriptions": self.options.max_subscriptions,
         })
         return snapshot

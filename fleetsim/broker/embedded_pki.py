@@ -19,7 +19,7 @@ from cryptography import x509
 
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
-from fleetsim.names import TLS_VERSIONS, tls_range
+from fleetsim.names import TLS12_CIPHERS, TLS_VERSIONS, tls_range
 from fleetsim.pki.layout import Layout
 
 TICKETS_WHEN_ON = 2
@@ -56,6 +56,7 @@ def build_context(layout: Layout, options: BrokerOptions, crl_pem: bytes | None 
     if options.tls_version not in TLS_VERSIONS:
         raise BrokerError(f"unknown TLS version {options.tls_version!r}", f"use {', '.join(TLS_VERSIONS)}")
     ctx.minimum_version, ctx.maximum_version = tls_range(options.tls_version)
+    ctx.set_ciphers(TLS12_CIPHERS)  # Mosquitto is given the same (mosquitto_config)
     ctx.num_tickets = TICKETS_WHEN_ON if options.session_tickets else 0
     if not options.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too

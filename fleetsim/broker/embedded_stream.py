@@ -3,7 +3,11 @@
 ``PacketReader`` is what amqtt reads from. It reads one packet at a time from the connection (header, then at
 most ``max_packet`` bytes of body), checks it with ``mqtt_wire`` and only then lets amqtt read it, so an oversized
 or malformed packet closes the connection before amqtt waits on it, and amqtt can never read across a packet's
-end. ``ConnackWatch`` is what amqtt writes to: its first write (the CONNACK) ends the CONNECT timeout.
+end. Once ``hold_while`` is given the session's backlog (amqtt reads a device's PUBLISHes into a queue faster
+than it routes them: 60 KB messages sent at wire speed piled up 800 there), the next packet waits while that backlog
+is full, so the device's own socket and TCP push back instead of the broker's memory growing (fleetsim.broker.outbound
+bounds the other direction). ``ConnackWatch`` is what amqtt writes to: its first write (the CONNACK) ends the CONNECT
+timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from fleetsim.broker.mqtt_wire import (
     parse_header,
 )
 
+BACKLOG_POLL_S = 0.002  # how often a held device's backlog is looked at again (only while it is full)
+
 
 class PacketReader(ReaderAdapter):
     """A device's stream, framed and checked packet by packet (see the module docstring)."""
@@ -39,6 +45,13 @@ class PacketReader(ReaderAdapter):
         self._failed = False
         self._loading: asyncio.Task[tuple[Header, bytes]] | None = None
         self.last_packet_at = asyncio.get_running_loop().time()
+        self._backlog: Callable[[], int] | None = None
+        self._max_backlog = 0
+
+    def hold_while(self, backlog: Callable[[], int], limit: int) -> None:
+        """From now on, read no further packet while ``backlog()`` (messages read, not yet routed) is ``limit`` or
+        more."""
+        self._backlog, self._max_backlog = backlog, max(1, limit)
 
     async def first_connect(self) -> Connect:
         """The first packet, parsed as a CONNECT; it stays here for amqtt to read once admitted.
@@ -83,6 +96,9 @@ class PacketReader(ReaderAdapter):
         if self._pos >= len(self._packet):
             if self._failed:
                 raise asyncio.IncompleteReadError(b"", n)
+            while self._backlog is not None and self._backlog() >= self._max_backlog:
+                await asyncio.sleep(BACKLOG_POLL_S)
+                self.last_packet_at = asyncio.get_running_loop().time()  # the broker's wait is not the device's silence
             try:
                 await self._next()
             except Violation as exc:

@@ -35,6 +35,9 @@ class BrokerMetrics:
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count (TLS and MQTT)
     dropped_revoked: int = 0  # live sessions ended because a new CRL revoked their certificate
     takeovers: int = 0  # connections closed because their client id connected again (3.1.4-2): a clone?
+    qos0_discarded: int = 0  # QoS 0 messages not sent to a consumer whose unsent bytes reached max_queued_bytes
+    slow_consumers_dropped: int = 0  # connections closed: any other packet past max_queued_bytes
+    subscriptions_refused: int = 0  # SUBACK 0x80 because the client id held max_subscriptions already
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -66,6 +69,9 @@ class BrokerMetrics:
             "current_connections": current_connections,
             "dropped_revoked": self.dropped_revoked,
             "takeovers": self.takeovers,
+            "qos0_discarded": self.qos0_discarded,
+            "slow_consumers_dropped": self.slow_consumers_dropped,
+            "subscriptions_refused": self.subscriptions_refused,
             "handshake_ms": {
                 "count": self.handshake_count,
                 "mean": round(self.handshake_sum_ms / self.handshake_count, 3) if self.handshake_count else None,

@@ -39,6 +39,7 @@ from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto_config import (
     DYNSEC_TOPIC,
+    MODEL_ACL_LIMIT,
     Extras,
     RuntimeFiles,
     render,
@@ -47,7 +48,7 @@ from fleetsim.broker.mosquitto_config import (
 )
 from fleetsim.errors import BrokerError, FleetsimError
 from fleetsim.pki import crl_policy
-from fleetsim.pki.certs import MONITOR
+from fleetsim.pki.certs import DEVICE, MONITOR
 from fleetsim.pki.crl_policy import CrlFacts
 from fleetsim.pki.layout import Layout
 
@@ -184,6 +185,16 @@ def monitors(layout: Layout) -> list[str]:
             if d.get("role") == MONITOR and d.get("status") == "valid"]
 
 
+def device_models(layout: Layout) -> list[tuple[str, str]]:
+    """Each device identity of the PKI with its model (its certificate's OU): the ACL binds its model level."""
+    try:
+        inventory = json.loads(layout.inventory.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [(d["id"], d["model"]) for d in inventory.get("devices", ())
+            if d.get("role", DEVICE) == DEVICE and d.get("model")]
+
+
 # -- the broker ---------------------------------------------------------------------------------------------
 class MosquittoBroker:
     """A Mosquitto process over one PKI; implements fleetsim.broker.handle.BrokerHandle."""
@@ -210,6 +221,7 @@ class MosquittoBroker:
         self._crl: CrlFacts | None = None  # the CRL Mosquitto enforces
         self._warned_crls: set[bytes] = set()
         self.crl_refused = 0
+        self._said_unbound = False  # the model level left unbound past MODEL_ACL_LIMIT: logged once
 
     @property
     def plain_port(self) -> int | None:
@@ -265,8 +277,7 @@ class MosquittoBroker:
         if self.options.password_file is not None:
             self._place(Path(self.options.password_file).read_bytes(), f.password_file, 0o600)
         if uses_identity(self.options) and self.extras.acl:
-            readers = (*self.extras.acl_readers, *monitors(lay))
-            self._place(render_acl(self.options.device_topics, readers).encode(), f.acl_file, 0o644)
+            self._place(self._acl().encode(), f.acl_file, 0o644)
         if self.extras.dynsec_admin is not None:
             self._place(self._dynsec_config(self.extras.dynsec_admin), f.dynsec, 0o600)
         if self.extras.persistence:
@@ -274,6 +285,38 @@ class MosquittoBroker:
             if owner:
                 os.chown(f.persistence, *owner)
         self._place(render(self.options, f, self.extras).encode(), f.config, 0o600)
+
+    def _acl(self) -> str:
+        readers = (*self.extras.acl_readers, *monitors(self.layout))
+        return render_acl(self.options.device_topics, readers, self._bound_models())
+
+    def reload_acl(self, timeout: float = 5.0) -> bool:
+        """Write the ACL again from the PKI's inventory (devices issued since the start get their model's line) and
+        SIGHUP if it changed; True when it did. Mosquitto re-reads acl_file on SIGHUP."""
+        if not (uses_identity(self.options) and self.extras.acl) or self._proc is None or not self.alive:
+            return False
+        acl = self._acl().encode()
+        if self.files.acl_file.read_bytes() == acl:
+            return False
+        self._place(acl, self.files.acl_file, 0o644)
+        before = self._read_log().reloads
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._read_log().reloads == before and time.monotonic() < deadline and self.alive:
+            time.sleep(0.01)
+        return True
+
+    def _bound_models(self) -> list[tuple[str, str]] | None:
+        """The devices whose model level the ACL binds, or None past MODEL_ACL_LIMIT (said once in the log)."""
+        devices = device_models(self.layout)
+        if len(devices) <= MODEL_ACL_LIMIT:
+            return devices
+        if not self._said_unbound:
+            self._said_unbound = True
+            log.warning("the PKI holds %d devices: Mosquitto's ACL binds their id level, not their model level "
+                        "(one user section per device past %d would stall Mosquitto at every CRL reload); the "
+                        "embedded broker binds both", len(devices), MODEL_ACL_LIMIT)
+        return None
 
     @staticmethod
     def _dynsec_config(admin: str) -> bytes:

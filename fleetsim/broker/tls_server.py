@@ -234,6 +234,11 @@ class TlsConnection(asyncio.Protocol):
             return
         self._flush()
 
+    def unsent(self) -> int:
+        """Bytes written to this connection that have not reached the socket yet (what a slow reader piles up)."""
+        transport = self.transport
+        return (transport.get_write_buffer_size() if transport is not None else 0) + self._out.pending
+
     async def drain(self) -> None:
         if self._write_paused and not self._closing:
             self._drain_waiter = asyncio.get_running_loop().create_future()

@@ -1,9 +1,12 @@
 """Which topics an identity may publish to and subscribe to: pure matching, no I/O.
 
-A device gets the patterns fleetsim renders for Mosquitto's ACL (``pattern readwrite fleet/+/+/%u/#``), with
-``%u`` / ``%c`` replaced by the name its certificate carries (= its client id, cert_rules): it may publish only on
-topics those patterns match, and subscribe only to filters they cover entirely, so ``#``, ``$SYS/#`` and another
-device's subtree are refused. A monitor may subscribe to everything and publish nothing.
+A device gets the patterns fleetsim renders for Mosquitto's ACL, with ``%u`` / ``%c`` replaced by the name its
+certificate carries (= its client id, cert_rules) and ``%m`` (fleetsim's own) by the model its certificate carries
+(its OU): it may publish only on topics those patterns match, so a pulse oximeter cannot publish as an infusion
+pump, and subscribe only to filters they cover entirely with ``%m`` read as ``+`` (whatever the model level says,
+only the device itself can publish under its id), so ``#``, ``$SYS/#`` and another device's subtree are refused.
+The site level is bound to nothing: the PKI does not know a device's site (a scenario's group names it). A monitor
+may subscribe to everything and publish nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from dataclasses import dataclass
 
 from fleetsim.pki.certs import DEVICE, MONITOR
 
-# Devices publish on fleet/<site>/<model>/<device-id>/<kind>; each is confined to its own subtree.
-DEVICE_TOPICS: tuple[str, ...] = ("fleet/+/+/%u/#",)
+# Devices publish on fleet/<site>/<model>/<device-id>/<kind>; each is confined to its own subtree, under its model.
+DEVICE_TOPICS: tuple[str, ...] = ("fleet/+/%m/%u/#",)
 _PLACEHOLDERS = ("%u", "%c")  # Mosquitto's: username, client id; both are the certificate's name here
+MODEL = "%m"  # fleetsim's: the certificate's model (OU); Mosquitto's ACL has no such placeholder (mosquitto_config)
 
 
 def covers(allowed: str, requested: str) -> bool:
@@ -64,20 +68,27 @@ NOTHING = Grant((), ())
 MONITOR_GRANT = Grant((), ("#", "$SYS/#"))
 
 
-def grant_for(role: str, name: str, device_topics: Iterable[str] = DEVICE_TOPICS) -> Grant:
-    """The grant of a certificate's identity. A name that would act as a wildcard in a pattern gets nothing."""
+def grant_for(role: str, name: str, device_topics: Iterable[str] = DEVICE_TOPICS, model: str | None = None) -> Grant:
+    """The grant of a certificate's identity. A name that would act as a wildcard in a pattern gets nothing; a
+    pattern naming the model publishes nothing for a certificate without one (or with a wildcard in it)."""
     if role == MONITOR:
         return MONITOR_GRANT
-    if role != DEVICE or not name or any(c in name for c in "+#/"):
+    if role != DEVICE or not _literal(name):
         return NOTHING
-    own = tuple(_fill(p, name) for p in device_topics)
-    return Grant(own, own)
+    patterns = tuple(device_topics)
+    publish = tuple(fill(p, name, model) for p in patterns if MODEL not in p or _literal(model))
+    return Grant(publish, tuple(fill(p, name, "+") for p in patterns))
 
 
-def _fill(pattern: str, name: str) -> str:
+def _literal(level: str | None) -> bool:
+    return level is not None and level != "" and not any(c in level for c in "+#/")
+
+
+def fill(pattern: str, name: str, model: str | None = None) -> str:
+    """``pattern`` with the identity's name for %u / %c and, when given, ``model`` for %m."""
     for placeholder in _PLACEHOLDERS:
         pattern = pattern.replace(placeholder, name)
-    return pattern
+    return pattern.replace(MODEL, model) if model is not None else pattern
 
 
 def check_patterns(patterns: Iterable[str]) -> str | None:
@@ -86,6 +97,6 @@ def check_patterns(patterns: Iterable[str]) -> str | None:
     if not patterns:
         return "device_topics is empty: devices could publish nowhere"
     for p in patterns:
-        if not valid_filter(_fill(p, "x")):
+        if not valid_filter(fill(p, "x", "x")):
             return f"device_topics pattern {p!r} is not a valid MQTT topic filter"
     return None

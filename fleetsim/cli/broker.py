@@ -16,7 +16,12 @@ import typer
 
 from fleetsim.broker import config as broker_config
 from fleetsim.broker.embedded_pki import FileStamp
-from fleetsim.broker.handle import DEFAULT_MAX_PACKET, BrokerOptions
+from fleetsim.broker.handle import (
+    DEFAULT_MAX_PACKET,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    BrokerOptions,
+)
 from fleetsim.broker.topic_rules import DEVICE_TOPICS
 from fleetsim.errors import BrokerError
 from fleetsim.names import TLS_VERSIONS
@@ -45,6 +50,12 @@ def run(
                                    help="Loopback port of GET /stats (embedded); 0 picks a free one."),
     max_packet_size: int = typer.Option(DEFAULT_MAX_PACKET, "--max-packet-size", min=1024, max=268_435_460,
                                         help="Largest packet a device may send, in bytes; larger ones close it."),
+    max_queued_bytes: int = typer.Option(DEFAULT_MAX_QUEUED_BYTES, "--max-queued-bytes", min=65536, max=1 << 34,
+                                         help="Unsent bytes one connection may hold (embedded); past it QoS 0 "
+                                              "messages to it are discarded, anything else closes it."),
+    max_subscriptions: int = typer.Option(DEFAULT_MAX_SUBSCRIPTIONS, "--max-subscriptions", min=1, max=10_000_000,
+                                          help="Subscriptions one client id may hold (embedded); past it SUBACK "
+                                               "0x80."),
     config: Path | None = typer.Option(None, "--config", help="Settings file (see brokers/embedded.toml); flags win."),
 ) -> None:
     """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
@@ -52,7 +63,8 @@ def run(
         "kind": kind, "host": host, "port": port, "tls_version": tls_version, "session_tickets": tickets,
         "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
         "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS,
-        "renew_crl": True}
+        "renew_crl": True, "max_queued_bytes": max_queued_bytes,
+        "max_subscriptions": max_subscriptions}
     settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
     if settings["tls_version"] not in TLS_VERSIONS:
         raise BrokerError(f"unknown TLS version {settings['tls_version']!r}",
@@ -70,7 +82,8 @@ def run(
 DEFAULTS: dict[str, Any] = {
     "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
     "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
-    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS, "renew_crl": True}
+    "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS, "renew_crl": True,
+    "max_queued_bytes": DEFAULT_MAX_QUEUED_BYTES, "max_subscriptions": DEFAULT_MAX_SUBSCRIPTIONS}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:
@@ -111,11 +124,15 @@ def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
     signal.signal(signal.SIGHUP, lambda *_: handle.reload_crl())
     typer.echo(_where("mosquitto", handle.host, handle.port, options.plain_port))
     stamp, renew_at = FileStamp.of(handle.layout.crl), time.monotonic() + RENEW_CHECK_S
+    issued = FileStamp.of(handle.layout.inventory)
     try:
         while not stop.wait(MOSQUITTO_CRL_POLL_S):  # Mosquitto re-reads its CRL only on SIGHUP: do it for it
             if (now := FileStamp.of(handle.layout.crl)) != stamp:
                 stamp = now
                 handle.reload_crl()
+            if (now := FileStamp.of(handle.layout.inventory)) != issued:  # new devices: their model's ACL line
+                issued = now
+                handle.reload_acl()
             if time.monotonic() >= renew_at:
                 renew_at = time.monotonic() + RENEW_CHECK_S
                 handle.renew_crl_if_due()

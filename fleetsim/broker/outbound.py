@@ -1,0 +1,83 @@
+"""What the embedded broker queues for one connection, bounded by bytes: a device that never reads its socket cannot
+grow the broker's memory.
+
+Why here and not in amqtt: amqtt writes each outgoing packet in one ``write`` and then awaits ``drain``; while a
+consumer does not read, ``drain`` blocks and every further delivery waits in a task of its own holding its
+payload (60 KB QoS 0 messages to a device that subscribed to itself grew the broker ~1 MB per MB sent, and kept
+it). ``BoundedWriter`` is amqtt's writer instead: ``drain`` never blocks (no task piles up behind a stalled
+socket), and each packet is judged against what the connection's transport still holds unsent:
+
+* a QoS 0 PUBLISH that would take the queue past ``limit`` is discarded, counted: what Mosquitto does with QoS 0
+  messages for a client whose queue is full (``max_queued_messages``, 1000 by default) — QoS 0 promises nothing
+  and the device stays connected;
+* any other packet past ``limit`` (a QoS 1/2 PUBLISH, an acknowledgement) closes the connection, counted as a
+  slow consumer dropped: discarding those would break a promise the device was given without telling it, where a
+  closed connection tells it (a persistent session keeps its QoS 1/2 messages for the next connection).
+
+The limit is ``BrokerOptions.max_queued_bytes`` (default 1 MiB, see ``handle``). Pure decision (``verdict``) apart
+from the adapter, so the rule is unit-testable.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from enum import Enum
+
+from amqtt.adapters import WriterAdapter
+
+PUBLISH = 3
+
+
+class Verdict(Enum):
+    WRITE = "write"
+    DISCARD = "discard"  # a QoS 0 PUBLISH not sent
+    DROP = "drop"  # the connection is closed: a slow consumer
+
+
+def verdict(packet: bytes | bytearray, queued: int, limit: int) -> Verdict:
+    """What to do with one outgoing packet when ``queued`` bytes wait unsent on the connection."""
+    if queued + len(packet) <= limit or not packet:
+        return Verdict.WRITE
+    first = packet[0]
+    if first >> 4 == PUBLISH and (first >> 1) & 3 == 0:
+        return Verdict.DISCARD
+    return Verdict.DROP
+
+
+class BoundedWriter(WriterAdapter):
+    """amqtt's writer for one connection: writes within the bound, never blocks in ``drain`` (module docstring)."""
+
+    def __init__(self, inner: WriterAdapter, queued: Callable[[], int], limit: int, *,
+                 on_discard: Callable[[], None], on_drop: Callable[[], None]) -> None:
+        self._inner = inner
+        self._queued = queued
+        self._limit = limit
+        self._on_discard = on_discard
+        self._on_drop: Callable[[], None] | None = on_drop
+        self.discarded = 0
+
+    def write(self, data: bytes) -> None:
+        if self._on_drop is None:
+            return  # already dropped: the connection is closing
+        match verdict(data, self._queued(), self._limit):
+            case Verdict.WRITE:
+                self._inner.write(data)
+            case Verdict.DISCARD:
+                self.discarded += 1
+                self._on_discard()
+            case Verdict.DROP:
+                drop, self._on_drop = self._on_drop, None
+                drop()
+
+    async def drain(self) -> None:
+        """Never waits: the bound in ``write`` replaces back-pressure (a waiting drain is what piled tasks up)."""
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self._inner.get_peer_info()
+
+    def get_ssl_info(self) -> ssl.SSLObject | None:
+        return self._inner.get_ssl_info()
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -1,0 +1,192 @@
+"""One device must not grow the broker or slow the fleet: what the embedded broker bounds per connection.
+
+Real brokers in their own processes on 127.0.0.1 (so their RSS is theirs), real TLS, certificates issued at test
+time; the attacker speaks raw MQTT (``mqtt_raw``). CPython rarely hands freed memory back to the system, so the
+memory test judges growth, and that a repeated attack adds (almost) nothing, not a return to the baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import statistics
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from mqtt_raw import Raw, connected, device_context, field, packet, publish, subscribe
+
+from fleetsim import report
+from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.handle import BrokerOptions
+from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.broker.outbound import Verdict, verdict
+from fleetsim.pki import Pki
+
+MODEL = "generic"
+HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
+UNSUBACK = 11
+PAYLOAD = 60_000
+ATTACK_BYTES = 120_000_000  # per round; the issue's 600 MB grew the broker 440 MB and kept it
+GROWTH_BOUND = 30e6  # the broker may grow this much over the first attack (measured: ~5 MB; before the bound ~1:1)
+REPEAT_BOUND = 8e6  # and this much more over a second one
+
+
+def own(device_id: str, kind: str = "telemetry") -> str:
+    return f"fleet/site-1/{MODEL}/{device_id}/{kind}"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    p = Pki.init(tmp_path_factory.mktemp("bounds") / "pki")
+    p.issue(6, prefix="dev", model=MODEL, workers=1)
+    return p
+
+
+@pytest.fixture(scope="module")
+def embedded(pki: Pki) -> Iterator[object]:
+    with start_embedded(pki.root, BrokerOptions(port=0)) as handle:
+        yield handle
+
+
+# --- the rule, alone ------------------------------------------------------------------------------------------
+QOS0, QOS1, PUBACK = publish("t", b"x" * 100), publish("t", b"x" * 100, qos=1), b"\x40\x02\x00\x01"
+
+
+@pytest.mark.parametrize(("packet", "queued", "expected"), [
+    (QOS0, 0, Verdict.WRITE), (QOS1, 0, Verdict.WRITE), (QOS0, 1000 - len(QOS0), Verdict.WRITE),
+    (QOS0, 1000 - len(QOS0) + 1, Verdict.DISCARD), (QOS1, 1000, Verdict.DROP), (PUBACK, 999, Verdict.DROP),
+    (publish("t", b"x", retain=True), 2000, Verdict.DISCARD)])
+def test_past_the_bound_qos0_is_discarded_and_anything_else_drops_the_consumer(packet: bytes, queued: int,
+                                                                               expected: Verdict) -> None:
+    assert verdict(packet, queued, 1000) is expected
+
+
+def test_the_summary_counts_what_the_broker_bounded() -> None:
+    counted = {"qos0_discarded": 1234, "slow_consumers_dropped": 2, "subscriptions_refused": 10}
+    rows = dict(report._machine_rows({"broker": {"available": True, **counted}}))
+    assert rows["broker: QoS 0 discarded / slow consumers dropped / subscriptions refused"] == "1,234 / 2 / 10"
+    assert not any(k.startswith("broker: QoS 0") for k in dict(report._machine_rows({"broker": {"kind": "mosquitto"}})))
+
+
+# --- the attack ---------------------------------------------------------------------------------------------------
+def flood(port: int, pki: Pki, device_id: str, *, qos: int = 0, total: int = ATTACK_BYTES) -> tuple[Raw, int]:
+    """A device that subscribes to its own subtree, never reads, and publishes 60 KB QoS 0 messages to itself."""
+    conn = connected(port, device_context(pki, device_id), device_id)
+    conn.send(subscribe(1, f"fleet/+/+/{device_id}/#", qos=qos))
+    time.sleep(0.2)
+    message, sent = publish(own(device_id), b"x" * PAYLOAD), 0
+    conn.sock.settimeout(20)
+    try:
+        while sent < total:
+            conn.sock.sendall(message)
+            sent += len(message)
+    except (OSError, ssl.SSLError):
+        pass  # the broker hung up on it: how much was sent says how far it got
+    return conn, sent
+
+
+def rss(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss)
+
+
+@pytest.mark.slow
+def test_a_device_that_never_reads_cannot_grow_the_broker(embedded: object, pki: Pki) -> None:
+    port, pid = embedded.port, embedded.pid  # type: ignore[attr-defined]
+    attacker, again, bystander = (d.id for d in pki.devices()[:3])
+    other = connected(port, device_context(pki, bystander), bystander)
+    assert other.subscribe(f"fleet/+/+/{bystander}/#") == [1]
+    before = rss(pid)
+    conn, sent = flood(port, pki, attacker)
+    assert sent >= ATTACK_BYTES  # QoS 0 past the bound is discarded, the device stays connected
+    assert other.echo(own(bystander), b"still served")
+    first = rss(pid)
+    conn.close()
+    conn, sent = flood(port, pki, again)
+    conn.close()
+    second = rss(pid)
+    stats = embedded.stats()  # type: ignore[attr-defined]
+    print(f"embedded broker RSS {before / 1e6:.1f} MB -> {first / 1e6:.1f} after {ATTACK_BYTES / 1e6:.0f} MB "
+          f"-> {second / 1e6:.1f} after another; {stats.get('qos0_discarded', 0):,} QoS 0 messages discarded")
+    assert first - before < GROWTH_BOUND
+    assert second - first < REPEAT_BOUND
+    assert stats["qos0_discarded"] > ATTACK_BYTES // PAYLOAD // 2
+    assert other.echo(own(bystander), b"served after")
+    other.close()
+
+
+@pytest.mark.slow
+def test_a_qos1_subscriber_that_never_reads_is_dropped(embedded: object, pki: Pki) -> None:
+    """Past the bound a QoS 1 delivery is not silently lost: the slow consumer's connection is closed, counted."""
+    port = embedded.port  # type: ignore[attr-defined]
+    device_id = pki.devices()[3].id
+    before = embedded.stats().get("slow_consumers_dropped", 0)  # type: ignore[attr-defined]
+    conn, _ = flood(port, pki, device_id, qos=1, total=40_000_000)  # past what the kernel buffers
+    assert conn.closed_within(10)  # what the socket still held drains out, then the broker's close shows
+    assert embedded.stats()["slow_consumers_dropped"] == before + 1  # type: ignore[attr-defined]
+    conn.close()
+
+
+# --- subscriptions ------------------------------------------------------------------------------------------------
+def filters(device_id: str, n: int, start: int = 0) -> list[str]:
+    return [f"fleet/+/+/{device_id}/k/{i}" for i in range(start, start + n)]
+
+
+def subscribe_all(conn: Raw, wanted: list[str], per_packet: int = 500) -> list[int]:
+    """SUBACK codes of ``wanted``, sent in SUBSCRIBEs of ``per_packet`` filters (each well under 64 KiB)."""
+    return [code for i in range(0, len(wanted), per_packet) for code in conn.subscribe(*wanted[i:i + per_packet])]
+
+
+def puback_median_ms(conn: Raw, device_id: str, n: int = 300) -> float:
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert conn.publish(own(device_id), str(i).encode(), qos=1)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def unsubscribe(conn: Raw, topic_filter: str) -> None:
+    conn.send(packet(0xA2, (999).to_bytes(2, "big") + field(topic_filter.encode())))
+    conn._wait_for(UNSUBACK, 999)
+
+
+def test_subscriptions_past_the_limit_are_refused_and_counted(embedded: object, pki: Pki) -> None:
+    port, limit = embedded.port, BrokerOptions().max_subscriptions  # type: ignore[attr-defined]
+    device_id = pki.devices()[4].id
+    conn = connected(port, device_context(pki, device_id), device_id)
+    before = embedded.stats().get("subscriptions_refused", 0)  # type: ignore[attr-defined]
+    codes = subscribe_all(conn, filters(device_id, limit + 10))
+    assert codes == [1] * limit + [0x80] * 10
+    assert embedded.stats()["subscriptions_refused"] == before + 10  # type: ignore[attr-defined]
+    assert conn.subscribe(filters(device_id, 1)[0]) == [1]  # one it holds: no new subscription
+    unsubscribe(conn, filters(device_id, 1)[0])
+    assert conn.subscribe(*filters(device_id, 2, start=limit + 10)) == [1, 0x80]  # the freed place, once
+    conn.close()
+
+
+MANY = 20_000  # at 21,000 subscriptions of one device the others' median was 6.9 ms (0.28 ms without)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["embedded", pytest.param("mosquitto", marks=pytest.mark.skipif(
+    not HAVE_MOSQUITTO, reason="mosquitto not installed"))])
+def test_one_device_holding_many_subscriptions_does_not_slow_the_others(pki: Pki, kind: str) -> None:
+    """Matching does not scale with one device's count: with the limit raised to let a device hold 20,000, the
+    others' publish-to-PUBACK median stays near its baseline (Mosquitto 2.0, which has no limit, for comparison)."""
+    options = BrokerOptions(port=0, max_subscriptions=MANY)
+    with start_embedded(pki.root, options) if kind == "embedded" else start_mosquitto(pki.root, options) as broker:
+        hog, a, b = (d.id for d in pki.devices()[:3])
+        others = [connected(broker.port, device_context(pki, d), d) for d in (a, b)]
+        for conn, d in zip(others, (a, b), strict=True):
+            assert conn.subscribe(f"fleet/+/+/{d}/#") == [1]
+        baseline = statistics.median(puback_median_ms(c, d) for c, d in zip(others, (a, b), strict=True))
+        conn = connected(broker.port, device_context(pki, hog), hog)
+        assert subscribe_all(conn, filters(hog, MANY)) == [1] * MANY
+        loaded = statistics.median(puback_median_ms(c, d) for c, d in zip(others, (a, b), strict=True))
+        print(f"{kind}: others' publish->PUBACK median {baseline:.2f} ms, {loaded:.2f} ms with one device "
+              f"holding {MANY:,} subscriptions")
+        assert loaded < max(3 * baseline, baseline + 1.5)
+        for c in (*others, conn):
+            c.close()
