@@ -72,14 +72,17 @@ def test_the_summary_counts_what_the_broker_bounded() -> None:
 
 # --- the attack ---------------------------------------------------------------------------------------------------
 def flood(port: int, pki: Pki, device_id: str, *, qos: int = 0, total: int = ATTACK_BYTES) -> tuple[Raw, int]:
-    """A device that subscribes to its own subtree, never reads, and publishes 60 KB QoS 0 messages to itself."""
+    """A device that subscribes to its own subtree, never reads, and publishes 60 KB messages to itself (at ``qos``:
+    a message is delivered at the lower of its own and the subscription's QoS)."""
     conn = connected(port, device_context(pki, device_id), device_id)
     conn.send(subscribe(1, f"fleet/+/+/{device_id}/#", qos=qos))
     time.sleep(0.2)
-    message, sent = publish(own(device_id), b"x" * PAYLOAD), 0
+    sent, n = 0, 0
     conn.sock.settimeout(20)
     try:
         while sent < total:
+            n += 1
+            message = publish(own(device_id), b"x" * PAYLOAD, qos=qos, packet_id=n % 65_535 + 1)
             conn.sock.sendall(message)
             sent += len(message)
     except (OSError, ssl.SSLError):
