@@ -34,6 +34,7 @@ from typing import IO, Any
 import psutil
 from cryptography import x509
 
+from fleetsim import lifecycle
 from fleetsim.broker import totals
 from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
@@ -323,8 +324,18 @@ class MosquittoBroker:
         self._stderr = open(self.files.stderr, "ab")  # noqa: SIM115 - closed in _terminate
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.files.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._stderr, preexec_fn=_raise_nofile, start_new_session=True,
+            stderr=self._stderr, preexec_fn=lifecycle.preexec_tied(signal.SIGTERM, _raise_nofile),
+            start_new_session=True, **self._as_its_user(),
         )
+
+    def _as_its_user(self) -> dict[str, Any]:
+        """Popen's arguments that start Mosquitto as its own user when we are root, rather than let it drop to
+        that user itself: the kernel clears the parent-death signal when a process changes its credentials, and
+        Mosquitto would then outlive a fleetsim that is killed. Ports under 1024 need it to bind as root first."""
+        owner = self._owner()
+        if owner is None or min(self._ports()) < 1024:
+            return {}
+        return {"user": owner[0], "group": owner[1], "extra_groups": []}
 
     def _ports(self) -> set[int]:
         return {self.port} | ({self.options.plain_port} if self.options.plain_port else set())
