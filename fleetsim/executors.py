@@ -105,6 +105,9 @@ def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any
     _name_process(f"fsim-shard-{shard.index}")
     result = run_shard(scenario, shard, shard_identities(shard),
                        progress=lambda s: progress_q.put((shard.index, s)), stop=asked)
+    # the load has stopped (every socket closed): a shard whose stop took its whole drain still gets a moment to
+    # hand its result over (pickled and written by the queue's thread before this process may end)
+    lifecycle.end_by(max(deadline(scenario, shard), time.time() + lifecycle.HANDOVER_S))
     result_q.put((shard.index, result))
 
 

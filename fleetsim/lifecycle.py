@@ -8,8 +8,9 @@ A process fleetsim starts (a run's worker, a broker) must not outlive the one th
 ends (a crash, SIGKILL, the OOM killer): on Linux it asks the kernel for a signal when its parent dies
 (``PR_SET_PDEATHSIG``). The kernel sends it when the *thread* that forked the child ends, so it is asked for only
 when the main thread forks (the runner's case); otherwise the child watches its parent's pid instead. A worker
-also has a deadline of its own, the run's end plus ``GRACE_S``, kept by the kernel (``SIGALRM``, whose default
-action ends the process), so load stops even when its orchestrator hangs and never takes its results.
+also has a deadline of its own, the run's end plus ``GRACE_S`` (``HANDOVER_S`` after its shard stopped, if that
+is later: a big shard's result still goes over), kept by the kernel (``SIGALRM``, whose default action ends the
+process), so load stops even when its orchestrator hangs and never takes its results.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 TERMINATE_EXIT = 143  # 128 + SIGTERM
 BY_CTRL_C = "interrupted (Ctrl-C)"
 BY_SIGTERM = "terminated (SIGTERM)"
-GRACE_S = 5.0  # a worker ends at the latest this long after its run's planned end (t0 + duration)
+GRACE_S = 5.0  # a worker ends at the latest this long after its run's planned end (t0 + duration) ...
+HANDOVER_S = 2.0  # ... or this long after its shard stopped, if the stop took all of its drain: its result
 PARENT_POLL_S = 0.25  # the watch on the parent's pid, where the kernel's parent-death signal cannot be used
 _PR_SET_PDEATHSIG = 1
 
