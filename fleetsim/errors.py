@@ -28,3 +28,11 @@ class ScenarioError(FleetsimError):
 
 class BrokerError(FleetsimError):
     """A broker cannot be started, reached or configured."""
+
+
+class RunInterrupted(FleetsimError):
+    """Ctrl-C or SIGTERM ended a command after it kept what it had (a sweep's finished cells): exit 130 or 143."""
+
+    def __init__(self, what: str, fix: str | None = None, *, exit_code: int = 130) -> None:
+        super().__init__(what, fix)
+        self.exit_code = exit_code

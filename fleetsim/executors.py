@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fleetsim import placement
+from fleetsim import lifecycle, placement
 from fleetsim.engine.identity import PkiIdentities
 from fleetsim.engine.shard import ShardResult, ShardSpec, run_shard
 from fleetsim.errors import FleetsimError
@@ -60,22 +61,53 @@ class Executor(Protocol):
     def stop(self) -> None:
         """Ask every shard to end as at the run's end (connected devices drain and disconnect)."""
 
+    def abort(self) -> None:
+        """End every shard now, results and all (a second Ctrl-C or SIGTERM)."""
+
     def running(self) -> bool: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the shards' processes or tasks: none outlives this call."""
 
     def facts(self) -> dict[str, Any]:
         """What meta.json keeps about where the shards ran."""
 
 
 # -- worker processes on this machine ---------------------------------------------------------------------------
+class _Asked:
+    """The run's stop event, or a SIGTERM sent to this worker itself: either ends its shard as at the run's end."""
+
+    def __init__(self, run_stop: Any) -> None:
+        self.run_stop, self.asked = run_stop, False
+
+    def ask(self, *_: object) -> None:
+        self.asked = True
+
+    def is_set(self) -> bool:
+        return self.asked or bool(self.run_stop.is_set())
+
+
+def deadline(scenario: Scenario, shard: ShardSpec) -> float:
+    """Wall clock by which a worker process has ended whatever happens: the run's planned end plus a grace in
+    which the shard's own stop fits (the drain, DRAIN_S, then stragglers cancelled: 4.5 s at most)."""
+    return shard.t0 + scenario.duration + lifecycle.GRACE_S
+
+
 def _worker(scenario: Scenario, shard: ShardSpec, progress_q: Any, result_q: Any, stop: Any,
-            cores: frozenset[int]) -> None:
+            cores: frozenset[int], parent: int, kernel_tie: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`, then collects
+    asked = _Asked(stop)
+    signal.signal(signal.SIGTERM, asked.ask)  # systemd signals every process of the run: end as the run does
     placement.pin(cores)  # before any thread starts (the progress queue's feeder), so all of them stay there
+    lifecycle.close_inherited_listeners()  # the orchestrator's metrics port is not this process's to hold
+    lifecycle.tie_to_parent(parent, signal.SIGKILL, kernel_tie)  # an orchestrator gone takes its load with it
+    lifecycle.end_by(deadline(scenario, shard))  # and one that hangs cannot keep it running
     _name_process(f"fsim-shard-{shard.index}")
     result = run_shard(scenario, shard, shard_identities(shard),
-                       progress=lambda s: progress_q.put((shard.index, s)), stop=stop)
+                       progress=lambda s: progress_q.put((shard.index, s)), stop=asked)
+    # the load has stopped (every socket closed): a shard whose stop took its whole drain still gets a moment to
+    # hand its result over (pickled and written by the queue's thread before this process may end)
+    lifecycle.end_by(max(deadline(scenario, shard), time.time() + lifecycle.HANDOVER_S))
     result_q.put((shard.index, result))
 
 
@@ -90,8 +122,19 @@ def _name_process(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])
 
 
+def _why_ended(exitcode: int | None) -> str:
+    if exitcode == -signal.SIGALRM:
+        return (f"its worker process was ended at its deadline (the run's end + {lifecycle.GRACE_S:g} s) before "
+                "its results were taken")
+    return f"its worker process ended (exit code {exitcode})"
+
+
 class LocalProcesses:
-    """One forked process per shard, pinned to ``cores`` when given."""
+    """One forked process per shard, pinned to ``cores`` when given.
+
+    A worker ends with this process (see fleetsim.lifecycle), and by its own deadline in any case. Its result is
+    taken off the pipe by a thread of this process as soon as it comes, so a main loop busy with a timed event
+    never keeps a worker waiting to hand it over."""
 
     kind = "processes"
     lead_s = 1.0
@@ -101,15 +144,25 @@ class LocalProcesses:
         ctx = mp.get_context("fork")
         self._ctx = ctx
         self._progress, self._results, self._stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        self._taken: queue.Queue[tuple[int, ShardResult]] = queue.Queue()
+        self._reader: threading.Thread | None = None
         self._procs: dict[int, Any] = {}
         self._done: set[int] = set()
 
     def start(self, scenario: Scenario, shards: list[ShardSpec]) -> None:
+        parent, kernel_tie = os.getpid(), lifecycle.death_signal_usable()
         for s in shards:
             p = self._ctx.Process(target=_worker, args=(scenario, s, self._progress, self._results, self._stop,
-                                                        self.cores), name=f"fleetsim-shard-{s.index}", daemon=True)
+                                                        self.cores, parent, kernel_tie),
+                                  name=f"fleetsim-shard-{s.index}", daemon=True)
             p.start()
             self._procs[s.index] = p
+        self._reader = threading.Thread(target=self._take_results, name="fleetsim-results", daemon=True)
+        self._reader.start()  # after the forks: a worker inherits no thread
+
+    def _take_results(self) -> None:
+        while (item := self._results.get()) is not None:
+            self._taken.put(item)
 
     def poll(self, wait: float) -> Poll:
         out = Poll()
@@ -121,32 +174,44 @@ class LocalProcesses:
             out.snapshots[index] = snap
         with contextlib.suppress(queue.Empty):
             while True:
-                index, result = self._results.get(timeout=wait)
+                index, result = self._taken.get(timeout=wait)
                 out.results[index] = result
                 self._done.add(index)
                 wait = 0.0
         for index, p in self._procs.items():
             if index not in self._done and not p.is_alive() and index not in out.results:
                 with contextlib.suppress(queue.Empty):  # it may have put its result just before it ended
-                    i, result = self._results.get(timeout=1.0)
+                    i, result = self._taken.get(timeout=1.0)
                     out.results[i] = result
                     self._done.add(i)
                 if index not in self._done:
-                    out.lost[index] = f"its worker process ended (exit code {p.exitcode})"
+                    out.lost[index] = _why_ended(p.exitcode)
                     self._done.add(index)
         return out
 
     def stop(self) -> None:
         self._stop.set()
 
+    def abort(self) -> None:
+        self._stop.set()
+        for p in self._procs.values():
+            if p.is_alive():
+                p.kill()
+
     def running(self) -> bool:
         return any(p.is_alive() for p in self._procs.values())
 
     def close(self) -> None:
-        for p in self._procs.values():
-            p.join(timeout=2)
-            if p.is_alive():
-                p.terminate()
+        """Wait briefly for workers that were told to stop, then kill what is left (SIGTERM would only ask them
+        to stop), also when a second signal interrupts the wait."""
+        try:
+            for p in self._procs.values():
+                p.join(timeout=2)
+        finally:
+            self.abort()
+            if self._reader is not None and self._reader.is_alive():
+                self._results.put(None)  # the reader's last item
+                self._reader.join(timeout=2)
 
     def facts(self) -> dict[str, Any]:
         return {"executor": self.kind}
@@ -164,13 +229,14 @@ def dask_shard(scenario: Scenario, shard: ShardSpec, run_id: str) -> ShardResult
     progress_q, stop_ev = Queue(f"fleetsim-progress-{run_id}"), Event(f"fleetsim-stop-{run_id}")
     stop, latest = threading.Event(), queue.Queue[Any](maxsize=1)
     done = threading.Event()
+    cancelled = _cancellation()
 
     def forward() -> None:
         while not done.is_set():
             with contextlib.suppress(queue.Empty):
                 progress_q.put((shard.index, latest.get(timeout=PROGRESS_FORWARD_S)))
             with contextlib.suppress(Exception):
-                if stop_ev.is_set():
+                if cancelled() or stop_ev.is_set():
                     stop.set()
 
     def offer(snap: dict[str, Any]) -> None:
@@ -186,6 +252,21 @@ def dask_shard(scenario: Scenario, shard: ShardSpec, run_id: str) -> ShardResult
     finally:
         done.set()
         helper.join(timeout=2 * PROGRESS_FORWARD_S + 1)
+
+
+def _cancellation() -> Any:
+    """In a Dask task: a check whether the task was cancelled since (its client cancelled it, or went away and
+    the scheduler released it): Dask cannot stop a task's thread, so the shard must see it and stop itself."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    key = worker.get_current_task()
+
+    def cancelled() -> bool:
+        task = worker.state.tasks.get(key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
+
+    return cancelled
 
 
 def _warm() -> None:
@@ -265,10 +346,17 @@ class DaskCluster:
         with contextlib.suppress(Exception):
             self._stop.set()
 
+    def abort(self) -> None:
+        """Stop every shard and cancel its task: a task already running sees the cancellation (dask_shard)."""
+        self.stop()
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(self._futures.values()), force=True)
+
     def running(self) -> bool:
         return any(not f.done() for f in self._futures.values())
 
     def close(self) -> None:
+        self.abort()  # a shard still running when the run ends is cancelled, not left to run on the cluster
         with contextlib.suppress(Exception):
             self.client.close()
         if self._cluster is not None:

@@ -2,7 +2,8 @@
 
 The engine's shard runner (fleetsim.engine.shard.run_shard) does the device work; this module only orchestrates:
 it owns the processes, the clock, the events and the files, and it always writes what was measured, also after
-Ctrl-C, a broker that died, or a run stopped early because nothing could connect.
+Ctrl-C or SIGTERM, a broker that died, or a run stopped early because nothing could connect. A second Ctrl-C or
+SIGTERM ends it at once, without results.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from fleetsim import placement, progress, provision, rehearsal, results, stats
+from fleetsim import lifecycle, placement, progress, provision, rehearsal, results, stats
 from fleetsim.broker.embedded_auth import write_password_file
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import ExternalBroker, start_broker
@@ -192,7 +193,7 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
     snapshots: dict[int, Mapping[str, Any]] = {}
     target = f"{broker.host}:{broker.port}"
     last_sample = 0.0
-    stopped = False
+    stopped = signalled = False
     try:
         while len(out.results) + len(out.lost) < len(shards):
             try:
@@ -220,8 +221,11 @@ def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: Bro
                 if now > deadline:
                     out.interrupted = out.interrupted or "workers did not finish in time"
                     break
-            except KeyboardInterrupt:
-                out.interrupted, stopped = "interrupted (Ctrl-C)", True
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI (fleetsim.lifecycle)
+                if signalled:  # the second: end now, without the workers' results
+                    executor.abort()
+                    raise
+                out.interrupted, stopped, signalled = lifecycle.reason(exc), True, True
                 executor.stop()
                 deadline = min(deadline, time.time() + COLLECT_GRACE_S)
             except FleetsimError as exc:

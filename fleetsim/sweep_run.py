@@ -23,10 +23,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from fleetsim import results
+from fleetsim import lifecycle, results
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.launch import start_broker
-from fleetsim.errors import FleetsimError
+from fleetsim.errors import FleetsimError, RunInterrupted
 from fleetsim.pki import Layout, Pki
 from fleetsim.progress import Reporter, Silent
 from fleetsim.runner import run_scenario
@@ -99,6 +99,9 @@ def run_cell(sweep: Sweep, cell: Cell, sweep_dir: Path, reporter: Reporter) -> d
     measured = {}
     for what, scenario in (("burst", burst), ("steady", steady)):
         run_dir, summary = run_scenario(scenario, pki=pki, out_dir=runs, reporter=reporter)
+        if (signalled := lifecycle.exit_code(summary.get("interrupted"))) is not None:
+            raise RunInterrupted(f"{summary['interrupted']} in cell {cell.name}'s {what} run; the cells finished "
+                                 "before it are kept", "run the same sweep again to resume it", exit_code=signalled)
         if summary.get("interrupted") or summary.get("stopped_early"):
             raise FleetsimError(f"cell {cell.name}: its {what} run ended early: "
                                 f"{summary.get('interrupted') or summary.get('stopped_early')}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -212,6 +213,65 @@ def test_mosquitto_starts_with_a_renewed_crl_when_the_old_one_expired(make_pki: 
     with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
         assert attempt(broker.port, device_context(pki, dev), dev) == "connack 0"
         assert broker.stats()["crl"]["number"] == Pki.open(pki.root).inventory.crl_number
+
+
+TORN_CRLS = ("empty", "truncated", "garbage")
+
+
+def torn_crl(pki: Pki, kind: str) -> bytes:
+    """A crl.pem that is no CRL: empty, cut in the middle (a copy interrupted), or garbage."""
+    return {"empty": b"", "truncated": pki.layout.crl.read_bytes()[:150], "garbage": b"\x00\xffnot a CRL\n"}[kind]
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("kind", TORN_CRLS)
+def test_mosquitto_keeps_its_crl_when_crl_pem_is_torn(make_pki: Callable[..., Pki], kind: str) -> None:
+    """Issue 23 item 6, the library path: a torn crl.pem is a refusal like any other, not an error."""
+    from fleetsim.broker.mosquitto import start_mosquitto
+
+    pki = make_pki()
+    victim, bystander = (d.id for d in pki.issue(2))
+    with start_mosquitto(pki.root, BrokerOptions(port=0, renew_crl=False)) as broker:
+        pki.revoke(device_ids=[victim])
+        broker.reload_crl()
+        number = broker.stats()["crl"]["number"]
+        replace_crl(pki, torn_crl(pki, kind))
+        broker.reload_crl()
+        broker.reload_crl()  # the same file version again: counted, not warned again
+        assert broker.alive
+        assert REVOKED in attempt(broker.port, device_context(pki, victim, tls="1.2"), victim)
+        assert attempt(broker.port, device_context(pki, bystander), bystander) == "connack 0"
+        assert broker.stats()["crl"] == {"number": number, "refused": 2}
+        broker.restart()  # comes back with the CRL it had (renew_crl=False: nothing rewrites the file)
+        assert REVOKED in attempt(broker.port, device_context(pki, victim, tls="1.2"), victim)
+
+
+@needs_mosquitto
+def test_mosquitto_supervisor_survives_a_torn_crl(make_pki: Callable[..., Pki]) -> None:
+    """Issue 23 item 6: `fleetsim broker run --kind mosquitto` kept serving with its last good CRL while crl.pem
+    was torn (written atomically), said why once, then applied the next good CRL."""
+    pki = make_pki()
+    victim, bystander = (d.id for d in pki.issue(2))
+    proc = subprocess.Popen([sys.executable, "-c", "from fleetsim.cli import main; main()", "broker", "run",
+                             str(pki.root), "--kind", "mosquitto", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split("mqtts://127.0.0.1:")[1].split(" ")[0])
+        assert attempt(port, device_context(pki, bystander), bystander) == "connack 0"
+        replace_crl(pki, torn_crl(pki, "truncated"))
+        time.sleep(1.2)  # two of its 0.5 s polls
+        assert proc.poll() is None, "the supervisor must keep running"
+        assert attempt(port, device_context(pki, bystander), bystander) == "connack 0"
+        pki.revoke(device_ids=[victim])  # a good new CRL: applied
+        time.sleep(1.2)
+        assert REVOKED in attempt(port, device_context(pki, victim, tls="1.2"), victim)
+        assert attempt(port, device_context(pki, bystander), bystander) == "connack 0"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert err.count("refused: not a CRL") == 1, err
 
 
 # --- hole 7: resumption is off unless tickets are on ---------------------------------------------------------

@@ -21,6 +21,7 @@ from fleetsim.broker.embedded import EmbeddedBroker
 from fleetsim.broker.embedded_process import options_from_json
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
+from fleetsim.lifecycle import PARENT_POLL_S
 
 
 async def _serve(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None:
@@ -37,7 +38,7 @@ async def _serve(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), PARENT_POLL_S)
             if os.getppid() != parent:  # the simulator died: do not linger as an orphan
                 break
     finally:

@@ -3,8 +3,8 @@
 ``start_embedded(pki_dir, options)`` runs ``python -m fleetsim.broker.embedded_main`` and waits for the one
 JSON line it prints: ``{"ready": ..., "port": N, "stats_port": M}`` or ``{"error": "<one line>"}``, which
 becomes a BrokerError here (port in use, not a PKI, unreadable key). The handle talks to the child over
-its loopback stats endpoint (GET /stats, POST /reload-crl); SIGTERM stops it; it exits by itself when
-its parent dies. This module imports neither the broker nor amqtt: the simulator spawns brokers without them.
+its loopback stats endpoint (GET /stats, POST /reload-crl); SIGTERM stops it; it stops by itself when
+its parent dies (the kernel's parent-death signal, else its own watch on its parent's pid). This module imports neither the broker nor amqtt: the simulator spawns brokers without them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fleetsim import lifecycle
 from fleetsim.broker import totals
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
@@ -73,7 +74,8 @@ class EmbeddedProcess:
         with contextlib.ExitStack() as stack:
             log = stack.enter_context(open(self.log_file, "a")) if self.log_file else None
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                          text=True, start_new_session=True)
+                                          text=True, start_new_session=True,
+                                          preexec_fn=lifecycle.preexec_tied(signal.SIGTERM))
         ready = self._ready_line()
         if "error" in ready:
             self._reap()

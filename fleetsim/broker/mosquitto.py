@@ -34,6 +34,7 @@ from typing import IO, Any
 import psutil
 from cryptography import x509
 
+from fleetsim import lifecycle
 from fleetsim.broker import totals
 from fleetsim.broker.embedded_pki import crl_floor
 from fleetsim.broker.handle import BrokerOptions
@@ -370,8 +371,18 @@ class MosquittoBroker:
         self._stderr = open(self.files.stderr, "ab")  # noqa: SIM115 - closed in _terminate
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.files.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._stderr, preexec_fn=_raise_nofile, start_new_session=True,
+            stderr=self._stderr, preexec_fn=lifecycle.preexec_tied(signal.SIGTERM, _raise_nofile),
+            start_new_session=True, **self._as_its_user(),
         )
+
+    def _as_its_user(self) -> dict[str, Any]:
+        """Popen's arguments that start Mosquitto as its own user when we are root, rather than let it drop to
+        that user itself: the kernel clears the parent-death signal when a process changes its credentials, and
+        Mosquitto would then outlive a fleetsim that is killed. Ports under 1024 need it to bind as root first."""
+        owner = self._owner()
+        if owner is None or min(self._ports()) < 1024:
+            return {}
+        return {"user": owner[0], "group": owner[1], "extra_groups": []}
 
     def _ports(self) -> set[int]:
         return {self.port} | ({self.options.plain_port} if self.options.plain_port else set())
@@ -432,32 +443,47 @@ class MosquittoBroker:
         return self._proc.pid if self._proc is not None else None
 
     # -- CRL: judged here (fleetsim.pki.crl_policy), since Mosquitto loads whatever the CA signed -------------
-    def _read_crl(self) -> CrlFacts:
+    def _judge_crl(self, *, floor: int = 0) -> tuple[CrlFacts | None, str | None, bytes]:
+        """The PKI's crl.pem as it is now: its facts, why it may not replace the CRL in force (None: it may), and
+        its bytes (what "once per file version" goes by). Unreadable or torn is a refusal, not an error."""
         try:
-            return crl_policy.read_crl(self.layout.crl.read_bytes(), self._issuing_ca())
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot read the CRL {self.layout.crl}: {exc}",
-                              f"rewrite it with `fleetsim pki crl {self.layout.root}`") from None
+            pem = self.layout.crl.read_bytes()
+        except OSError as exc:
+            return None, f"cannot read it ({exc.strerror or exc})", str(exc).encode()
+        facts, problem = crl_policy.judge(pem, self._issuing_ca(), self._crl, _utcnow(), floor=floor)
+        return facts, problem, pem
 
     def _issuing_ca(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.layout.issuing_ca.read_bytes())
 
     def _crl_for_start(self) -> bytes:
         """The CRL Mosquitto starts with: renewed first when past half its validity (Mosquitto refuses every
-        client once it expires, issue 1826), rewritten from the inventory when stale; else a one-line error."""
+        client once it expires, issue 1826), rewritten from the inventory when stale or torn; on a restart, the
+        one in force when the file is refused; else a one-line error."""
         if self.options.renew_crl:
             self._renew(force=False)
-        facts = self._read_crl()
-        problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
+        facts, problem, version = self._judge_crl(floor=crl_floor(self.layout))
         if problem is not None and self.options.renew_crl:
             log.warning("%s: %s; rewriting it before Mosquitto starts", self.layout.crl, problem)
             self._renew(force=True)
-            facts = self._read_crl()
-            problem = crl_policy.refusal(facts, self._crl, _utcnow(), floor=crl_floor(self.layout))
-        if problem is not None:
+            facts, problem, version = self._judge_crl(floor=crl_floor(self.layout))
+        if problem is not None and self._crl is not None:  # a restart: Mosquitto comes back with the CRL it had
+            self._refused(problem, version)
+            return self._crl.pem
+        if problem is not None or facts is None:
             raise BrokerError(f"{self.layout.crl}: {problem}", f"rewrite it with `fleetsim pki crl {self.layout.root}`")
         self._crl = facts
         return facts.pem
+
+    def _refused(self, problem: str, version: bytes) -> None:
+        """Count a refused crl.pem and say why, once per file version; the CRL in force stays."""
+        self.crl_refused += 1
+        if version not in self._warned_crls:
+            if len(self._warned_crls) > 1000:
+                self._warned_crls.clear()
+            self._warned_crls.add(version)
+            log.warning("%s refused: %s; Mosquitto keeps %s", self.layout.crl, problem,
+                        self._crl.label if self._crl else "its CRL")
 
     def _renew(self, *, force: bool) -> bool:
         from fleetsim.pki import Pki
@@ -479,19 +505,15 @@ class MosquittoBroker:
 
     def reload_crl(self, timeout: float = 2.0) -> None:
         """Judge the PKI's crl.pem; if it may replace the one in force, copy it in, SIGHUP, and wait for Mosquitto
-        to log that it reloaded. A refused one is warned about once per version and Mosquitto keeps its CRL."""
+        to log that it reloaded. A refused one (torn, unreadable, older, another CA's...) is counted and warned
+        about once per version, and Mosquitto keeps its CRL."""
         if not self.alive or self._proc is None:
             raise BrokerError("mosquitto is not running", "start it again (restart())")
-        facts = self._read_crl()
-        if self._crl is not None and facts.pem == self._crl.pem:
+        facts, problem, version = self._judge_crl()
+        if self._crl is not None and version == self._crl.pem:
             return
-        problem = crl_policy.refusal(facts, self._crl, _utcnow())
-        if problem is not None:
-            self.crl_refused += 1
-            if facts.pem not in self._warned_crls:
-                self._warned_crls.add(facts.pem)
-                log.warning("%s refused: %s; Mosquitto keeps %s", self.layout.crl, problem,
-                            self._crl.label if self._crl else "its CRL")
+        if problem is not None or facts is None:
+            self._refused(problem or "not a CRL", version)
             return
         self._crl = facts
         self._place(facts.pem, self.files.crlfile, 0o644)

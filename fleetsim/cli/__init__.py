@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from fleetsim import __version__
+from fleetsim import __version__, lifecycle
 from fleetsim.errors import FleetsimError
 
 # typer >= 0.2x vendors its own click (private: tests/test_typer_contract.py fences what is used), older ones use
@@ -62,7 +62,9 @@ def usage_line(exc: Any) -> str:
 
 
 def main() -> None:
-    """Entry point: every error a user can cause becomes one line and a non-zero exit, never a traceback."""
+    """Entry point: every error a user can cause becomes one line and a non-zero exit, never a traceback.
+    SIGTERM ends a command as Ctrl-C does (fleetsim.lifecycle), with exit code 143."""
+    lifecycle.raise_on_sigterm()
     _register()
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its code
@@ -78,13 +80,13 @@ def main() -> None:
     except ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail(*lifecycle.interrupted_exit())
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
-    if code == 130:  # typer hands back Ctrl-C inside a command as its code, without raising: say so in one line
-        _fail("interrupted", 130)
+    if code in (lifecycle.INTERRUPT_EXIT, lifecycle.TERMINATE_EXIT):  # typer hands back Ctrl-C inside a command
+        _fail(*lifecycle.interrupted_exit())  # as its code, without raising: say so in one line
     sys.exit(code if isinstance(code, int) else 0)
 
 

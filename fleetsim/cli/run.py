@@ -1,7 +1,8 @@
 """`fleetsim run SCENARIO`.
 
 Exit codes: 0 the run went as the scenario asked; 1 it ran but failed (nothing could connect, a --fail-on rule
-breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C (results still written).
+breached, a worker lost); 2 bad input (one line, nothing run); 130 Ctrl-C, 143 SIGTERM (results still written;
+a second signal ends it at once, without them).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from fleetsim import report, results, thresholds
+from fleetsim import lifecycle, report, results, thresholds
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.progress import Reporter
 
 RUN_FAILED = 1
-INTERRUPTED = 130
 
 
 def run(
@@ -82,8 +82,8 @@ def _metrics(port: int | None, console: Console) -> Iterator[Callable[[Reporter]
 
 def exit_code(summary: dict) -> int:
     err = Console(stderr=True, markup=False, highlight=False)
-    if "Ctrl-C" in str(summary.get("interrupted", "")):
-        return INTERRUPTED
+    if (signalled := lifecycle.exit_code(summary.get("interrupted"))) is not None:
+        return signalled
     problems = [summary[k] for k in ("stopped_early", "interrupted") if summary.get(k)]
     if lost := summary.get("lost_with_worker"):
         problems.append(f"{lost['devices']:,} devices were lost with their worker")

@@ -46,6 +46,18 @@ def read_crl(pem: bytes, issuing_ca: x509.Certificate) -> CrlFacts:
                     frozenset(entry.serial_number for entry in crl), pem)
 
 
+def judge(pem: bytes, issuing_ca: x509.Certificate, current: CrlFacts | None, now: dt.datetime, *,
+          floor: int = 0) -> tuple[CrlFacts | None, str | None]:
+    """``pem`` read and judged: (its facts, None) when it may replace ``current``, else (its facts or None, why
+    not). A file that is no CRL at all (empty, cut short by an interrupted copy, garbage) is a refusal like any
+    other, never an error: a broker keeps the CRL it enforces rather than going down with the file."""
+    try:
+        facts = read_crl(pem, issuing_ca)
+    except ValueError as exc:
+        return None, f"not a CRL ({exc})"
+    return facts, refusal(facts, current, now, floor=floor)
+
+
 def refusal(candidate: CrlFacts, current: CrlFacts | None, now: dt.datetime, *, floor: int = 0) -> str | None:
     """Why ``candidate`` must not replace ``current`` (one line), or None when it may. ``floor`` is the highest
     CRL number the PKI says it issued (its inventory): a file below it is an old copy."""
