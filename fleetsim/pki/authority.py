@@ -327,8 +327,12 @@ class Pki:
         fraction: float | None = None,
         seed: int | None = None,
         reason: str = "keyCompromise",
+        notify_brokers: bool = True,
     ) -> list[Device]:
-        """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once."""
+        """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once and the
+        registered brokers told (fleetsim.pki.notify), so it returns once they enforce it. ``notify_brokers=False``
+        returns once the CRL is on disk: for a caller that makes the broker enforce it as a step of its own (a
+        rehearsal times the two apart); a registered broker then finds the new CRL by its own poll."""
         if reason not in REASONS:
             raise PkiError(f"unknown revocation reason {reason!r}", f"choose one of: {', '.join(REASONS)}")
         with locked(self.layout):
@@ -336,7 +340,7 @@ class Pki:
             targets = self._targets(list(device_ids), lot, fraction, seed)
             now = certs.utcnow()
             revoked = [self.inventory.revoke(t, now, reason) for t in targets]
-            self._write_crl(self._issuer())
+            self._write_crl(self._issuer(), notify_brokers=notify_brokers)
         return revoked
 
     def _targets(self, ids: list[str], lot: str | None, fraction: float | None, seed: int | None) -> list[str]:
@@ -419,7 +423,8 @@ class Pki:
             self._write_crl(issuer, valid_for=valid_for)
         return True
 
-    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> None:
+    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY,
+                   notify_brokers: bool = True) -> None:
         inv = self._after_crl_on_disk(self.inventory, issuer)
         this_update = inv.next_crl_time(certs.utcnow())
         wait = (this_update - dt.datetime.now(dt.UTC)).total_seconds()
@@ -430,7 +435,7 @@ class Pki:
         write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
         self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
         self._save()
-        self.notified = notify.notify(self.layout)
+        self.notified = notify.notify(self.layout) if notify_brokers else []
 
     def _after_crl_on_disk(self, inv: Inventory, issuer: certs.Issuer) -> Inventory:
         """The inventory's CRL counters, raised past the CRL on disk if that one is ahead (written by hand or by
