@@ -28,7 +28,7 @@ h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top:
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
-td.text { text-align: left; } .better { color: #1a7f37; } .worse { color: #b00020; font-weight: 600; }
+td.text { text-align: left; } .better { color: #1a7f37; } .worse { color: #b00020; font-weight: 600; } .noise { color: #777; }
 .alert { background: #fde7ea; border-left: 6px solid #b00020; padding: .6em 1em; margin: .6em 0; }
 .warn { background: #fff6dd; border-left: 6px solid #c98a00; padding: .6em 1em; margin: .6em 0; }
 figure { margin: 1em 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
@@ -202,13 +202,15 @@ def compare_page(runs: Sequence[Run]) -> str:
     summaries = [r.summary for r in runs]
     settings = compare.setting_rows([r.scenario() for r in runs])
     body = [f"<h1>fleetsim compare: {esc(' vs '.join(names))}</h1>",
-            "<p class=\"sub\">Differences are from the first run (the baseline); green is better, red worse.</p>",
+            "<p class=\"sub\">Differences are from the first run (the baseline); green is better, red worse; "
+            "≈ in grey: inside the runs' own spread (neither).</p>",
             table(("run", "results", "started", "devices", "duration (s)"),
                   ((n, str(r.path), r.meta.get("started_utc", "?"), f"{r.summary.get('devices', 0):,}",
                     report._fmt(r.summary.get("duration_s"))) for n, r in zip(names, runs, strict=True)),
                   text_cols=(1, 2)),
             *(b for n, r in zip(names, runs, strict=True) for b in run_banners(r, n)),
-            "<h2>Headline figures</h2>", difference_table(compare.metric_rows(summaries), names),
+            "<h2>Headline figures</h2>",
+            difference_table(compare.metric_rows(summaries, [r.attempts for r in runs]), names),
             "<h2>Attempts by outcome (share of attempts)</h2>",
             difference_table(compare.outcome_rows(summaries), names),
             "<h2>Scenario settings that differ</h2>",
