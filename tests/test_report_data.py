@@ -177,3 +177,17 @@ def test_setting_rows_name_only_the_scenario_keys_that_differ() -> None:
 def test_labels_keep_two_runs_of_one_scenario_apart() -> None:
     assert compare.labels(["ward", "ward"]) == ["A ward", "B ward"]
     assert compare.labels(["x"] * 28)[-1] == "R28 x"
+
+
+def test_the_crypto_floor_puts_the_key_exchange_in_its_own_column() -> None:
+    from rich.console import Console
+
+    from fleetsim.report import floor_table
+
+    console = Console(width=120, record=True, markup=False)
+    console.print(floor_table({"openssl": "OpenSSL 3", "key_types": {"ecdsa-p256": {"sign_per_s": 43000.0,
+                  "verify_per_s": 14600.0}}, "x25519": {"exchange_per_s": 27100.0}}))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "sign/s" in line)
+    cells = next(line for line in lines if "x25519" in line).split("│")[1:-1]
+    assert "key exchange/s" in header and [c.strip() for c in cells] == ["x25519", "-", "-", "27,100.00"]
