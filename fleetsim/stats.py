@@ -319,6 +319,10 @@ def cpu_between(t: Any, cpu: Any, start: float, end: float) -> float:
 
 
 # -- events ------------------------------------------------------------------------------------------------------
+EVENTS_FILE = "events.json"
+PER_DEVICE = ("device_ids", "serials")  # an event's per-device lists: in EVENTS_FILE, not in the summary
+
+
 def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessions: Mapping[str, Sequence[Any]],
                   t0: float, stopped_s: float) -> list[dict[str, Any]]:
     """Each timed event with what it did to the fleet: how long until the connected count was back (or the
@@ -328,7 +332,9 @@ def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessi
     for i, e in enumerate(events):
         at = float(e["fired_at_s"])
         horizon = float(events[i + 1]["fired_at_s"]) if i + 1 < len(events) else stopped_s
-        rec = {k: v for k, v in e.items() if k != "device_ids"}
+        rec = {k: v for k, v in e.items() if k not in PER_DEVICE}
+        if e.get("serials"):  # a count here; the list (one per revoked device) stays in events.json
+            rec.update(revoked_serials=len(e["serials"]), listed_in=EVENTS_FILE)
         rec["connected_before"] = level.at(at)
         ids = set(e.get("device_ids", []))
         if e.get("action") == "revoke" and ids:
