@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from fleetsim import __version__, compare, figdata, plots, report
 from fleetsim.errors import FleetsimError
 from fleetsim.rundata import Cell, Run, kind_of, load_run, load_sweep
+from fleetsim.words import count
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; padding: 0 1em; }
@@ -141,10 +142,15 @@ def run_figures(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
     ]
 
 
+def _workers(s: Mapping[str, Any]) -> str:
+    workers = s.get("simulator", {}).get("workers")
+    return count(workers, "worker") if isinstance(workers, int) else "? workers"
+
+
 def run_page(run: Run) -> str:
     s = run.summary
-    sub = (f"{s.get('devices', 0):,} devices, {report._fmt(s.get('duration_s'))} s, broker "
-           f"{s.get('broker', {}).get('kind', '?')}, {s.get('simulator', {}).get('workers', '?')} workers; "
+    sub = (f"{count(s.get('devices', 0), 'device')}, {report._fmt(s.get('duration_s'))} s, broker "
+           f"{s.get('broker', {}).get('kind', '?')}, {_workers(s)}; "
            f"started {run.meta.get('started_utc', '?')}; results {run.path}")
     body = [f"<h1>fleetsim run: {esc(run.name)}</h1>", f"<p class=\"sub\">{esc(sub)}</p>", *run_banners(run),
             "<h2>Summary</h2>", overview(s), "<h2>Figures</h2>", *run_figures([run], [run.name]),
@@ -227,7 +233,7 @@ def sweep_figures(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     """``cells``: [{"name", "settings", "summary"}]: one overhead figure per setting the sweep varied."""
     return [figure(plots.overhead_figure(o), f"overhead by {o.setting}",
                    f"From each cell's summary.json: broker CPU per handshake over the storm window and p99 of total "
-                   f"connect time, cells grouped by {o.setting} ({len(o.values)} values).")
+                   f"connect time, cells grouped by {o.setting} ({count(len(o.values), 'value')}).")
             for o in figdata.sweep_overhead(cells)]
 
 
@@ -239,10 +245,12 @@ def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
              report._fmt(c.summary.get("phases_ms", {}).get("total", {}).get("p99")),
              "yes" if c.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
     saturated = [c.name for c in cells if c.summary.get("simulator", {}).get("saturated")]
-    body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>", f"<p class=\"sub\">{len(cells)} cells; results {esc(path)}</p>"]
+    body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>",
+            f"<p class=\"sub\">{count(len(cells), 'cell')}; results {esc(path)}</p>"]
     if saturated:
-        body.append(banner(f"SIMULATOR SATURATED in {len(saturated)} cells ({', '.join(saturated)}): their "
-                           "latencies include the simulator's own wait", "alert"))
+        body.append(banner(f"SIMULATOR SATURATED in {count(len(saturated), 'cell')} "
+                           f"({', '.join(saturated)}): their latencies include the simulator's own wait",
+                           "alert"))
     body += ["<h2>Cells</h2>", table(("cell", *keys, "CPU/handshake (ms)", "p99 total (ms)", "saturated"), rows,
                                      text_cols=range(len(keys) + 1)),
              "<h2>Overhead by setting</h2>", *(sweep_figures(maps) or ["<p>No setting varies.</p>"])]

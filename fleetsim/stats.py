@@ -26,6 +26,7 @@ import numpy as np
 
 from fleetsim.series import Concurrency, attempt_times, session_times
 from fleetsim.shards import Merged
+from fleetsim.words import count
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 PHASES = ("setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms")
@@ -263,11 +264,12 @@ def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: fl
 def machine_warning(busy: Mapping[str, Any] | None) -> str | None:
     if busy is None or busy["share"] < MACHINE_BUSY:
         return None
-    return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its {busy['cores']} cores over the "
-            f"storm ({busy['from_s']:.1f}-{busy['to_s']:.1f} s): whatever ran on it (the workers, and the broker if "
-            "it runs there too) may have queued for a core, and connect times then include that wait (wait_ms "
-            "books only the worker's own queue). To time the broker alone, give it cores of its own "
-            "(--isolate-broker, for a broker fleetsim starts) or run the fleet on another machine.")
+    return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its "
+            f"{count(busy['cores'], 'core')} over the storm ({busy['from_s']:.1f}-{busy['to_s']:.1f} s): "
+            "whatever ran on it (the workers, and the broker if it runs there too) may have queued for a core, and "
+            "connect times then include that wait (wait_ms books only the worker's own queue). To time the broker "
+            "alone, give it cores of its own (--isolate-broker, for a broker fleetsim starts) or run the fleet on "
+            "another machine.")
 
 
 # -- the broker --------------------------------------------------------------------------------------------------
@@ -420,8 +422,8 @@ def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stop
         summary["identity_problems"] = problems
     warnings = [w for w in (sim.get("warning"), machine_warning(busy), bunched(rate, up, sim["loop_lag_ms"])) if w]
     if problems:
-        warnings.append(f"{problems['devices']:,} devices could not load their own identity and never reached the "
-                        f"broker, e.g. {problems['example']}")
+        warnings.append(f"{count(problems['devices'], 'device')} could not load their own identity and never "
+                        f"reached the broker, e.g. {problems['example']}")
     summary["warnings"] = warnings
     return summary
 
