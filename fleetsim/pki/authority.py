@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
-from fleetsim.names import ID_RE
+from fleetsim.names import NAME_HINT, is_name
 from fleetsim.pki import certs, crl_policy, issuance, journal, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory, RevokedSerial
 from fleetsim.pki.keys import KeyType
@@ -43,11 +43,11 @@ def _fault(text: Fault | str | None) -> Fault | None:
         raise PkiError(f"unknown fault {text!r}", f"choose one of: {', '.join(f.value for f in Fault)}") from None
 
 
-def _check_prefix(prefix: str) -> None:
-    """Ids become file names, MQTT client ids and URI SANs: keep them to a safe alphabet."""
-    if not ID_RE.match(prefix):
-        raise PkiError(f"bad device id prefix {prefix!r}",
-                       "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+def _check_name(what: str, value: str) -> None:
+    """Ids, lots and models become file names, MQTT client ids and topic levels, and certificate fields: the one
+    rule scenarios apply too (fleetsim.names), so the PKI never holds a name a scenario refuses."""
+    if not is_name(value):
+        raise PkiError(f"bad {what} {value!r}", NAME_HINT)
 
 
 def _check_crl_url(url: str | None) -> None:
@@ -248,7 +248,9 @@ class Pki:
             raise PkiError("give either a count or the ids to issue", "e.g. pki.issue(10) or pki.issue(ids=[...])")
         _check_positive(count=count if ids is None else len(ids) or None, days=days, workers=workers)
         for i in [prefix] if ids is None else ids:
-            _check_prefix(i)
+            _check_name("device id prefix" if ids is None else "device id", i)
+        _check_name("lot", lot)
+        _check_name("model", model)
         kt = _key_type(key_type)
         flt = _fault(fault)
         with locked(self.layout):
@@ -276,7 +278,7 @@ class Pki:
         leaves it out; ``pki.devices(role="monitor")`` finds it). Files: ``devices/<name>.pem`` and ``.key``.
         """
         _check_positive(days=days)
-        _check_prefix(name)
+        _check_name("monitor name", name)
         kt = _key_type(key_type)
         with locked(self.layout):
             self._reload()
