@@ -62,3 +62,17 @@ def test_the_pki_holds_no_model_a_topic_level_cannot_carry(make_pki: object) -> 
     pki: Pki = make_pki()  # type: ignore[operator]
     with pytest.raises(PkiError, match="bad model 'a/b'"):
         pki.issue(1, model="a/b")
+
+
+def test_an_error_line_cuts_a_long_value(tmp_path: Path) -> None:
+    """A 5,000-character value is shown by its start and its length, in a scenario's error as on the CLI."""
+    with pytest.raises(ScenarioError) as refused:
+        parse(f'[[fleet]]\nmodel = "thermometer"\ncount = 1\nlot = "{"x" * 5000}"\n', "s.toml")
+    assert len(str(refused.value)) < 400 and f"'{'x' * 79}… (5,002 characters) is not" in str(refused.value)
+    Pki.init(tmp_path / "pki")
+    cli = subprocess.run([sys.executable, "-m", "fleetsim", "pki", "issue", str(tmp_path / "pki"), "--count", "1",
+                          "--lot", "y" * 5000], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1 and len(cli.stderr) < 400, cli.stderr[:300]
+    assert "(5,002 characters)" in cli.stderr
+    short = tmp_path / ("p" * 60)  # a longish path is kept whole: it is how the user finds the file
+    assert str(short) in str(ScenarioError(f"cannot read {short}"))
