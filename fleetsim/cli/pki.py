@@ -156,6 +156,8 @@ def _report_brokers(pki: Pki) -> None:
         if n.error is None:
             out.print(f"  enforced by the embedded broker pid {n.pid} (CRL #{n.crl_number}) {n.ms:.1f} ms after "
                       f"it was written")
+        elif n.stale:
+            out.print(f"  removed a stale broker registration (pid {n.pid}, {n.url}): {n.error}")
         else:
             out.print(f"  broker pid {n.pid} did not confirm ({n.error}); it polls crl.pem every 0.2 s")
     if not pki.notified:
