@@ -10,9 +10,9 @@ import re
 
 LONG_VALUE = 200  # a value in an error line longer than this (a path rarely is) ...
 KEPT_CHARS = 80  # ... shows this much of its start, then how long it was
-# a quoted value (repr or JSON, quotes inside escaped) or any unbroken run of text, longer than LONG_VALUE
+# a quoted value (repr or JSON, quotes inside escaped; not an apostrophe: broker's) or any unbroken run of text
 _N, _M = LONG_VALUE - 1, LONG_VALUE + 1  # inside the quotes; a run without them
-_LONG = re.compile(rf"'(?:[^'\\]|\\.){{{_N},}}'|\"(?:[^\"\\]|\\.){{{_N},}}\"|\S{{{_M},}}")
+_LONG = re.compile(rf"(?<!\w)(?:'(?:[^'\\]|\\.){{{_N},}}'|\"(?:[^\"\\]|\\.){{{_N},}}\")(?!\w)|\S{{{_M},}}")
 
 
 def cut_long_values(text: str) -> str:

@@ -76,3 +76,8 @@ def test_an_error_line_cuts_a_long_value(tmp_path: Path) -> None:
     assert "(5,002 characters)" in cli.stderr
     short = tmp_path / ("p" * 60)  # a longish path is kept whole: it is how the user finds the file
     assert str(short) in str(ScenarioError(f"cannot read {short}"))
+
+
+def test_apostrophes_are_not_quotes_of_a_long_value() -> None:
+    text = "the broker's key " + "/p" * 60 + " is unreadable; make the pki's server identity again"
+    assert str(ScenarioError(text)) == text

@@ -278,7 +278,7 @@ class Pki:
         leaves it out; ``pki.devices(role="monitor")`` finds it). Files: ``devices/<name>.pem`` and ``.key``.
         """
         _check_positive(days=days)
-        _check_name("monitor name", name)
+        _check_name("device id", name)  # a monitor is named like a device
         kt = _key_type(key_type)
         with locked(self.layout):
             self._reload()
