@@ -12,7 +12,8 @@ Strategies, by broker (see fleetsim.scenario.schema.STRATEGIES):
   external   hook     write the CRL where the user says, run the user's command; then watch what happens
 
 The revoke step writes crl.pem and tells no broker (``notify_brokers=False``), so the enforcement step is the
-strategy's alone and each is timed on its own: nothing the new CRL causes can come before it is written.
+strategy's alone and each is timed on its own: nothing the new CRL causes can come before it is written. Other
+brokers registered on the PKI are told after that step (but for `poll`, whose broker must find it itself).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Rehearsal:
         t = time.perf_counter()
         detail = self._enforce()
         enforce_ms = (time.perf_counter() - t) * 1000
+        if self.strategy != "poll":  # the other brokers registered on this PKI, as a plain revoke tells them
+            self.pki.notify_brokers()
         record = {"at": round(elapsed, 3), "action": "revoke", "fired_at_s": round(elapsed, 3),
                   "devices": len(self.targets), "steady": f"{state.get('connected', 0)} of {self.expected} connected",
                   "revoke_and_crl_ms": round(crl_ms, 3), "strategy": self.strategy,

@@ -333,8 +333,8 @@ class Pki:
     ) -> list[Device]:
         """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once and the
         registered brokers told (fleetsim.pki.notify), so it returns once they enforce it. ``notify_brokers=False``
-        returns once the CRL is on disk: for a caller that makes the broker enforce it as a step of its own (a
-        rehearsal times the two apart); a registered broker then finds the new CRL by its own poll."""
+        returns once the CRL is on disk: for a caller that makes its broker enforce it as a step of its own (a
+        rehearsal times the two apart), then calls ``notify_brokers`` (or not: a registered broker polls)."""
         if reason not in REASONS:
             raise PkiError(f"unknown revocation reason {reason!r}", f"choose one of: {', '.join(REASONS)}")
         with locked(self.layout):
@@ -403,6 +403,12 @@ class Pki:
                                           for _ in range(count))
             self._write_crl(self._issuer())
 
+    def notify_brokers(self) -> list[notify.Notified]:
+        """Tell the registered brokers of the CRL on disk (what every CRL write does, unless its caller asked to
+        do it later: ``revoke(notify_brokers=False)``)."""
+        self.notified = notify.notify(self.layout)
+        return self.notified
+
     def write_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> Path:
         """(Re)write the CRL with a higher number and a strictly later thisUpdate; brokers are told (notify)."""
         with locked(self.layout):
@@ -437,7 +443,7 @@ class Pki:
         write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
         self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
         self._save()
-        self.notified = notify.notify(self.layout) if notify_brokers else []
+        self.notified = self.notify_brokers() if notify_brokers else []
 
     def _after_crl_on_disk(self, inv: Inventory, issuer: certs.Issuer) -> Inventory:
         """The inventory's CRL counters, raised past the CRL on disk if that one is ahead (written by hand or by
