@@ -1,6 +1,14 @@
 """What differs between runs: headline figures side by side with each run's difference from the first (the
-baseline), attempts by outcome, and the scenario settings that differ. Pure: summaries and parsed scenarios in,
-rows out; the terminal and the HTML page each draw the rows their own way.
+baseline), attempts by outcome, and the scenario settings that differ. Pure: summaries, attempts' columns and
+parsed scenarios in, rows out; the terminal and the HTML page each draw the rows their own way.
+
+A difference is better or worse only outside the runs' own spread (``Row.verdict``), defined here once:
+  * a phase's percentile (tcp p50, total p99, ...), when both runs' attempts are at hand: the two runs' 95%
+    intervals of that percentile, distribution-free from the order statistics of each run's connected attempts
+    (``quantile_interval``), do not overlap;
+  * any other figure: it moved by at least NOISE_SHARE (5%) of the baseline (any change from a baseline of 0, any
+    change of a yes/no flag): a figure with no rows behind it here has no spread to judge by.
+Inside that the verdict is "noise": printed with ``≈``, not coloured as better or worse.
 """
 
 from __future__ import annotations
@@ -10,8 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 Better = Literal["lower", "higher"] | None
 Getter = Callable[[Mapping[str, Any]], Any]
+Interval = tuple[float, float]
+
+NOISE_SHARE = 0.05  # a figure without rows behind it must move by this share of the baseline to count
+Z95 = 1.959964  # two-sided 95%
 
 
 def _at(*path: str) -> Getter:
@@ -42,6 +56,7 @@ class Metric:
     unit: str
     get: Getter
     better: Better = None
+    quantile: tuple[str, float] | None = None  # (attempts column, q): a percentile of the connected attempts
 
 
 METRICS: tuple[Metric, ...] = (
@@ -53,9 +68,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("connects/s, peak second", "/s", _at("connect_rate", "peak_per_s")),
     Metric("attempts", "", _at("attempts")),
     Metric("failed attempts", "%", _share(_failed, _at("attempts")), "lower"),
-    *(Metric(f"{phase} {p}", "ms", _at("phases_ms", phase, p), "lower")
-      for phase in ("tcp", "tls", "mqtt", "total") for p in ("p50", "p99")),
-    Metric("wait p99 (simulator's queue)", "ms", _at("phases_ms", "wait", "p99"), "lower"),
+    *(Metric(f"{phase} {p}", "ms", _at("phases_ms", phase, p), "lower", (f"{phase}_ms", q))
+      for phase in ("tcp", "tls", "mqtt", "total") for p, q in (("p50", 0.5), ("p99", 0.99))),
+    Metric("wait p99 (simulator's queue)", "ms", _at("phases_ms", "wait", "p99"), "lower", ("wait_ms", 0.99)),
     Metric("QoS 1/2 lost", "", _at("messages", "qos1plus", "lost"), "lower"),
     Metric("ack p99", "ms", _at("messages", "qos1plus", "ack_ms", "p99"), "lower"),
     Metric("broker CPU per handshake", "ms", _at("broker", "cpu_ms_per_handshake"), "lower"),
@@ -75,15 +90,35 @@ def _num(v: Any) -> float | None:
     return None
 
 
+def quantile_interval(samples: np.ndarray, q: float) -> Interval | None:
+    """A 95% interval of the ``q`` quantile from the sample's order statistics (distribution-free: the ranks
+    n*q -/+ 1.96*sqrt(n*q*(1-q)), the binomial count of samples below the true quantile); None without samples."""
+    a = np.sort(np.asarray(samples, dtype=float)[~np.isnan(np.asarray(samples, dtype=float))])
+    n = a.size
+    if n == 0:
+        return None
+    half = Z95 * math.sqrt(n * q * (1 - q))
+    lo, hi = math.ceil(n * q - half), math.ceil(n * q + half)
+    return float(a[min(max(lo, 1), n) - 1]), float(a[min(max(hi, 1), n) - 1])
+
+
+def _connected(attempts: Mapping[str, Any], column: str) -> np.ndarray:
+    ok = np.asarray(attempts.get("outcome", []), dtype=object) == "connected"
+    values = np.asarray(attempts.get(column, np.full(ok.size, np.nan)), dtype=float)
+    return values[ok] if values.size == ok.size else np.zeros(0)
+
+
 @dataclass(frozen=True)
 class Row:
-    """One figure across runs; ``values[0]`` is the baseline the others are compared with."""
+    """One figure across runs; ``values[0]`` is the baseline the others are compared with; ``spread[i]`` is run
+    i's own 95% interval of the figure, where its rows give one."""
 
     label: str
     unit: str
     values: list[float | None]
     better: Better = None
     is_flag: bool = False
+    spread: list[Interval | None] | None = None
 
     def delta(self, i: int) -> float | None:
         a, b = self.values[0], self.values[i]
@@ -95,11 +130,22 @@ class Row:
         return None if d is None or not a else 100 * d / abs(a)
 
     def verdict(self, i: int) -> str:
-        """"better", "worse" or "" (same, unknown, or a figure with no better direction)."""
+        """"better", "worse", "noise" (a difference inside the runs' spread: see the module's docstring) or ""
+        (same, unknown, or a figure with no better direction)."""
         d = self.delta(i)
         if d is None or self.better is None or math.isclose(d, 0.0, abs_tol=1e-9):
             return ""
+        if not self.outside_spread(i):
+            return "noise"
         return "better" if (d < 0) == (self.better == "lower") else "worse"
+
+    def outside_spread(self, i: int) -> bool:
+        a, b, d = self.values[0], self.values[i], self.delta(i)
+        assert a is not None and b is not None and d is not None
+        ours, theirs = (self.spread[0], self.spread[i]) if self.spread else (None, None)
+        if ours is not None and theirs is not None:
+            return ours[1] < theirs[0] or theirs[1] < ours[0]
+        return self.is_flag or abs(d) >= NOISE_SHARE * abs(a)
 
 
 def labels(names: Sequence[str]) -> list[str]:
@@ -107,14 +153,21 @@ def labels(names: Sequence[str]) -> list[str]:
     return [f"{chr(65 + i) if i < 26 else f'R{i + 1}'} {n}" for i, n in enumerate(names)]
 
 
-def metric_rows(summaries: Sequence[Mapping[str, Any]]) -> list[Row]:
-    """The headline figures that at least one run has."""
+def metric_rows(summaries: Sequence[Mapping[str, Any]],
+                attempts: Sequence[Mapping[str, Any]] | None = None) -> list[Row]:
+    """The headline figures that at least one run has; with each run's attempts (columns), the percentiles'
+    spread too."""
     rows = []
     for m in METRICS:
         raw = [m.get(s) for s in summaries]
         values = [_num(v) for v in raw]
         if any(v is not None for v in values):
-            rows.append(Row(m.label, m.unit, values, m.better, is_flag=any(isinstance(v, bool) for v in raw)))
+            spread = None
+            if m.quantile is not None and attempts is not None:
+                column, q = m.quantile
+                spread = [quantile_interval(_connected(a, column), q) for a in attempts]
+            rows.append(Row(m.label, m.unit, values, m.better, is_flag=any(isinstance(v, bool) for v in raw),
+                            spread=spread))
     return rows
 
 
@@ -175,12 +228,13 @@ def fmt(v: float | None, unit: str = "", *, flag: bool = False) -> str:
 
 
 def fmt_delta(row: Row, i: int) -> str:
-    """``+1.2 ms (+15%)``; ``-`` when either side is missing."""
+    """``+1.2 ms (+15%)``; ``≈ -0.001 ms (-1%)`` inside the runs' spread; ``-`` when either side is missing."""
     d = row.delta(i)
     if d is None:
         return "-"
     if row.is_flag:
         return "same" if d == 0 else ("now yes" if d > 0 else "now no")
-    text = ("+" if d > 0 else "") + fmt(d, "pp" if row.unit == "%" else row.unit)
+    text = ("≈ " if row.verdict(i) == "noise" else "") + ("+" if d > 0 else "") \
+        + fmt(d, "pp" if row.unit == "%" else row.unit)
     change = row.change(i)
     return text + (f" ({change:+.0f}%)" if change is not None and row.unit != "%" else "")

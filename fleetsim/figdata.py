@@ -17,6 +17,7 @@ import numpy as np
 from fleetsim.rundata import Run
 from fleetsim.series import attempt_times
 from fleetsim.stats import PHASES
+from fleetsim.words import count
 
 FLOOR_MS = 0.01  # a log axis has no 0: faster phases (an empty wait) are drawn at this
 CDF_POINTS = 2000  # enough for the p99.9 of a large run, small enough to draw
@@ -82,7 +83,8 @@ def failures_by_class(attempts: Mapping[str, Any], t0: float, seconds: int,
     named, rest = ranked[:top], ranked[top:]
     out = {c: np.bincount(bins[classes == c], minlength=seconds)[:seconds] for c in named}
     if rest:
-        out[f"other ({len(rest)} classes)"] = np.bincount(bins[np.isin(classes, rest)], minlength=seconds)[:seconds]
+        other = np.bincount(bins[np.isin(classes, rest)], minlength=seconds)[:seconds]
+        out[f"other ({count(len(rest), 'class')})"] = other
     return out
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from fleetsim import __version__, compare, figdata, plots, report
 from fleetsim.errors import FleetsimError
 from fleetsim.rundata import Cell, Run, kind_of, load_run, load_sweep
+from fleetsim.words import count
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; padding: 0 1em; }
@@ -28,7 +29,7 @@ h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top:
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
-td.text { text-align: left; } .better { color: #1a7f37; } .worse { color: #b00020; font-weight: 600; }
+td.text { text-align: left; } .better { color: #1a7f37; } .worse { color: #b00020; font-weight: 600; } .noise { color: #777; }
 .alert { background: #fde7ea; border-left: 6px solid #b00020; padding: .6em 1em; margin: .6em 0; }
 .warn { background: #fff6dd; border-left: 6px solid #c98a00; padding: .6em 1em; margin: .6em 0; }
 figure { margin: 1em 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
@@ -141,10 +142,15 @@ def run_figures(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
     ]
 
 
+def _workers(s: Mapping[str, Any]) -> str:
+    workers = s.get("simulator", {}).get("workers")
+    return count(workers, "worker") if isinstance(workers, int) else "? workers"
+
+
 def run_page(run: Run) -> str:
     s = run.summary
-    sub = (f"{s.get('devices', 0):,} devices, {report._fmt(s.get('duration_s'))} s, broker "
-           f"{s.get('broker', {}).get('kind', '?')}, {s.get('simulator', {}).get('workers', '?')} workers; "
+    sub = (f"{count(s.get('devices', 0), 'device')}, {report._fmt(s.get('duration_s'))} s, broker "
+           f"{s.get('broker', {}).get('kind', '?')}, {_workers(s)}; "
            f"started {run.meta.get('started_utc', '?')}; results {run.path}")
     body = [f"<h1>fleetsim run: {esc(run.name)}</h1>", f"<p class=\"sub\">{esc(sub)}</p>", *run_banners(run),
             "<h2>Summary</h2>", overview(s), "<h2>Figures</h2>", *run_figures([run], [run.name]),
@@ -202,13 +208,15 @@ def compare_page(runs: Sequence[Run]) -> str:
     summaries = [r.summary for r in runs]
     settings = compare.setting_rows([r.scenario() for r in runs])
     body = [f"<h1>fleetsim compare: {esc(' vs '.join(names))}</h1>",
-            "<p class=\"sub\">Differences are from the first run (the baseline); green is better, red worse.</p>",
+            "<p class=\"sub\">Differences are from the first run (the baseline); green is better, red worse; "
+            "≈ in grey: inside the runs' own spread (neither).</p>",
             table(("run", "results", "started", "devices", "duration (s)"),
                   ((n, str(r.path), r.meta.get("started_utc", "?"), f"{r.summary.get('devices', 0):,}",
                     report._fmt(r.summary.get("duration_s"))) for n, r in zip(names, runs, strict=True)),
                   text_cols=(1, 2)),
             *(b for n, r in zip(names, runs, strict=True) for b in run_banners(r, n)),
-            "<h2>Headline figures</h2>", difference_table(compare.metric_rows(summaries), names),
+            "<h2>Headline figures</h2>",
+            difference_table(compare.metric_rows(summaries, [r.attempts for r in runs]), names),
             "<h2>Attempts by outcome (share of attempts)</h2>",
             difference_table(compare.outcome_rows(summaries), names),
             "<h2>Scenario settings that differ</h2>",
@@ -225,7 +233,7 @@ def sweep_figures(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     """``cells``: [{"name", "settings", "summary"}]: one overhead figure per setting the sweep varied."""
     return [figure(plots.overhead_figure(o), f"overhead by {o.setting}",
                    f"From each cell's summary.json: broker CPU per handshake over the storm window and p99 of total "
-                   f"connect time, cells grouped by {o.setting} ({len(o.values)} values).")
+                   f"connect time, cells grouped by {o.setting} ({count(len(o.values), 'value')}).")
             for o in figdata.sweep_overhead(cells)]
 
 
@@ -237,10 +245,12 @@ def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
              report._fmt(c.summary.get("phases_ms", {}).get("total", {}).get("p99")),
              "yes" if c.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
     saturated = [c.name for c in cells if c.summary.get("simulator", {}).get("saturated")]
-    body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>", f"<p class=\"sub\">{len(cells)} cells; results {esc(path)}</p>"]
+    body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>",
+            f"<p class=\"sub\">{count(len(cells), 'cell')}; results {esc(path)}</p>"]
     if saturated:
-        body.append(banner(f"SIMULATOR SATURATED in {len(saturated)} cells ({', '.join(saturated)}): their "
-                           "latencies include the simulator's own wait", "alert"))
+        body.append(banner(f"SIMULATOR SATURATED in {count(len(saturated), 'cell')} "
+                           f"({', '.join(saturated)}): their latencies include the simulator's own wait",
+                           "alert"))
     body += ["<h2>Cells</h2>", table(("cell", *keys, "CPU/handshake (ms)", "p99 total (ms)", "saturated"), rows,
                                      text_cols=range(len(keys) + 1)),
              "<h2>Overhead by setting</h2>", *(sweep_figures(maps) or ["<p>No setting varies.</p>"])]

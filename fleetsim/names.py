@@ -22,8 +22,15 @@ TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_
 # Device ids, prefixes, lots, sites: they become file names, MQTT client ids and topic levels, and URI SANs.
 # 1-64 characters, letters, digits, '.', '_', '-', not starting with a punctuation mark. \Z, not $: no newline.
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+NAME_HINT = ("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes part of file "
+             "names, MQTT client ids and topics, and certificates)")
 
 _HOSTPORT = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})")
+
+
+def is_name(value: object) -> bool:
+    """A device id, id prefix, lot, site, model or sweep name as every part of fleetsim accepts it (ID_RE)."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
 
 
 def tls_range(name: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fleetsim.figdata import FLOOR_MS, Machine, Overhead, RehearsalTimeline, Timeline
 from fleetsim.stats import LAG_P99_LATE_MS
@@ -50,6 +51,19 @@ def _events(ax: Axes, marks: Marks, c: str, *, label: bool) -> None:
                         textcoords="offset points", va="top", fontsize=8, color=c, rotation=90)
 
 
+def _log_ms_axis(ax: Axes) -> None:
+    """A log x axis labelled in plain ms (0.2, 1, 50) at steps the span leaves room for, minor ticks unlabelled:
+    matplotlib's default labels every minor tick of a span under a decade (2x10^-1 3x10^-1 ...), over each other."""
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = (1.0,) if decades > 2 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0) \
+        if decades > 0.5 else tuple(float(k) for k in range(1, 10))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def phase_cdfs_figure(runs: Sequence[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]]) -> Figure:
     """One panel per phase, one CDF per run."""
     phases = list(dict.fromkeys(p for _, cdfs in runs for p in cdfs))
@@ -63,7 +77,7 @@ def phase_cdfs_figure(runs: Sequence[tuple[str, dict[str, tuple[np.ndarray, np.n
             if x.size:
                 ax.step(x, y, where="post", color=colour(i), label=f"{label} (n={_n(y, x)})")
         ax.axhline(0.99, color="#999999", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
+        _log_ms_axis(ax)
         ax.set_ylim(0, 1.01)
         ax.set_title(phase, fontsize=10)
         ax.set_xlabel("ms")

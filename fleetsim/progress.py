@@ -67,6 +67,9 @@ class Callback(Silent):
             self._last = p.elapsed
             self.fn(p)
 
+    def done(self) -> None:
+        self._last = -1e9  # a next run (a sweep's) starts its clock at 0 again
+
 IGNORED = {"shard", "t", "stopping"}
 
 
@@ -112,8 +115,7 @@ class View:
         if elapsed - last_t >= 1.0:
             self._rate = (connects - last_n) / (elapsed - last_t) if elapsed > last_t else 0.0
             self._last = (elapsed, connects)
-        failures = state.get("failures", {})
-        top = ", ".join(f"{k} {v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:4])
+        top = failure_classes(state.get("failures", {}))
         p99 = state.get("p99_ms")
         lag = state.get("lag_max_ms") or 0.0
         waiting = state.get("waiting", 0)
@@ -132,3 +134,9 @@ class View:
             line.append("\nfailures: ")
             line.append(top, "red")
         return line
+
+
+def failure_classes(failures: Mapping[str, int]) -> str:
+    """Every failure class so far, most frequent first: the summary's failure table names them all, and a line
+    that named only the first few would not add up to it."""
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])) if v)

@@ -10,6 +10,10 @@ Strategies, by broker (see fleetsim.scenario.schema.STRATEGIES):
              kick     disconnect the revoked clients by name, where the broker offers a way (dynamic security)
              none     leave them connected
   external   hook     write the CRL where the user says, run the user's command; then watch what happens
+
+The revoke step writes crl.pem and tells no broker (``notify_brokers=False``), so the enforcement step is the
+strategy's alone and each is timed on its own: nothing the new CRL causes can come before it is written. Other
+brokers registered on the PKI are told after that step (but for `poll`, whose broker must find it itself).
 """
 
 from __future__ import annotations
@@ -72,11 +76,15 @@ class Rehearsal:
     def _revoke(self, elapsed: float, state: Mapping[str, Any]) -> dict[str, Any]:
         self.revoked_at = elapsed
         t = time.perf_counter()
-        revoked = self.pki.revoke(device_ids=self.targets, reason=self.r.reason)
+        # the CRL on disk, nothing more: were the registered brokers told here (as a plain revoke does), the
+        # embedded broker would cut the revoked sessions inside this step, before it ends, and `poll` would not poll
+        revoked = self.pki.revoke(device_ids=self.targets, reason=self.r.reason, notify_brokers=False)
         crl_ms = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         detail = self._enforce()
         enforce_ms = (time.perf_counter() - t) * 1000
+        if self.strategy != "poll":  # the other brokers registered on this PKI, as a plain revoke tells them
+            self.pki.notify_brokers()
         record = {"at": round(elapsed, 3), "action": "revoke", "fired_at_s": round(elapsed, 3),
                   "devices": len(self.targets), "steady": f"{state.get('connected', 0)} of {self.expected} connected",
                   "revoke_and_crl_ms": round(crl_ms, 3), "strategy": self.strategy,

@@ -12,6 +12,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fleetsim.words import count
+
 COLUMNS = ("n", "p50", "p90", "p99", "p99.9", "max")
 
 
@@ -59,7 +61,8 @@ def faults_table(faults: Mapping[str, Mapping[str, int]]) -> Table:
 def _fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     f, up, rate = s.get("fleet", {}), s.get("fleet_up", {}), s.get("connect_rate", {})
     states = f.get("states", {})
-    gave = ", ".join(f"{n:,} after {k} attempts" for k, n in f.get("gave_up_after_attempts", {}).items())
+    gave = ", ".join(f"{n:,} after {count(int(k), 'attempt')}"
+                     for k, n in f.get("gave_up_after_attempts", {}).items())
     rows = [
         ("devices connected at end", f"{f.get('connected_at_end', 0):,} / {s.get('devices', 0):,}  (peak "
                                      f"{f.get('peak_connected', 0):,} at {_fmt(f.get('peak_at_s'))} s, ever "
@@ -70,7 +73,7 @@ def _fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     if up.get("rate_per_s"):
         rows.append(("fleet came up (first attempt to last first connect)",
-                     f"{up['devices']:,} devices in {up['span_s']:,.2f} s: {up['rate_per_s']:,.1f}/s"))
+                     f"{count(up['devices'], 'device')} in {up['span_s']:,.2f} s: {up['rate_per_s']:,.1f}/s"))
     rows.append(("connects/s (mean over the run, peak second)",
                  f"{_fmt(rate.get('mean_per_s'))}, {_fmt(rate.get('peak_per_s'))}"
                  + (f" in second {rate['peak_second']}" if rate.get("peak_second") is not None else "")))
@@ -103,7 +106,7 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
                                                         f"{_fmt(lag.get('max'))}"),
             ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
     if (busy := s.get("machine", {}).get("busy_in_storm")) is not None:
-        rows.append(("machine busy over the storm", f"{busy['share']:.0%} of {busy['cores']} cores "
+        rows.append(("machine busy over the storm", f"{busy['share']:.0%} of {count(busy['cores'], 'core')} "
                                                     f"({busy['from_s']:.1f}-{busy['to_s']:.1f} s)"))
     if (adm := sim.get("admission", {})).get("peak_in_flight"):
         rows.append(("attempts in flight per worker: peak / cap", _admission_text(adm)))
@@ -122,8 +125,8 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     if b.get("cpu_ms_per_handshake") is not None:
         lo, hi = b["storm_window_s"]
         rows.append(("broker CPU per handshake (ms)", f"{b['cpu_ms_per_handshake']:,.2f}  (storm {lo:g}-{hi:g} s: "
-                                                      f"{b['handshakes_in_storm']:,} handshakes, "
-                                                      f"{b['messages_in_storm']:,} messages)"))
+                                                      f"{count(b['handshakes_in_storm'], 'handshake')}, "
+                                                      f"{count(b['messages_in_storm'], 'message')})"))
     if b.get("cpu_ms_per_message") is not None:
         rows.append(("broker CPU per message (ms)", f"{b['cpu_ms_per_message']:,.3f}  (after the storm: "
                                                     f"{b['messages_after_storm']:,} published + acknowledged)"))
@@ -202,11 +205,11 @@ def revocation_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
     if r.get("reenrolled"):
         st = r.get("storm", {})
         rows += [
-            ("re-enrolled (waves, PKI time)", f"{r['reenrolled']:,} in {r.get('waves', 1)} waves, "
+            ("re-enrolled (waves, PKI time)", f"{r['reenrolled']:,} in {count(r.get('waves', 1), 'wave')}, "
                                               f"{r.get('reenroll_ms', 0):,.0f} ms"),
             ("every re-enrolled device back", _after(r.get("all_back_after_s"))),
             ("fleet back to its level before", _after(r.get("fleet_back_after_s"))
-             + f"  ({r.get('connected_before', 0):,} devices)"),
+             + f"  ({count(r.get('connected_before', 0), 'device')})"),
             ("re-enrolment storm: peak connects/s, tls p50 / p99 (ms)",
              f"{st.get('peak_connects_per_s', 0):,}, {_fmt(st.get('tls_ms', {}).get('p50'))} / "
              f"{_fmt(st.get('tls_ms', {}).get('p99'))}"
@@ -216,7 +219,7 @@ def revocation_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def revocation_table(r: Mapping[str, Any]) -> Table:
-    t = _table(f"Revocation rehearsal: {r.get('revoked', 0):,} devices, strategy {r.get('strategy')} "
+    t = _table(f"Revocation rehearsal: {count(r.get('revoked', 0), 'device')}, strategy {r.get('strategy')} "
                "(times from the decision)", ("what", "value"), header=False)
     for what, value in revocation_rows(r):
         _row(t, what, value)
@@ -255,12 +258,14 @@ def sweep_table(index: Mapping[str, Any]) -> Table:
 
 
 def floor_table(floor: Mapping[str, Any]) -> Table:
+    """Signatures (the certificates' key types) and the key exchange each in a column of its own: X25519 signs
+    nothing."""
     t = _table(f"Crypto floor on this machine ({floor.get('openssl', 'openssl speed')}): operations per second",
-               ("key type", "sign/s", "verify/s"))
+               ("algorithm", "sign/s", "verify/s", "key exchange/s"))
     for key_type, ops in sorted(floor.get("key_types", {}).items()):
-        _row(t, key_type, ops.get("sign_per_s"), ops.get("verify_per_s"))
+        _row(t, key_type, ops.get("sign_per_s"), ops.get("verify_per_s"), "-")
     if floor.get("x25519"):
-        _row(t, "x25519 (key exchange)", floor["x25519"].get("exchange_per_s"), "")
+        _row(t, "x25519", "-", "-", floor["x25519"].get("exchange_per_s"))
     return t
 
 

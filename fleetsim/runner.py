@@ -42,6 +42,7 @@ from fleetsim.scenario.schema import strategy_of
 from fleetsim.scenario.validate import is_loopback
 from fleetsim.series import run_series
 from fleetsim.shards import deal, merge_results, with_in_flight_caps, with_sources
+from fleetsim.words import count
 
 FDS_PER_WORKER_SPARE = 64
 PREPARE_MARGIN = 1.5  # the lead over the setup time measured at the start: the machine's speed drifts
@@ -86,8 +87,9 @@ def raise_fd_limit(devices: int, workers: int) -> None:
     per_worker = -(-devices // workers) + FDS_PER_WORKER_SPARE
     if per_worker > hard:
         need = -(-devices // (hard - FDS_PER_WORKER_SPARE))
-        raise FleetsimError(f"{devices:,} devices on {workers} workers need {per_worker:,} open files per worker, "
-                            f"the limit is {hard:,}", f"use --workers {need} or more, or raise `ulimit -Hn`")
+        raise FleetsimError(f"{count(devices, 'device')} on {count(workers, 'worker')} need "
+                            f"{per_worker:,} open files per worker, the limit is {hard:,}",
+                            f"use --workers {need} or more, or raise `ulimit -Hn`")
 
 
 def check_broker_fds(devices: int, processes: int) -> None:
@@ -97,7 +99,7 @@ def check_broker_fds(devices: int, processes: int) -> None:
     share = -(-devices // processes) + FDS_PER_WORKER_SPARE
     if hard != resource.RLIM_INFINITY and share > hard:
         need = -(-devices // (hard - FDS_PER_WORKER_SPARE))
-        raise FleetsimError(f"{devices:,} devices on {processes} broker process{'es' if processes > 1 else ''} need "
+        raise FleetsimError(f"{count(devices, 'device')} on {count(processes, 'broker process')} need "
                             f"{share:,} open files per broker, the limit is {hard:,}",
                             f"use --brokers {need} or more (or [broker] processes = {need}), or raise `ulimit -Hn`")
 
@@ -173,7 +175,7 @@ def nothing_connects(state: Mapping[str, Any], elapsed: float, healthy: int, tar
         "server_name_mismatch": "the broker's certificate does not name the address dialled",
         "alert_unknown_ca": "the broker does not trust this PKI's CA: give it ca-chain.pem of --pki",
     }.get(cls, "see attempts.parquet in the results for each attempt's detail")
-    return f"no device could connect: {n:,} of {attempts:,} attempts ended in {cls}; {hint}"
+    return f"no device could connect: {n:,} of {count(attempts, 'attempt')} ended in {cls}; {hint}"
 
 
 def supervise(scenario: Scenario, shards: list[ShardSpec], pki: Pki, broker: BrokerHandle, reporter: Reporter,
@@ -424,8 +426,8 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         shards = with_sources(shards, len(targets) or 1, scenario.source_addresses, loopback)
         shards = with_in_flight_caps(shards, len(targets) or 1, loopback)
         sources = sorted({s.source_address for s in shards if s.source_address})
-        on = f"{len(shards)} worker" + ("s" if len(shards) != 1 else "")
-        reporter.note(f"{scenario.devices:,} devices on {on} against {broker.kind} broker "
+        on = count(len(shards), "worker")
+        reporter.note(f"{count(scenario.devices, 'device')} on {on} against {broker.kind} broker "
                       + (f"pool of {len(targets)} from " if targets else "")
                       + f"{broker.host}:{broker.port}, auth {scenario.broker.auth}, {scenario.duration:g} s"
                       + (f"; from {', '.join(sources)}" if sources else "")
@@ -497,7 +499,7 @@ def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: di
         devices = [d for ids in outcome.lost_devices.values() for d in ids]
         summary["lost_with_worker"] = {"shards": {str(i): why for i, why in outcome.lost.items()},
                                        "devices": len(devices), "device_ids": devices[:1000]}
-        summary["warnings"].append(f"{len(devices):,} devices were lost with their worker "
+        summary["warnings"].append(f"{count(len(devices), 'device')} were lost with their worker "
                                    f"({'; '.join(outcome.lost.values())}); the rest of the run is complete")
     results.write_json(run_dir / results.SUMMARY, summary)
     return summary

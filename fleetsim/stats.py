@@ -26,6 +26,7 @@ import numpy as np
 
 from fleetsim.series import Concurrency, attempt_times, session_times
 from fleetsim.shards import Merged
+from fleetsim.words import count
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 PHASES = ("setup_ms", "wait_ms", "tcp_ms", "tls_ms", "mqtt_ms", "total_ms")
@@ -263,11 +264,12 @@ def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: fl
 def machine_warning(busy: Mapping[str, Any] | None) -> str | None:
     if busy is None or busy["share"] < MACHINE_BUSY:
         return None
-    return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its {busy['cores']} cores over the "
-            f"storm ({busy['from_s']:.1f}-{busy['to_s']:.1f} s): whatever ran on it (the workers, and the broker if "
-            "it runs there too) may have queued for a core, and connect times then include that wait (wait_ms "
-            "books only the worker's own queue). To time the broker alone, give it cores of its own "
-            "(--isolate-broker, for a broker fleetsim starts) or run the fleet on another machine.")
+    return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its "
+            f"{count(busy['cores'], 'core')} over the storm ({busy['from_s']:.1f}-{busy['to_s']:.1f} s): "
+            "whatever ran on it (the workers, and the broker if it runs there too) may have queued for a core, and "
+            "connect times then include that wait (wait_ms books only the worker's own queue). To time the broker "
+            "alone, give it cores of its own (--isolate-broker, for a broker fleetsim starts) or run the fleet on "
+            "another machine.")
 
 
 # -- the broker --------------------------------------------------------------------------------------------------
@@ -319,6 +321,10 @@ def cpu_between(t: Any, cpu: Any, start: float, end: float) -> float:
 
 
 # -- events ------------------------------------------------------------------------------------------------------
+EVENTS_FILE = "events.json"
+PER_DEVICE = ("device_ids", "serials")  # an event's per-device lists: in EVENTS_FILE, not in the summary
+
+
 def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessions: Mapping[str, Sequence[Any]],
                   t0: float, stopped_s: float) -> list[dict[str, Any]]:
     """Each timed event with what it did to the fleet: how long until the connected count was back (or the
@@ -328,7 +334,9 @@ def event_effects(events: Sequence[Mapping[str, Any]], level: Concurrency, sessi
     for i, e in enumerate(events):
         at = float(e["fired_at_s"])
         horizon = float(events[i + 1]["fired_at_s"]) if i + 1 < len(events) else stopped_s
-        rec = {k: v for k, v in e.items() if k != "device_ids"}
+        rec = {k: v for k, v in e.items() if k not in PER_DEVICE}
+        if e.get("serials"):  # a count here; the list (one per revoked device) stays in events.json
+            rec.update(revoked_serials=len(e["serials"]), listed_in=EVENTS_FILE)
         rec["connected_before"] = level.at(at)
         ids = set(e.get("device_ids", []))
         if e.get("action") == "revoke" and ids:
@@ -414,8 +422,8 @@ def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stop
         summary["identity_problems"] = problems
     warnings = [w for w in (sim.get("warning"), machine_warning(busy), bunched(rate, up, sim["loop_lag_ms"])) if w]
     if problems:
-        warnings.append(f"{problems['devices']:,} devices could not load their own identity and never reached the "
-                        f"broker, e.g. {problems['example']}")
+        warnings.append(f"{count(problems['devices'], 'device')} could not load their own identity and never "
+                        f"reached the broker, e.g. {problems['example']}")
     summary["warnings"] = warnings
     return summary
 

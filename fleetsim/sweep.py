@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fleetsim.errors import ScenarioError
+from fleetsim.names import NAME_HINT, is_name
 from fleetsim.pki import KeyType
 from fleetsim.scenario import AUTHS, Arrival, Churn, Reconnect, Scenario
 from fleetsim.scenario.validate import validated
@@ -96,8 +97,8 @@ def parse(text: str, source: str = "<sweep>", *, base_dir: Path | None = None) -
     base = _base(source, data, base_dir)
     cells = _cells(source, data)
     name = data.get("name", Path(source).stem)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ScenarioError(f"{source}: name: {name!r} is not a valid name", "use letters, digits, '.', '_', '-'")
+    if not is_name(name):
+        raise ScenarioError(f"{source}: name: {name!r} is not a valid name", NAME_HINT)
     return Sweep(name=name, base=base, cells=cells, measure=_measure(source, data.get("measure", {})),
                  description=str(data.get("description", "")), source=source)
 

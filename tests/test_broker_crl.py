@@ -180,6 +180,51 @@ def test_notify_skips_dead_and_foreign_registrations(make_pki: Callable[..., Pki
     assert not (d / "1-1.json").exists() and (d / "2-2.json").exists()  # dead pid removed, remote never called
 
 
+def test_notify_trusts_only_the_broker_that_registered(make_pki: Callable[..., Pki]) -> None:
+    """kill -9 leaves a broker's registration behind, and later something else answers on its port: another
+    HTTP server, or another broker. Neither is taken for the registered broker: not trusted, the file removed."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from fleetsim.pki import notify
+
+    class Impostor(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b'{"crl": {"number": 99}}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    pki = make_pki()
+    d = pki.layout.brokers_dir
+    d.mkdir(parents=True)
+
+    def stale(name: str, port: int, token: str) -> Path:
+        path = d / name  # its pid alive (ours), its port answering
+        path.write_text(json.dumps({"pid": os.getpid(), "url": f"http://127.0.0.1:{port}/reload-crl/{token}",
+                                    "token": token}))
+        return path
+
+    impostor = HTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    try:
+        with start_embedded(pki.root, BrokerOptions(port=0)) as broker:
+            assert broker.stats_port is not None
+            files = [stale("1-1.json", impostor.server_address[1], "0" * 32),
+                     stale("2-2.json", broker.stats_port, "1" * 32)]  # the broker that had this port before
+            answers = notify.notify(pki.layout)
+            assert [n.pid for n in answers if n.error is None] == [broker.pid]
+            assert len(answers) == 3 and not any(f.exists() for f in files)
+            assert sum(n.stale for n in answers) == 2
+    finally:
+        impostor.shutdown()
+
+
 # --- Mosquitto: its supervisor judges the CRL the same way (Mosquitto itself loads whatever the CA signed) -------
 needs_mosquitto = pytest.mark.skipif(not os.access("/usr/sbin/mosquitto", os.X_OK), reason="mosquitto missing")
 

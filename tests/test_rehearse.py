@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
+from fleetsim.rehearse import Rehearsal
 from fleetsim.runner import run_scenario
 from fleetsim.scenario import parse
 
@@ -64,6 +68,18 @@ def rows(run_dir: Path, name: str) -> dict[str, list[Any]]:
     return pq.read_table(run_dir / f"{name}.parquet").to_pydict()
 
 
+def assert_steps_in_order(r: dict[str, Any], sessions: dict[str, list[Any]], t0: float, revoked: set[str]) -> None:
+    """Nothing the CRL causes comes before the CRL is on disk: read from the session rows (worker clocks) and the
+    summary's steps (the orchestrator's), so an origin or clock off between them shows."""
+    written = r["crl_written_after_s"]
+    assert written <= r["enforcement_step_after_s"] and written <= r["first_revoked_refused_after_s"]
+    assert written <= r["last_revoked_session_gone_after_s"]
+    decided = r["decided_at_s"]
+    ends = [e - t0 - decided for d, s, e in zip(sessions["device_id"], sessions["start"], sessions["end"], strict=True)
+            if d in revoked and s - t0 <= decided < e - t0]
+    assert len(ends) == r["revoked_live_at_decision"] and min(ends) >= written - 0.001, (min(ends), written)
+
+
 def test_embedded_reload_refuses_exactly_the_revoked_and_takes_them_back_renewed(tmp_path: Path) -> None:
     run_dir, s = rehearse(tmp_path, toml("embedded"))
     r = s["revocation"]
@@ -87,12 +103,31 @@ def test_embedded_reload_refuses_exactly_the_revoked_and_takes_them_back_renewed
     assert r["revoked_live_at_decision"] == 20 and r["revoked_still_connected_at_end"] == 0
     assert 0 < r["last_revoked_session_gone_after_s"] < 2 and r["first_revoked_refused_after_s"] > 0
     assert r["reenrolled_back"] == 20 and r["all_back_after_s"] is not None and r["fleet_back_after_s"] is not None
+    revoked = set(next(e["device_ids"] for e in events if e["action"] == "revoke"))
+    assert_steps_in_order(r, rows(run_dir, "sessions"), t0, revoked)
     pki = Pki.open(tmp_path / "pki")
     renewed = [pki.device(d) for d in reenrolled]
     assert all(d.status == "valid" and d.generation == 2 for d in renewed)
     series = rows(run_dir, "series")
     assert max(series["connected_revoked"]) == 20 and series["connected_healthy"][-1] == 80
     assert sum(series["refused_alert_revoked"]) == r["refused_by"].get("alert_revoked", 0)
+
+
+@pytest.mark.parametrize("strategy", ["poll", "reload"])
+def test_the_revoke_step_writes_the_crl_and_only_the_strategy_enforces_it(make_pki: Callable[..., Pki],
+                                                                          strategy: str) -> None:
+    """The step timed as "CRL written" must not also make the broker enforce it (a registered broker is told of
+    every CRL a plain revoke writes): else the revoked sessions end inside it, and `poll` never polls."""
+    pki = make_pki()
+    fleet = {d.id: (d.lot, d.model) for d in pki.issue(3, lot="leaked", model="infusion-pump")}
+    sc = parse(toml("embedded", strategy=strategy, revocation='lot = "leaked"\nsteady = 1'), "r.toml")
+    with start_embedded(pki.root, BrokerOptions(port=0)) as broker, \
+            start_embedded(pki.root, BrokerOptions(port=0)) as bystander:  # another broker registered on the PKI
+        before = broker.stats()["crl"]["number"]
+        record, = Rehearsal(sc, pki, broker, fleet).fire_due(1.0, {"connected": 3})
+        assert record["crl_number"] == before + 1
+        after = before if strategy == "poll" else before + 1  # reload: told after its step, as by a plain revoke
+        assert broker.stats()["crl"]["number"] == after and bystander.stats()["crl"]["number"] == after
 
 
 @pytest.mark.mosquitto

@@ -123,6 +123,31 @@ def test_metric_rows_give_each_figure_its_difference_and_verdict() -> None:
     assert compare.fmt_delta(rows["connected at end"], 1) == "+5 pp"
 
 
+def attempts_drawn(rng: np.random.Generator, n: int, tcp_ms: float) -> dict[str, np.ndarray]:
+    return {"outcome": np.full(n, "connected", dtype=object), "tcp_ms": rng.lognormal(math.log(tcp_ms), 0.5, n)}
+
+
+def test_a_difference_inside_the_runs_spread_is_neither_better_nor_worse() -> None:
+    """The issue's case: two runs of one scenario, tcp p50 -0.001 ms (-1%), was coloured an improvement."""
+    rng = np.random.default_rng(1)
+    same = [attempts_drawn(rng, 400, 0.1), attempts_drawn(rng, 400, 0.1)]
+    faster = attempts_drawn(rng, 400, 0.05)
+    p50 = [float(np.percentile(a["tcp_ms"], 50)) for a in (*same, faster)]
+    runs = [summary(phases_ms={"tcp": {"p50": v}}) for v in p50]
+    noise = {r.label: r for r in compare.metric_rows(runs[:2], same)}["tcp p50"]
+    assert noise.delta(1) != 0 and noise.verdict(1) == "noise" and compare.fmt_delta(noise, 1).startswith("≈ ")
+    real = {r.label: r for r in compare.metric_rows([runs[0], runs[2]], [same[0], faster])}["tcp p50"]
+    assert real.verdict(1) == "better" and not compare.fmt_delta(real, 1).startswith("≈")
+    one_percent = summary(phases_ms={"total": {"p50": 10.1, "p99": 40.0}})  # no rows: the stated 5% rule
+    assert {r.label: r for r in compare.metric_rows([summary(), one_percent])}["total p50"].verdict(1) == "noise"
+
+
+def test_a_percentiles_interval_comes_from_the_order_statistics() -> None:
+    assert compare.quantile_interval(np.arange(1.0, 101.0), 0.5) == (41.0, 60.0)
+    assert compare.quantile_interval(np.arange(1.0, 101.0), 0.99) == (98.0, 100.0)
+    assert compare.quantile_interval(np.array([np.nan]), 0.5) is None
+
+
 def test_missing_figures_compare_as_unknown_not_as_zero() -> None:
     a, b = summary(), summary(broker={"available": False})
     row = {r.label: r for r in compare.metric_rows([a, b])}["broker CPU per handshake"]
@@ -152,3 +177,17 @@ def test_setting_rows_name_only_the_scenario_keys_that_differ() -> None:
 def test_labels_keep_two_runs_of_one_scenario_apart() -> None:
     assert compare.labels(["ward", "ward"]) == ["A ward", "B ward"]
     assert compare.labels(["x"] * 28)[-1] == "R28 x"
+
+
+def test_the_crypto_floor_puts_the_key_exchange_in_its_own_column() -> None:
+    from rich.console import Console
+
+    from fleetsim.report import floor_table
+
+    console = Console(width=120, record=True, markup=False)
+    console.print(floor_table({"openssl": "OpenSSL 3", "key_types": {"ecdsa-p256": {"sign_per_s": 43000.0,
+                  "verify_per_s": 14600.0}}, "x25519": {"exchange_per_s": 27100.0}}))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "sign/s" in line)
+    cells = next(line for line in lines if "x25519" in line).split("│")[1:-1]
+    assert "key exchange/s" in header and [c.strip() for c in cells] == ["x25519", "-", "-", "27,100.00"]

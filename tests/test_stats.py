@@ -139,6 +139,20 @@ def test_recovery_after_a_restart_is_the_time_until_the_count_is_back():
     assert e["connected_before"] == 4 and e["recovered_after_s"] == pytest.approx(4.4 - 3.0)
 
 
+def test_a_rehearsals_revoked_serials_are_counted_in_the_summary_and_listed_in_events_json() -> None:
+    from rich.console import Console
+
+    from fleetsim.report import events_table
+
+    ids, serials = [f"d{i}" for i in range(100)], [f"{0x5f3a9c00 + i:x}" * 4 for i in range(100)]
+    event = {"at": 3.0, "action": "revoke", "fired_at_s": 3.0, "devices": 100, "device_ids": ids, "serials": serials}
+    (e,) = stats.event_effects([event], Concurrency(np.zeros(0), np.zeros(0)), sessions([]), T0, 10.0)
+    assert "serials" not in e and e["revoked_serials"] == 100 and e["listed_in"] == "events.json"
+    console = Console(width=110, record=True, markup=False)
+    console.print(events_table([e]))
+    assert len(console.export_text().splitlines()) <= 8 and serials[0] not in console.export_text()
+
+
 def test_simulator_saturation_is_flagged_with_what_it_means():
     a = attempts([("d1", 0.0, "connected", None, 10.0)])
     m = merged(a, sessions([]), lag=[1.0] * 90 + [400.0] * 10)

@@ -48,6 +48,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -132,6 +133,7 @@ class EmbeddedBroker:
         self._context = None  # type: Any  # the server-only baseline's; with certificates, self.crl's
         self.crl: CrlKeeper | None = None
         self._registration: Path | None = None
+        self._token = secrets.token_hex(16)  # in its registration, its reload URL and that URL's answers (notify)
         self._passwords: PasswordFile | None = None
         self._rules: CertRules | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -185,8 +187,8 @@ class EmbeddedBroker:
         """Be told of every CRL the PKI writes (fleetsim.pki.notify), then catch one written meanwhile."""
         if self.stats_port is not None:
             try:
-                self._registration = notify.register(self.layout,
-                                                     f"http://127.0.0.1:{self.stats_port}/reload-crl")
+                self._registration = notify.register(
+                    self.layout, f"http://127.0.0.1:{self.stats_port}/reload-crl/{self._token}", self._token)
             except OSError as exc:
                 log.info("cannot register in %s (%s): new CRLs apply within %g s (polling)",
                          self.layout.brokers_dir, exc.strerror or exc, self._crl_poll_s)
@@ -204,7 +206,8 @@ class EmbeddedBroker:
         if self._want_stats_port is not None:
             self.stats_port = await self._listen_on("127.0.0.1", self._want_stats_port, start_json_server(
                 "127.0.0.1", self._want_stats_port,
-                {("GET", "/stats"): self.stats, ("POST", "/reload-crl"): self._reload_and_stats}))
+                {("GET", "/stats"): self.stats, ("POST", "/reload-crl"): self._reload_and_stats,
+                 ("POST", f"/reload-crl/{self._token}"): self._notified}))
 
     async def _listen_on(self, host: str, port: int, starting: Awaitable[asyncio.Server]) -> int:
         """Await a listener, keep it for stop(), return its port; a busy port is one clear line."""
@@ -260,6 +263,10 @@ class EmbeddedBroker:
     def _reload_and_stats(self) -> dict[str, Any]:
         self.reload_crl()
         return self.stats()
+
+    def _notified(self) -> dict[str, Any]:
+        """The PKI's notify, at this broker's registered URL: the answer names the registration it answers for."""
+        return {**self._reload_and_stats(), "registration": self._token}
 
     async def _watch_crl(self) -> None:
         """A CRL written without notifying this broker applies within ``crl_poll_s``; renewal and expiry warnings

@@ -59,10 +59,13 @@ class ConsoleReporter:
             self.console.print(line)
 
     def done(self) -> None:
+        """The run ended: the next progress (a sweep's next run) gets a view of its own size and duration."""
         self._stop_status()
         if self._live is not None:
             self._live.stop()
             self._live = None
+        self._view = None
+        self._last_line = 0.0
 
     def _stop_status(self) -> None:
         if self._status is not None:

@@ -18,6 +18,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
+from fleetsim import words
 from fleetsim.cli.console import PIPED_WIDTH
 from fleetsim.errors import PkiError
 from fleetsim.pki import REASONS, Fault, KeyType, Pki
@@ -113,7 +114,7 @@ def issue(
                           "run the same command again") from None
     elapsed = time.perf_counter() - t0
     label = f" with fault {fault}" if fault else ""
-    out.print(f"issued {len(devices):,} {devices[0].key_type} identities{label} "
+    out.print(f"issued {words.count(len(devices), devices[0].key_type + ' identity')}{label} "
               f"({devices[0].id} .. {devices[-1].id}) in {elapsed:.2f} s: {len(devices) / elapsed:,.0f}/s")
 
 
@@ -144,8 +145,8 @@ def revoke(
     pki = Pki.open(directory)
     revoked = pki.revoke(device_ids=device, lot=lot, fraction=fraction, seed=seed, reason=reason)
     inv = pki.inventory
-    out.print(f"revoked {len(revoked):,} device(s) ({reason}); CRL #{inv.crl_number} lists "
-              f"{len(inv.revoked):,} serial(s): {pki.layout.crl}")
+    out.print(f"revoked {words.count(len(revoked), 'device')} ({reason}); CRL #{inv.crl_number} lists "
+              f"{words.count(len(inv.revoked), 'serial')}: {pki.layout.crl}")
     _report_brokers(pki)
 
 
@@ -155,6 +156,8 @@ def _report_brokers(pki: Pki) -> None:
         if n.error is None:
             out.print(f"  enforced by the embedded broker pid {n.pid} (CRL #{n.crl_number}) {n.ms:.1f} ms after "
                       f"it was written")
+        elif n.stale:
+            out.print(f"  removed a stale broker registration (pid {n.pid}, {n.url}): {n.error}")
         else:
             out.print(f"  broker pid {n.pid} did not confirm ({n.error}); it polls crl.pem every 0.2 s")
     if not pki.notified:
@@ -182,7 +185,7 @@ def reenroll(
     if not ids:
         raise PkiError("nothing to re-enrol", "name devices with --device or a --lot")
     devices = pki.reenroll(list(dict.fromkeys(ids)), key_type=key_type, days=days)
-    out.print(f"re-enrolled {len(devices):,} device(s) with new keys and serials")
+    out.print(f"re-enrolled {words.count(len(devices), 'device')} with new keys and serials")
 
 
 @app.command()
@@ -206,7 +209,7 @@ def crl(
     number = parsed.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     out.print(f"{path}: number {number}, thisUpdate {parsed.last_update_utc.isoformat()}, "
               f"nextUpdate {parsed.next_update_utc.isoformat() if parsed.next_update_utc else '-'}, "
-              f"{len(parsed)} revoked serial(s)")
+              f"{words.count(len(parsed), 'revoked serial')}")
     _report_brokers(pki)
 
 
@@ -241,4 +244,4 @@ def list_(
     wide = out if out.is_terminal else Console(highlight=False, width=PIPED_WIDTH, markup=False)  # piped: whole ids
     wide.print(table)
     more = f" (showing {len(shown):,}; --limit or --json for more)" if len(shown) < len(devices) else ""
-    out.print(f"{len(devices):,} device(s){more}")
+    out.print(f"{words.count(len(devices), 'device')}{more}")

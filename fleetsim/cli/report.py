@@ -16,7 +16,7 @@ from fleetsim import compare, report, results, rundata
 from fleetsim.cli.console import tables
 from fleetsim.errors import FleetsimError
 
-VERDICT_STYLE = {"better": "green", "worse": "bold red", "": ""}
+VERDICT_STYLE = {"better": "green", "worse": "bold red", "noise": "dim", "": ""}
 
 
 def _console() -> Console:
@@ -87,7 +87,7 @@ def print_comparison(runs: Sequence[rundata.Run], console: Console) -> None:
             console.print(Text.assemble(("warning: ", "bold yellow"), f"{n}: SIMULATOR SATURATED: "
                                         + str(r.summary["simulator"].get("warning", ""))))
     console.print(_difference_table("Headline figures (differences from the first run)",
-                                    compare.metric_rows(summaries), names))
+                                    compare.metric_rows(summaries, [r.attempts for r in runs]), names))
     console.print(_difference_table("Attempts by outcome (share of attempts)", compare.outcome_rows(summaries), names))
     console.print(_settings_table(compare.setting_rows([r.scenario() for r in runs]), names))
 
@@ -122,7 +122,7 @@ def comparison_json(runs: Sequence[rundata.Run]) -> dict[str, object]:
         "figures": [{"figure": r.label, "unit": r.unit, "values": r.values,
                      "delta": [r.delta(i) for i in range(1, len(runs))],
                      "verdict": [r.verdict(i) for i in range(1, len(runs))]}
-                    for r in [*compare.metric_rows(summaries), *compare.outcome_rows(summaries)]],
+                    for r in [*compare.metric_rows(summaries, [r.attempts for r in runs]), *compare.outcome_rows(summaries)]],
         "settings": dict(compare.setting_rows([r.scenario() for r in runs])),
     }
 

@@ -19,6 +19,7 @@ from fleetsim import lifecycle, report, results, thresholds
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.progress import Reporter
+from fleetsim.words import count
 
 RUN_FAILED = 1
 
@@ -86,7 +87,7 @@ def exit_code(summary: dict) -> int:
         return signalled
     problems = [summary[k] for k in ("stopped_early", "interrupted") if summary.get(k)]
     if lost := summary.get("lost_with_worker"):
-        problems.append(f"{lost['devices']:,} devices were lost with their worker")
+        problems.append(f"{count(lost['devices'], 'device')} were lost with their worker")
     problems += [f"--fail-on {t['rule']} breached (measured {t['value']}{t['unit']})"
                  for t in summary.get("thresholds", []) if t["breached"]]
     for p in problems:

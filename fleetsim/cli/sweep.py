@@ -10,6 +10,7 @@ from rich.text import Text
 from fleetsim import report
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
+from fleetsim.words import count
 
 
 def sweep(
@@ -23,7 +24,7 @@ def sweep(
 
     console = tables()
     definition = sweep_mod.load(sweep_file)
-    console.print(Text(f"sweep {definition.name}: {len(definition.cells)} cells, results in "
+    console.print(Text(f"sweep {definition.name}: {count(len(definition.cells), 'cell')}, results in "
                        f"{out / definition.name}"))
     sweep_dir = run_sweep(definition, out=out, reporter=ConsoleReporter(console))
     report.print_sweep(read_sweep(sweep_dir), console)

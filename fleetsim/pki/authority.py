@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetsim.errors import PkiError
-from fleetsim.names import ID_RE
+from fleetsim.names import NAME_HINT, is_name
 from fleetsim.pki import certs, crl_policy, issuance, journal, keys, notify
 from fleetsim.pki.inventory import REASONS, Device, Fault, Inventory, RevokedSerial
 from fleetsim.pki.keys import KeyType
@@ -43,11 +43,11 @@ def _fault(text: Fault | str | None) -> Fault | None:
         raise PkiError(f"unknown fault {text!r}", f"choose one of: {', '.join(f.value for f in Fault)}") from None
 
 
-def _check_prefix(prefix: str) -> None:
-    """Ids become file names, MQTT client ids and URI SANs: keep them to a safe alphabet."""
-    if not ID_RE.match(prefix):
-        raise PkiError(f"bad device id prefix {prefix!r}",
-                       "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+def _check_name(what: str, value: str) -> None:
+    """Ids, lots and models become file names, MQTT client ids and topic levels, and certificate fields: the one
+    rule scenarios apply too (fleetsim.names), so the PKI never holds a name a scenario refuses."""
+    if not is_name(value):
+        raise PkiError(f"bad {what} {value!r}", NAME_HINT)
 
 
 def _check_crl_url(url: str | None) -> None:
@@ -261,7 +261,9 @@ class Pki:
             raise PkiError("give either a count or the ids to issue", "e.g. pki.issue(10) or pki.issue(ids=[...])")
         _check_positive(count=count if ids is None else len(ids) or None, days=days, workers=workers)
         for i in [prefix] if ids is None else ids:
-            _check_prefix(i)
+            _check_name("device id prefix" if ids is None else "device id", i)
+        _check_name("lot", lot)
+        _check_name("model", model)
         kt = _key_type(key_type)
         flt = _fault(fault)
         with locked(self.layout):
@@ -289,7 +291,7 @@ class Pki:
         leaves it out; ``pki.devices(role="monitor")`` finds it). Files: ``devices/<name>.pem`` and ``.key``.
         """
         _check_positive(days=days)
-        _check_prefix(name)
+        _check_name("device id", name)  # a monitor is named like a device
         kt = _key_type(key_type)
         with locked(self.layout):
             self._reload()
@@ -340,8 +342,12 @@ class Pki:
         fraction: float | None = None,
         seed: int | None = None,
         reason: str = "keyCompromise",
+        notify_brokers: bool = True,
     ) -> list[Device]:
-        """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once."""
+        """Revoke devices by id, by lot, or a reproducible random fraction; the CRL is rewritten at once and the
+        registered brokers told (fleetsim.pki.notify), so it returns once they enforce it. ``notify_brokers=False``
+        returns once the CRL is on disk: for a caller that makes its broker enforce it as a step of its own (a
+        rehearsal times the two apart), then calls ``notify_brokers`` (or not: a registered broker polls)."""
         if reason not in REASONS:
             raise PkiError(f"unknown revocation reason {reason!r}", f"choose one of: {', '.join(REASONS)}")
         with locked(self.layout):
@@ -349,7 +355,7 @@ class Pki:
             targets = self._targets(list(device_ids), lot, fraction, seed)
             now = certs.utcnow()
             revoked = [self.inventory.revoke(t, now, reason) for t in targets]
-            self._write_crl(self._issuer())
+            self._write_crl(self._issuer(), notify_brokers=notify_brokers)
         return revoked
 
     def _targets(self, ids: list[str], lot: str | None, fraction: float | None, seed: int | None) -> list[str]:
@@ -410,6 +416,12 @@ class Pki:
                                           for _ in range(count))
             self._write_crl(self._issuer())
 
+    def notify_brokers(self) -> list[notify.Notified]:
+        """Tell the registered brokers of the CRL on disk (what every CRL write does, unless its caller asked to
+        do it later: ``revoke(notify_brokers=False)``)."""
+        self.notified = notify.notify(self.layout)
+        return self.notified
+
     def write_crl(self, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> Path:
         """(Re)write the CRL with a higher number and a strictly later thisUpdate; brokers are told (notify)."""
         with locked(self.layout):
@@ -432,7 +444,8 @@ class Pki:
             self._write_crl(issuer, valid_for=valid_for)
         return True
 
-    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY) -> None:
+    def _write_crl(self, issuer: certs.Issuer, *, valid_for: dt.timedelta = certs.CRL_VALIDITY,
+                   notify_brokers: bool = True) -> None:
         inv = self._after_crl_on_disk(self.inventory, issuer)
         this_update = inv.next_crl_time(certs.utcnow())
         wait = (this_update - dt.datetime.now(dt.UTC)).total_seconds()
@@ -443,7 +456,7 @@ class Pki:
         write_file(self.layout.crl, crl.public_bytes(Encoding.PEM))
         self.inventory = replace(inv, crl_number=inv.crl_number + 1, crl_this_update=this_update)
         self._save()
-        self.notified = notify.notify(self.layout)
+        self.notified = self.notify_brokers() if notify_brokers else []
 
     def _after_crl_on_disk(self, inv: Inventory, issuer: certs.Issuer) -> Inventory:
         """The inventory's CRL counters, raised past the CRL on disk if that one is ahead (written by hand or by

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetsim.errors import ScenarioError
-from fleetsim.names import ID_RE as _NAME_RE
-from fleetsim.names import TLS_VERSIONS
+from fleetsim.names import NAME_HINT, TLS_VERSIONS, is_name
 from fleetsim.pki import KeyType
 from fleetsim.scenario.schema import (
     ACTIONS,
@@ -204,12 +203,8 @@ def _str(where: _Where, t: Mapping[str, Any], key: str, default: str, choices: S
 
 def _name(where: _Where, t: Mapping[str, Any], key: str, default: str) -> str:
     value = _str(where, t, key, default)
-    if not _NAME_RE.match(value):
-        raise where.fail(
-            key,
-            f"{value!r} is not a valid name",
-            "use 1-64 letters, digits, '.', '_' or '-' (it becomes part of MQTT topics and file names)",
-        )
+    if not is_name(value):
+        raise where.fail(key, f"{value!r} is not a valid name", NAME_HINT)
     return value
 
 
@@ -578,7 +573,7 @@ def _ids(w: _Where, t: Mapping[str, Any]) -> tuple[str, ...]:
     if "devices" not in t:
         return ()
     ids = t["devices"]
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and _NAME_RE.match(i) for i in ids):
+    if not isinstance(ids, list) or not ids or not all(is_name(i) for i in ids):
         raise w.fail("devices", "must be a non-empty list of device ids", 'e.g. devices = ["hr-2026-heart-rate-monitor-00001"]')
     return tuple(ids)
 
