@@ -20,7 +20,7 @@ import pytest
 
 from fleetsim.lifecycle import GRACE_S
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 FLEETSIM = [sys.executable, "-m", "fleetsim"]
 HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
 

@@ -45,6 +45,7 @@ def test_the_pki_refuses_an_id_with_a_trailing_newline(make_pki: object) -> None
         pki.issue(1, prefix="dev\n")
 
 
+@pytest.mark.integration  # the CLI, as a subprocess
 @pytest.mark.parametrize("lot", ["../x", "a/b", "-x", "x" * 65])
 def test_a_lot_the_scenarios_refuse_the_pki_refuses_too(tmp_path: Path, lot: str) -> None:
     """One rule for names (fleetsim.names.is_name), applied by `fleetsim pki issue --lot` as by a scenario."""
@@ -64,6 +65,7 @@ def test_the_pki_holds_no_model_a_topic_level_cannot_carry(make_pki: object) -> 
         pki.issue(1, model="a/b")
 
 
+@pytest.mark.integration  # the CLI, as a subprocess
 def test_an_error_line_cuts_a_long_value(tmp_path: Path) -> None:
     """A 5,000-character value is shown by its start and its length, in a scenario's error as on the CLI."""
     with pytest.raises(ScenarioError) as refused:
