@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,30 @@ def test_a_local_cluster_run_is_the_same_run_as_local_processes(tmp_path: Path) 
                          .column("device_id").to_pylist())
 
 
+def _holds_devices(process: psutil.Process, at_least: int = 5) -> bool:
+    """The process holds ``at_least`` established connections to one port: a shard's devices at its broker (Dask's
+    own links go to a scheduler and a nanny, one each)."""
+    try:
+        ports = Counter(c.raddr.port for c in process.net_connections("tcp")
+                        if c.status == psutil.CONN_ESTABLISHED and c.raddr)
+    except psutil.Error:
+        return False
+    return bool(ports) and max(ports.values()) >= at_least
+
+
 def _kill_one_dask_worker(after: float, killed: list[int]) -> None:
+    """Kill a Dask worker process once its shard's devices are connected (mid-run, whatever the start-up took)."""
     deadline = time.time() + 60
     while time.time() < deadline:
         workers = [p for p in psutil.Process().children(recursive=True)
                    if "dask" in " ".join(p.cmdline()).lower() or "spawn_main" in " ".join(p.cmdline())]
-        if len(workers) >= 2:
+        busy = [p for p in workers if _holds_devices(p)]
+        if busy:
             time.sleep(after)
-            workers[0].kill()
-            killed.append(workers[0].pid)
+            busy[0].kill()
+            killed.append(busy[0].pid)
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def test_a_worker_lost_mid_run_costs_its_devices_only(tmp_path: Path) -> None:
@@ -61,7 +75,7 @@ model = "ecg-patch"
 count = 20
 """
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_dask_worker, args=(5.0, killed), daemon=True)
+    killer = threading.Thread(target=_kill_one_dask_worker, args=(1.0, killed), daemon=True)
     killer.start()
     run_dir, s = run_scenario(parse(toml, "lost.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out",
                               cluster="local:2")
