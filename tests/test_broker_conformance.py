@@ -69,13 +69,12 @@ class Ids:
         return next(self._monitors)
 
 
-_IDS: dict[int, Ids] = {}
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ids(broker: object, pki: Pki) -> Ids:
-    """One client id space per broker, whichever listener: a session is the client id's, on any listener."""
-    return _IDS.setdefault(id(broker), Ids(pki))
+    """One client id space per broker, whichever listener: a session is the client id's, on any listener. (Made
+    once per broker by pytest's scoping; a dict keyed by ``id(broker)`` handed a later broker an earlier one's
+    spent ids when CPython reused the address.)"""
+    return Ids(pki)
 
 
 @pytest.fixture(params=LISTENERS)
