@@ -320,6 +320,30 @@ def test_second_connection_with_the_same_client_id_closes_the_first(broker: obje
         bye(wiped)
 
 
+def test_the_plain_listener_cannot_take_or_resume_a_devices_session(broker: object, pki: Pki, ids: Ids) -> None:
+    """The two listeners share one namespace of client ids, at different trust: a certificate-less client using a
+    device's id must neither cut the device off nor resume its persistent session (and read what was queued
+    for it). Mosquitto's plain listener binds nothing to a client id, so there it is the embedded broker's rule."""
+    if getattr(broker, "kind", "") != "embedded":
+        pytest.skip("Mosquitto's plain listener lets any client use any client id (the README's table says so)")
+    device = ids.device()
+    online = Session(broker, pki, "tls", device).fresh(clean=False)
+    assert online.subscribe(f"fleet/+/+/{device}/#") == [1]
+    impostor = Plain(broker.plain_port)  # type: ignore[attr-defined]
+    impostor.send(connect(device, clean=False))
+    assert impostor.connack() == (0, 2), "the plain client was admitted under a device's client id"
+    assert online.ping(), "the device was cut off by a plain client using its id"
+    bye(online)  # offline now, its session kept: still not the plain listener's
+    again = Plain(broker.plain_port)  # type: ignore[attr-defined]
+    again.send(connect(device, clean=False))
+    assert again.connack() == (0, 2), "the plain client resumed a device's persistent session"
+    back, present = Session(broker, pki, "tls", device).open(clean=False)
+    assert present == 1, "the device lost its session to the refused plain client"
+    bye(back)
+    wiped, _ = Session(broker, pki, "tls", device).open(clean=True)
+    bye(wiped)
+
+
 def test_connecting_gets_no_retained_message_it_did_not_subscribe_to(broker: object, pki: Pki, listener: str,
                                                                      ids: Ids) -> None:
     """3.3.1-6: retained messages go to a new subscription, never to a connection as such. A resumed session gets

@@ -84,6 +84,8 @@ log = logging.getLogger("fleetsim.broker.embedded")
 AUTH_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimAuthPlugin"
 TOPIC_PLUGIN = "fleetsim.broker.embedded_plugins.FleetsimTopicPlugin"
 TAKEOVER_WAIT_S = 5.0  # how long a takeover waits for the old connection's session to wind down
+IDENTIFIER_REJECTED = 2  # MQTT 3.1.1 CONNACK return code
+CLIENT_ID_HELD = "client id held on the certificate listener"
 WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
 RESUMPTION_OFF = "resumed session (resumption is off)"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
@@ -144,6 +146,7 @@ class EmbeddedBroker:
         self._all: set[TlsConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_client: dict[str, Holder] = {}  # client id -> the connection amqtt serves it on
+        self._listener_of: dict[str, str] = {}  # client id -> the listener its amqtt session was made on
         self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -358,7 +361,12 @@ class EmbeddedBroker:
             # copied into the tasks amqtt's plugins run in
             CURRENT_GATE.set(partial(self._gate_for_amqtt, peer, connect))
             CURRENT_TOPICS.set(partial(self._topic_check, peer, connect.client_id))
+            if not self._may_claim(peer, connect.client_id):
+                writer.write(connack(IDENTIFIER_REJECTED))
+                await writer.drain()
+                return
             holder = await self._take_over(connect.client_id, peer, abort)
+            await self._claim(peer, connect.client_id)
             try:
                 with self._keepalive(packets, connect.keepalive, peer, abort):
                     if self._amqtt is not None:
@@ -406,6 +414,32 @@ class EmbeddedBroker:
         holder.done.set_result(None)
         if self._by_client.get(client_id) is holder:
             del self._by_client[client_id]
+            if self._amqtt is None or client_id not in self._amqtt.sessions:  # a clean session ended with it
+                self._listener_of.pop(client_id, None)
+
+    def _may_claim(self, peer: Peer, client_id: str) -> bool:
+        """Two listeners of different trust share amqtt's one namespace of client ids. A client of the plain
+        (certificate-less) baseline may not take over or resume a session made on the certificate listener: it
+        could cut a device off, or read what was queued for it. Refused with CONNACK 2, counted."""
+        if peer.listener != PLAIN or not client_id or self._listener_of.get(client_id) != MTLS:
+            return True
+        if self._amqtt is None or client_id not in self._amqtt.sessions:
+            return True
+        self.metrics.reject(CLIENT_ID_HELD)
+        log.warning("CONNECT on the plain listener from %s as %r refused: %s", peer.address, client_id,
+                    CLIENT_ID_HELD)
+        return False
+
+    async def _claim(self, peer: Peer, client_id: str) -> None:
+        """The session this client id resumes is the listener's own: a device (certificate listener) that finds a
+        session the plain listener made starts afresh, rather than inherit subscriptions an unauthenticated client
+        planted in it."""
+        if not client_id:
+            return
+        made_on = self._listener_of.get(client_id)
+        if made_on is not None and made_on != peer.listener and self._amqtt is not None:
+            await self._amqtt._delete_session(client_id)  # fenced by tests/test_amqtt_contract.py
+        self._listener_of[client_id] = peer.listener
 
     @contextlib.contextmanager
     def _keepalive(self, packets: PacketReader, keepalive: int, peer: Peer,
