@@ -52,7 +52,7 @@ class BrokerSpec:
     session_resumption: bool = False
     auth: str = "mtls"
     allow_remote: bool = False
-    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
+    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.runner.placement)
     processes: int = 1  # a pool of this many brokers fleetsim starts, on consecutive ports; the fleet dealt over
 
     @property
