@@ -5,10 +5,12 @@ only, so each can be read without the ones above it. Pure: the sources are parse
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "fleetsim"
+README = ROOT.parent / "README.md"
 
 
 def _modules() -> dict[str, Path]:
@@ -90,3 +92,26 @@ def test_the_scenario_rules_know_no_scenario() -> None:
     """validate checks plain data against the parts; the Scenario is made through it, not the reverse."""
     modules = _modules()
     assert "fleetsim.scenario.schema" not in set(_imports(modules["fleetsim.scenario.validate"], modules))
+
+
+def _table_rows() -> list[list[str]]:
+    """The README's "How it fits together": each row's fleetsim paths as dotted names, first row first."""
+    text = README.read_text().split("## How it fits together", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| `fleetsim/")]
+    return [[p.removesuffix("/").removesuffix(".py").replace("/", ".") for p in re.findall(r"`(fleetsim/[\w/.]*)`", row)]
+            for row in rows]
+
+
+def test_the_readme_table_names_every_part_and_each_uses_only_the_rows_above_it() -> None:
+    rows = _table_rows()
+    modules = _modules()
+
+    def row_of(name: str) -> int | None:
+        found = [i for i, row in enumerate(rows) for part in row if name == part or name.startswith(part + ".")]
+        return found[-1] if found else None
+
+    unplaced = sorted(m for m in modules if row_of(m) is None and m not in ("fleetsim", "fleetsim.__main__"))
+    assert unplaced == [], "give each a row in the README's table"
+    below = sorted(f"{name} -> {m}" for name, path in modules.items() if (mine := row_of(name)) is not None
+                   for m in _imports(path, modules) if (theirs := row_of(m)) is not None and theirs > mine)
+    assert below == [], "an import of a row below: move a row, or the code"

@@ -271,7 +271,7 @@ PAGES: dict[str, Callable[[Path], str]] = {
 
 
 def page_for(path: Path) -> str:
-    """The page for a results directory, chosen by what it holds (see ``rundata.KINDS``)."""
+    """The page for a results directory, chosen by what it holds (see ``read.KINDS``)."""
     kind = kind_of(path)
     if kind not in PAGES:
         raise FleetsimError(f"{path} is a {kind}: its HTML report is not there yet")

@@ -8,11 +8,8 @@ SIGTERM ends it at once, without results.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import secrets
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetsim import lifecycle
-from fleetsim.broker.embedded.auth import write_password_file
-from fleetsim.broker.handle import BrokerHandle, BrokerOptions
-from fleetsim.broker.launch import ExternalBroker, probe, start_broker
-from fleetsim.broker.pool import BrokerPool, start_pool
+from fleetsim.broker.handle import BrokerHandle
+from fleetsim.broker.launch import probe
 from fleetsim.engine.shard import ShardResult, ShardSpec, setup_seconds
 from fleetsim.errors import FleetsimError, PkiError
 from fleetsim.pki import Layout, Pki
@@ -34,6 +29,7 @@ from fleetsim.results import files
 from fleetsim.results.series import run_series
 from fleetsim.results.summary import Machine, summarise
 from fleetsim.runner import placement, progress, provision
+from fleetsim.runner.brokers import Auth, broker_auth, keep_log, pool_targets, safe_stats, start_brokers
 from fleetsim.runner.events import EventRunner
 from fleetsim.runner.executors import Executor, executor_for, shard_identities
 from fleetsim.runner.open_files import check_broker_fds, fd_workers, raise_fd_limit
@@ -77,28 +73,6 @@ def open_pki(pki_dir: Path, reporter: Reporter) -> Pki:
                        "point --pki at a PKI directory, or at a new or empty one to create it there")
     reporter.note(f"creating a PKI in {pki_dir}")
     return Pki.init(pki_dir)
-
-
-@dataclass(frozen=True)
-class Auth:
-    """How devices authenticate, for the overhead comparisons: the broker's side and the devices' side."""
-
-    options: BrokerOptions
-    password: str | None = None  # every device's password when auth = "password"
-
-
-def broker_auth(scenario: Scenario, secrets_dir: Path, device_ids: list[str]) -> Auth:
-    """mtls: client certificates required; tls: server-only TLS; password: server-only TLS + a password each;
-    none: plain TCP on a second listener. Verification of the broker by the device stays on in every mode."""
-    b = scenario.broker
-    options = BrokerOptions(port=0, tls_version=b.tls_version, session_tickets=b.session_resumption,  # type: ignore[arg-type]
-                            require_certificate=b.auth == "mtls", plain_port=0 if b.auth == "none" else None)
-    if b.auth != "password":
-        return Auth(options)
-    password = secrets.token_urlsafe(16)
-    path = secrets_dir / "passwords"
-    write_password_file(path, device_ids, password.encode())
-    return Auth(dataclasses.replace(options, password_file=path), password)
 
 
 def prepare_time(per_worker: int, per_device_s: float) -> float:
@@ -278,46 +252,12 @@ def _provision(pki: Pki, scenario: Scenario, reporter: Reporter) -> list[provisi
     return provision.provision(pki, provision.plan(scenario), progress=tell)
 
 
-KICK_ADMIN = "fleetsim-dynsec-admin"
-
-
-def _kick_admin(scenario: Scenario, pki: Pki) -> str | None:
-    """A rehearsal that kicks revoked clients from Mosquitto needs its dynamic-security plugin and an admin
-    identity (a monitor certificate of the PKI, made once)."""
-    if scenario.revocation is None or strategy_of(scenario) != "kick":
-        return None
-    if KICK_ADMIN not in pki.inventory.devices:
-        pki.issue_monitor(KICK_ADMIN)
-    return KICK_ADMIN
-
-
 def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
     """Earlier revocations on the CRL up to ``entries`` (a rehearsal with a large CRL already in place)."""
     have = sum(1 for r in pki.inventory.revoked if not r.device_id)
     if have < entries:
         reporter.step(f"putting {entries - have:,} earlier revocations on the CRL")
         pki.pad_crl(entries - have)
-
-
-def _start_brokers(scenario: Scenario, pki: Pki, auth: Auth, broker_log: Path) -> BrokerHandle:
-    """The broker (or pool) the scenario names; an external cluster's nodes as a pool of their addresses."""
-    b = scenario.broker
-    if b.kind == "external":
-        nodes = [ExternalBroker(h, p) for h, p in b.addresses]
-        return nodes[0] if len(nodes) == 1 else BrokerPool(nodes)
-    admin = _kick_admin(scenario, pki)
-
-    def one(options: BrokerOptions, i: int) -> BrokerHandle:
-        log = broker_log if i == 0 else broker_log.with_name(f"broker-{i + 1}.log")
-        return start_broker(b.target, pki.root, options, log_file=log, dynsec_admin=admin)
-
-    return start_pool(b.processes, auth.options, one)
-
-
-def _targets(broker: BrokerHandle, auth: str) -> tuple[tuple[str, int], ...]:
-    if not isinstance(broker, BrokerPool):
-        return ()
-    return tuple(broker.plain_targets() if auth == "none" else broker.targets)
 
 
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
@@ -327,10 +267,10 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
     if given is None:
         reporter.step(f"starting the {scenario.broker.target} broker"
                       + (f"s ({scenario.broker.processes})" if scenario.broker.processes > 1 else ""))
-    broker = given or _start_brokers(scenario, pki, auth, broker_log)
+    broker = given or start_brokers(scenario, pki, auth, broker_log)
     try:
         port = broker.plain_port if scenario.broker.auth == "none" else broker.port
-        targets = _targets(broker, scenario.broker.auth)
+        targets = pool_targets(broker, scenario.broker.auth)
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="" if scenario.broker.kind == "external" else "localhost",
                              ca_pem=pki.layout.ca_chain.read_bytes(),
@@ -355,26 +295,12 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         outcome = supervise(scenario, shards, pki, broker, reporter, healthy, executor)
         outcome.lost_devices = {i: [d.id for d in shards_by[i].devices]
                                 for shards_by in [{s.index: s for s in shards}] for i in outcome.lost}
-        broker_stats = _safe_stats(broker)
-        _keep_log(broker_stats.get("log"), broker_log)
+        broker_stats = safe_stats(broker)
+        keep_log(broker_stats.get("log"), broker_log)
         return outcome, broker_stats, t0, broker.kind
     finally:
         if given is None:
             broker.stop()
-
-
-def _keep_log(source: object, target: Path) -> None:
-    """Mosquitto logs into its private runtime directory, gone at stop: keep a copy with the results."""
-    if isinstance(source, str) and Path(source).is_file() and not target.exists():
-        with contextlib.suppress(OSError):
-            shutil.copyfile(source, target)
-
-
-def _safe_stats(broker: BrokerHandle) -> dict[str, Any]:
-    try:
-        return broker.stats()
-    except Exception as exc:  # a dead broker still lets the run write what the devices measured
-        return {"error": str(exc)}
 
 
 def _rehearsal(scenario: Scenario, outcome: Outcome, m: Any, series: dict[str, list[Any]], t0: float,

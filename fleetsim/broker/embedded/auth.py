@@ -5,7 +5,7 @@ Identity comes from the certificate by ``cert_rules``; the rule here binds the c
 The broker reads each connection's first packet itself and refuses (CONNACK 5, "not authorized") before
 amqtt sees it: amqtt deletes or takes over the session named by the client id BEFORE it asks its auth
 plugins, so an imposter let through to amqtt could end the real device's session. The auth plugin
-(``embedded_plugins``) asks the same gate again as a second line. Pure: no amqtt, no I/O but the password file,
+(``plugins``) asks the same gate again as a second line. Pure: no amqtt, no I/O but the password file,
 so the simulator can write password files without loading the broker.
 
 Identity is bound from the NEW connection's own TLS object, never from ``session.ssl_object``: on a

@@ -8,10 +8,10 @@ amqtt through its external listener (``Broker.external_connected``).
 
 What the front decides before amqtt acts (amqtt deletes the session a CONNECT names before asking its auth
 plugin, decodes bad UTF-8 into text, reads a declared length whole):
-* packets (``embedded_stream`` + ``mqtt_wire``): every packet is framed and checked first; the whole CONNECT is
+* packets (``stream`` + ``mqtt_wire``): every packet is framed and checked first; the whole CONNECT is
   read, parsed strictly and admitted before amqtt reads it; oversized (``max_packet_size``) or malformed packets
   close the connection; no accepted session within ``connect_timeout_s`` closes it too;
-* identity (``cert_rules``) and admission (``embedded_auth.admit``): a leaf of the issuing CA with clientAuth whose
+* identity (``cert_rules``) and admission (``auth.admit``): a leaf of the issuing CA with clientAuth whose
   CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
   skipped the handshake's check); the password when configured; otherwise CONNACK 5;
 * topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all;
@@ -19,7 +19,7 @@ plugin, decodes bad UTF-8 into text, reads a declared length whole):
   that connects again closes its earlier connection, which amqtt winds down before it reads the new CONNECT
   (takeover, counted). amqtt's own session defects are fixed in ``amqtt_fixes``.
 
-CRL (``embedded_crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
+CRL (``crl``): judged before it is loaded, renewed at half its validity; the broker registers with the
 PKI (``fleetsim.pki.notify``) so a revoke is enforced before it returns, polls DIR/crl.pem every 0.2 s for other
 writers, and reloads on SIGHUP. A fresh server context serves the next handshakes; with ``drop_revoked`` live
 sessions whose serial the new CRL lists are closed. Healthy sessions stay.
@@ -344,7 +344,7 @@ class EmbeddedBroker:
     async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, peer: Peer, abort: Callable[[], None],
                      unsent: Callable[[], int]) -> None:
         """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
-        has not read and checked (``embedded_stream``). The CONNECT timeout runs until amqtt's CONNACK."""
+        has not read and checked (``stream``). The CONNECT timeout runs until amqtt's CONNACK."""
         packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
         timer = asyncio.get_running_loop().call_later(self.options.connect_timeout_s, self._connect_timed_out,
                                                       peer, abort)

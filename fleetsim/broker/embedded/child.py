@@ -1,7 +1,7 @@
 """The embedded broker's child process: ``python -m fleetsim.broker.embedded.child DIR --options-json JSON``.
 
 Its own module so the dependency runs one way: this entry point imports the broker (and amqtt); the handle that
-spawns it (``embedded_process``) imports neither, so the simulator never loads amqtt to start a broker.
+spawns it (``process``) imports neither, so the simulator never loads amqtt to start a broker.
 It prints one JSON line when it listens (``{"ready": ...}``) or fails (``{"error": "<one line>"}``).
 """
 

@@ -1,7 +1,7 @@
 """The embedded broker's TLS server context and CRL, built from a fleetsim PKI directory.
 
 Client certificates are REQUIRED (amqtt's own listener only asks for them) and checked against
-DIR/ca-chain.pem with the issuing CA's CRL (the bytes embedded_crl accepted, VERIFY_CRL_CHECK_LEAF). A reload builds a fresh
+DIR/ca-chain.pem with the issuing CA's CRL (the bytes crl.py accepted, VERIFY_CRL_CHECK_LEAF). A reload builds a fresh
 context rather than adding the CRL to the live one: an un-revoked (removeFromCRL) serial really leaves, the
 store does not grow with every reload, and old TLS session tickets stop resuming.
 """
@@ -51,12 +51,12 @@ def trust_domain(layout: Layout) -> str | None:
 
 def build_context(layout: Layout, options: BrokerOptions, crl_pem: bytes | None = None) -> ssl.SSLContext:
     """A server context: server identity, TLS version range, tickets, and client verification with ``crl_pem``:
-    the CRL bytes the broker judged (embedded_crl), not whatever crl.pem holds by the time OpenSSL reads it."""
+    the CRL bytes the broker judged (crl.py), not whatever crl.pem holds by the time OpenSSL reads it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if options.tls_version not in TLS_VERSIONS:
         raise BrokerError(f"unknown TLS version {options.tls_version!r}", f"use {', '.join(TLS_VERSIONS)}")
     ctx.minimum_version, ctx.maximum_version = tls_range(options.tls_version)
-    ctx.set_ciphers(TLS12_CIPHERS)  # Mosquitto is given the same (mosquitto_config)
+    ctx.set_ciphers(TLS12_CIPHERS)  # Mosquitto is given the same (mosquitto/config.py)
     ctx.num_tickets = TICKETS_WHEN_ON if options.session_tickets else 0
     if not options.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 tickets too
