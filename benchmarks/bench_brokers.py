@@ -153,8 +153,8 @@ def available_brokers(dynsec: bool = False) -> tuple[dict[str, Starter], list[st
     found: dict[str, Starter] = {}
     skipped = []
     try:
-        from fleetsim.broker.mosquitto import find_binary, start_mosquitto
-        from fleetsim.broker.mosquitto_config import Extras
+        from fleetsim.broker.mosquitto.broker import find_binary, start_mosquitto
+        from fleetsim.broker.mosquitto.config import Extras
 
         find_binary()
         found["mosquitto"] = start_mosquitto
@@ -164,7 +164,7 @@ def available_brokers(dynsec: bool = False) -> tuple[dict[str, Starter], list[st
     except Exception as exc:
         skipped.append(f"mosquitto: {exc}")
     try:
-        from fleetsim.broker.embedded_process import start_embedded
+        from fleetsim.broker.embedded.process import start_embedded
 
         found["embedded"] = start_embedded
     except Exception as exc:

@@ -34,7 +34,7 @@ from bench_scale import KB, Sampler, _floor_round, fleetsim_run
 
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Pki
 
 CAMPUS = Path(__file__).resolve().parent.parent / "scenarios" / "campus.toml"

@@ -26,10 +26,10 @@ from typing import Any
 
 from bench_storm import fleetsim_run, storm_figures, write_scenario
 
-from fleetsim import provision
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Pki
+from fleetsim.runner import provision
 
 PATHS = {"local": ["--workers", "2"], "cluster": ["--cluster", "local:2"]}
 

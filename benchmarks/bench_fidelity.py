@@ -13,7 +13,7 @@ Against one broker at a time (Mosquitto, then the embedded one), each repetition
     other at R/s with a new context each, timed exactly as fleetsim's tcp_ms + tls_ms: fleetsim / python is
     what the engine itself adds (its event loop, its bookkeeping).
 
-Placement (fleetsim.placement, as ``[broker] isolate = true`` does in a run): the broker runs on its own core
+Placement (runner/placement.py, as ``[broker] isolate = true`` does in a run): the broker runs on its own core
 and every client, one at a time, on the others (``--no-pin`` to let the scheduler choose). Measured here on 2 cores: loopback TCP wakes the broker with a "sync" wakeup, so the
 kernel often moves it onto the device's core, where it runs its ~1 ms of handshake work in the middle of the
 device's last write. fleetsim's tcp+tls median was then 3.09 ms with device and broker on one core against
@@ -45,12 +45,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from fleetsim import placement
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker
 from fleetsim.pki import Layout, Pki
-from fleetsim.runner import run_scenario
+from fleetsim.runner import placement
+from fleetsim.runner.orchestrate import run_scenario
 
 SCENARIO = """
 name = "fidelity"

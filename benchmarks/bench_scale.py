@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py            # 10,000 devices, ramp at 150/s, 120 s steady (~4 min)
     .venv/bin/python benchmarks/bench_scale.py --quick    # 2,000 devices, 30 s steady (~1 min)
 
-One Mosquitto (fleetsim's own config, started by fleetsim.broker.mosquitto) serves the whole run:
+One Mosquitto (fleetsim's own config, started by fleetsim.broker.mosquitto.broker) serves the whole run:
 
   * reference: in a fresh forked process, R rounds of K devices each holding only what a connected mTLS device
     cannot do without -- its own SSLContext (CA + its certificate and key; Python's ssl takes a client certificate
@@ -45,7 +45,7 @@ from _common import in_child
 
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Layout, Pki
 from fleetsim.telemetry import MODELS, TelemetryStream
 

@@ -16,7 +16,7 @@ favours neither side):
     spent in that window, sampled every 50 ms as the broker's is. Identity loading is inside the clock, except
     what the devices' set-up before t0 (the lead the runner states) does.
   * bare asyncio: one process, contexts built before the clock, 100 handshakes in flight, TLS + CONNECT/CONNACK,
-    connections held; its rate comes from the same function (``stats.fleet_up``) over its own rows.
+    connections held; its rate comes from the same function (``summary.fleet_up``) over its own rows.
   * C clients: one ``openssl s_time -new`` per core in parallel for a few seconds (full handshakes with a device
     certificate, no MQTT), summed.
 With --reconnect (default) a reconnect storm follows: N devices connected to a Mosquitto fleetsim starts, the
@@ -47,11 +47,12 @@ from typing import Any
 import psutil
 from _common import in_child
 
-from fleetsim import provision, stats
 from fleetsim import scenario as sc
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import start_mosquitto
+from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Layout, Pki
+from fleetsim.results import summary
+from fleetsim.runner import provision
 
 STORM = """
 name = "storm"
@@ -162,7 +163,7 @@ class CpuSampler:
 
     def over(self, start: float, end: float) -> float:
         times, cpu = zip(*self.samples, strict=True)
-        return stats.cpu_between(times, cpu, start, end)
+        return summary.cpu_between(times, cpu, start, end)
 
     def close(self) -> None:
         self._stop.set()
@@ -240,7 +241,7 @@ def bare_round(host: str, port: int, pki_dir: Path, ids: list[str]) -> dict[str,
 
     rows, cpu = asyncio.run(main())
     t0 = min(rows["start"])
-    up = stats.fleet_up(rows, t0)
+    up = summary.fleet_up(rows, t0)
     return {"rate": up["rate_per_s"], "ok": up["devices"], "failed": rows["outcome"].count("failed"),
             "cpu_ms": 1000.0 * cpu / max(1, up["devices"]), "window": storm_window(up, t0)}
 
@@ -257,7 +258,7 @@ def bare_reconnect_round(pki_dir: Path, ids: list[str]) -> dict[str, Any]:
                 tr.close()
             back: list[Any] = []
             rows = await _bare_storm(broker.host, broker.port, ctxs, back)  # from the restart's return
-            up = stats.fleet_up(rows, min(rows["start"]))
+            up = summary.fleet_up(rows, min(rows["start"]))
             for tr in back:
                 tr.close()
             return {"rate": up["rate_per_s"], "ok": up["devices"]}

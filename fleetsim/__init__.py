@@ -24,7 +24,7 @@ _PUBLIC = {
     "Run": "fleetsim.api", "Summary": "fleetsim.api", "load_run": "fleetsim.api", "run": "fleetsim.api",
     "start_broker": "fleetsim.api", "run_sweep": "fleetsim.api", "load_sweep": "fleetsim.api",
     "SweepResult": "fleetsim.api", "FleetsimError": "fleetsim.errors", "Pki": "fleetsim.pki",
-    "Progress": "fleetsim.progress", "Arrival": "fleetsim.scenario", "BrokerSpec": "fleetsim.scenario",
+    "Progress": "fleetsim.runner.progress", "Arrival": "fleetsim.scenario", "BrokerSpec": "fleetsim.scenario",
     "Churn": "fleetsim.scenario", "Event": "fleetsim.scenario", "Group": "fleetsim.scenario",
     "MqttSpec": "fleetsim.scenario", "Reconnect": "fleetsim.scenario", "Scenario": "fleetsim.scenario",
     "load_scenario": ("fleetsim.scenario", "load"), "parse_scenario": ("fleetsim.scenario", "parse"),
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from fleetsim.api import Run, Summary, SweepResult, load_run, load_sweep, run, run_sweep, start_broker
     from fleetsim.errors import FleetsimError
     from fleetsim.pki import Pki
-    from fleetsim.progress import Progress
+    from fleetsim.runner.progress import Progress
     from fleetsim.scenario import Arrival, BrokerSpec, Churn, Event, Group, MqttSpec, Reconnect, Scenario
     from fleetsim.scenario import load as load_scenario
     from fleetsim.scenario import parse as parse_scenario

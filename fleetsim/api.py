@@ -25,13 +25,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fleetsim import results
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker as _start
 from fleetsim.errors import FleetsimError
 from fleetsim.pki import Pki
-from fleetsim.progress import Callback, Progress
-from fleetsim.runner import run_scenario
+from fleetsim.results import files
+from fleetsim.runner.orchestrate import run_scenario
+from fleetsim.runner.progress import Callback, Progress
 from fleetsim.scenario import Scenario, load
 from fleetsim.scenario import parse as parse_scenario
 
@@ -90,12 +90,12 @@ class Run:
     @classmethod
     def load(cls, path: str | Path) -> Run:
         run_dir = Path(path)
-        results.read_summary(run_dir)  # one clear line if it is not a run
+        files.read_summary(run_dir)  # one clear line if it is not a run
         return cls(run_dir)
 
     @cached_property
     def summary(self) -> Summary:
-        return Summary(results.read_summary(self.dir))
+        return Summary(files.read_summary(self.dir))
 
     def table(self, name: str) -> pa.Table:
         path = self.dir / f"{name}.parquet"
@@ -161,8 +161,8 @@ def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broke
 
     ``broker``: a running broker (from :func:`start_broker`, or any BrokerHandle) to use as it is; a name
     ("embedded", "mosquitto", "HOST:PORT") to start or target instead of the scenario's; None: the scenario's.
-    ``progress`` is called about once a second with a :class:`fleetsim.progress.Progress`. ``cluster``: run the
-    shards as tasks on a Dask cluster (``"tcp://SCHEDULER:8786"``, or ``"local:N"``).
+    ``progress`` is called about once a second with a :class:`fleetsim.runner.progress.Progress`. ``cluster``:
+    run the shards as tasks on a Dask cluster (``"tcp://SCHEDULER:8786"``, or ``"local:N"``).
     """
     s = scenario if isinstance(scenario, Scenario) else load(scenario)
     handle = None
@@ -184,7 +184,7 @@ class SweepResult:
 
     @cached_property
     def index(self) -> dict[str, Any]:
-        from fleetsim.sweep_run import read_sweep
+        from fleetsim.sweep.run_cells import read_sweep
 
         return read_sweep(self.dir)
 
@@ -223,11 +223,12 @@ class SweepResult:
 def run_sweep(definition: str | Path | Any, *, out: str | Path = "results",
               progress: Callable[[Progress], None] | None = None, measure: Mapping[str, Any] | None = None
               ) -> SweepResult:
-    """Run a sweep (a sweep file, or a fleetsim.sweep.Sweep); cells finished earlier in ``out`` are kept.
+    """Run a sweep (a sweep file, or a fleetsim.sweep.matrix.Sweep); cells finished earlier in ``out`` are
+    kept.
     ``measure`` changes the sweep's [measure] (e.g. ``{"burst_devices": 20}`` to try it small); cells kept from
     an earlier run measured otherwise are refused with one line, never mixed in."""
-    from fleetsim.sweep import Sweep, load
-    from fleetsim.sweep_run import run_sweep as run_all
+    from fleetsim.sweep.matrix import Sweep, load
+    from fleetsim.sweep.run_cells import run_sweep as run_all
 
     s = definition if isinstance(definition, Sweep) else load(definition)
     if measure:

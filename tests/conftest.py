@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Device, Fault, Pki
 
@@ -68,7 +68,7 @@ def target(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
         with start_embedded(pki.root, BrokerOptions(port=0)) as handle:
             yield handle
     else:
-        from fleetsim.broker.mosquitto import start_mosquitto
+        from fleetsim.broker.mosquitto.broker import start_mosquitto
 
         with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:
             yield broker

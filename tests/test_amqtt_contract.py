@@ -1,13 +1,14 @@
 """The amqtt internals the embedded broker relies on or overrides (amqtt 0.12), checked here so that an amqtt
 release that changes them fails before the broker silently misbehaves (or does a job twice).
 
-* ``fleetsim.broker.amqtt_fixes`` overrides private methods of amqtt's Broker and broker protocol handler, and the
-  front (``fleetsim.broker.embedded``) enforces keepalive and takeover because amqtt does not: the behaviour itself
-  is tested end to end in tests/test_broker_conformance.py.
-* ``fleetsim.broker.subscriptions`` replaces ``Broker._subscriptions`` and ``Broker._broadcast_queue`` (to route a
-  message through the filters that can match it, and to count each client id's subscriptions);
-  ``fleetsim.broker.outbound`` judges each packet amqtt writes whole; the front's hold reads a session's
-  ``delivered_message_queue``.
+In fleetsim.broker.embedded:
+
+* ``amqtt_fixes`` overrides private methods of amqtt's Broker and broker protocol handler, and the front
+  (``broker``) enforces keepalive and takeover because amqtt does not: the behaviour itself is tested end to
+  end in tests/test_broker_conformance.py.
+* ``subscriptions`` replaces ``Broker._subscriptions`` and ``Broker._broadcast_queue`` (to route a message
+  through the filters that can match it, and to count each client id's subscriptions); ``outbound`` judges
+  each packet amqtt writes whole; the front's hold reads a session's ``delivered_message_queue``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mqtt_raw import connect, field, packet, publish, subscribe
 
-from fleetsim.broker.amqtt_fixes import AtMostQos, ConformingBroker, ConformingHandler
-from fleetsim.broker.embedded import EmbeddedBroker
+from fleetsim.broker.embedded.amqtt_fixes import AtMostQos, ConformingBroker, ConformingHandler
+from fleetsim.broker.embedded.broker import EmbeddedBroker
+from fleetsim.broker.embedded.subscriptions import FilterTrie, SubscriptionTable
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.subscriptions import FilterTrie, SubscriptionTable
 from fleetsim.pki import Pki
 
 
@@ -212,7 +213,7 @@ def test_a_real_broker_routes_through_the_table_and_counts_per_client(pki: Pki) 
 
 
 def test_amqtt_writes_each_packet_in_one_write() -> None:
-    """fleetsim.broker.outbound judges a packet by its first byte and size: it must see whole packets."""
+    """The embedded broker's outbound.py judges a packet by its first byte and size: whole packets only."""
     writes: list[bytes] = []
 
     class Recorder:

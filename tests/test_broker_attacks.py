@@ -15,7 +15,7 @@ import time
 import pytest
 from mqtt_raw import PUBLISH, Raw, attempt, connect, connected, device_context, publish, varint
 
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
 
@@ -239,7 +239,7 @@ def test_incomplete_connect_is_closed_at_the_connect_timeout(pki: Pki, devices: 
 def test_incomplete_connect_on_mosquitto_waits_for_its_keepalive(pki: Pki, devices: Devices) -> None:
     """Documented limitation: Mosquitto 2.0.11 has no CONNECT timeout; a connection that never completes its
     CONNECT is closed by the keepalive check only, 1.5 x its default 60 s (src/keepalive.c, context.c)."""
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     me, = devices.take(1)
     with start_mosquitto(pki.root, BrokerOptions(port=0)) as broker:

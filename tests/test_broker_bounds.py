@@ -17,12 +17,12 @@ import psutil
 import pytest
 from mqtt_raw import Raw, connected, device_context, field, packet, publish, subscribe
 
-from fleetsim import report
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
+from fleetsim.broker.embedded.outbound import Verdict, verdict
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import start_mosquitto
-from fleetsim.broker.outbound import Verdict, verdict
+from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Pki
+from fleetsim.report import summary_tables
 
 MODEL = "generic"
 HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
@@ -65,9 +65,10 @@ def test_past_the_bound_qos0_is_discarded_and_anything_else_drops_the_consumer(p
 
 def test_the_summary_counts_what_the_broker_bounded() -> None:
     counted = {"qos0_discarded": 1234, "slow_consumers_dropped": 2, "subscriptions_refused": 10}
-    rows = dict(report._machine_rows({"broker": {"available": True, **counted}}))
+    rows = dict(summary_tables._machine_rows({"broker": {"available": True, **counted}}))
     assert rows["broker: QoS 0 discarded / slow consumers dropped / subscriptions refused"] == "1,234 / 2 / 10"
-    assert not any(k.startswith("broker: QoS 0") for k in dict(report._machine_rows({"broker": {"kind": "mosquitto"}})))
+    mosquitto = dict(summary_tables._machine_rows({"broker": {"kind": "mosquitto"}}))
+    assert not any(k.startswith("broker: QoS 0") for k in mosquitto)
 
 
 # --- the attack ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from conftest import BROKER_KINDS
 from mqtt_raw import Packet, Raw, connect, device_context, packet, publish
 
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
 
@@ -49,7 +49,7 @@ def broker(request: pytest.FixtureRequest, pki: Pki) -> Iterator[object]:
         with start_embedded(pki.root, options) as handle:
             yield handle
     else:
-        from fleetsim.broker.mosquitto import start_mosquitto
+        from fleetsim.broker.mosquitto.broker import start_mosquitto
 
         with start_mosquitto(pki.root, options) as mosq:
             yield mosq
@@ -371,10 +371,10 @@ def test_connecting_gets_no_retained_message_it_did_not_subscribe_to(broker: obj
 
 def test_takeovers_reach_the_summary_of_both_brokers() -> None:
     """The broker's takeover count (embedded: its metrics; Mosquitto: its log line) is a row of the summary."""
-    from fleetsim.broker.metrics import BrokerMetrics
-    from fleetsim.broker.mosquitto import LogTally
+    from fleetsim.broker.embedded.metrics import BrokerMetrics
+    from fleetsim.broker.mosquitto.broker import LogTally
     from fleetsim.broker.totals import combine
-    from fleetsim.report import overview_table
+    from fleetsim.report.summary_tables import overview_table
 
     metrics = BrokerMetrics()
     metrics.takeovers = 2

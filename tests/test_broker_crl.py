@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from mqtt_raw import Raw, attempt, connect, connected, device_context
 
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.errors import BrokerError
 from fleetsim.pki import Pki, keys
@@ -231,7 +231,7 @@ needs_mosquitto = pytest.mark.skipif(not os.access("/usr/sbin/mosquitto", os.X_O
 
 @needs_mosquitto
 def test_mosquitto_keeps_its_crl_when_an_older_one_is_copied_over(make_pki: Callable[..., Pki]) -> None:
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     pki = make_pki()
     victim, bystander = (d.id for d in pki.issue(2))
@@ -249,7 +249,7 @@ def test_mosquitto_keeps_its_crl_when_an_older_one_is_copied_over(make_pki: Call
 
 @needs_mosquitto
 def test_mosquitto_starts_with_a_renewed_crl_when_the_old_one_expired(make_pki: Callable[..., Pki]) -> None:
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     pki = make_pki()
     dev, = (d.id for d in pki.issue(1))
@@ -272,7 +272,7 @@ def torn_crl(pki: Pki, kind: str) -> bytes:
 @pytest.mark.parametrize("kind", TORN_CRLS)
 def test_mosquitto_keeps_its_crl_when_crl_pem_is_torn(make_pki: Callable[..., Pki], kind: str) -> None:
     """Issue 23 item 6, the library path: a torn crl.pem is a refusal like any other, not an error."""
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     pki = make_pki()
     victim, bystander = (d.id for d in pki.issue(2))

@@ -20,11 +20,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleetsim.broker import embedded_pki
-from fleetsim.broker.embedded import EmbeddedBroker, EmbeddedProcess, start_embedded
-from fleetsim.broker.embedded_auth import verify_mosquitto_hash
+from fleetsim.broker.embedded import tls_context
+from fleetsim.broker.embedded.auth import verify_mosquitto_hash
+from fleetsim.broker.embedded.broker import EmbeddedBroker, EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded.mqtt_wire import Violation, parse_connect
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mqtt_wire import Violation, parse_connect
 from fleetsim.errors import BrokerError
 from fleetsim.pki import Layout, Pki
 
@@ -135,8 +135,8 @@ def broker(pki: Pki) -> Iterator[EmbeddedProcess]:
 
 # --- pure logic ---------------------------------------------------------------------------------------------
 def test_the_broker_takes_the_trust_domain_from_its_pki(pki: Pki, tmp_path: Path) -> None:
-    assert embedded_pki.trust_domain(pki.layout) == pki.inventory.trust_domain
-    assert embedded_pki.trust_domain(Layout(tmp_path)) is None  # no inventory: any trust domain
+    assert tls_context.trust_domain(pki.layout) == pki.inventory.trust_domain
+    assert tls_context.trust_domain(Layout(tmp_path)) is None  # no inventory: any trust domain
 
 
 def test_connect_parsing_and_mosquitto_hashes() -> None:
@@ -407,7 +407,7 @@ def test_cli_run_prints_where_it_listens(pki: Pki, tmp_path: Path) -> None:
 def test_spawning_the_broker_does_not_load_amqtt(pki: Pki) -> None:
     """The child's entry point imports the broker, never the reverse: the simulator stays free of amqtt."""
     code = ("import sys\nfrom fleetsim.broker.launch import start_broker\nfrom fleetsim.broker.handle import BrokerOptions\n"
-            "import fleetsim.runner\n"
+            "import fleetsim.runner.orchestrate\n"
             f"h = start_broker('embedded', {str(pki.root)!r}, BrokerOptions(port=0))\n"
             "h.stop()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'amqtt'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mqtt_raw import CONNACK, Raw, connect, connected, device_context, publish, subscribe
 
-from fleetsim.broker.embedded import EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded.broker import EmbeddedProcess, start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mqtt_raw import Raw, connect, device_context
 
-from fleetsim.broker.cert_rules import (
+from fleetsim.broker.embedded.cert_rules import (
     BAD_SAN,
     CN_SAN_MISMATCH,
     NO_CLIENT_AUTH,

@@ -17,10 +17,10 @@ import pytest
 from mqtt_raw import connected, device_context
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetsim.broker import mosquitto as mosq
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import LogTally, MosquittoBroker, start_mosquitto
-from fleetsim.broker.mosquitto_config import Extras, RuntimeFiles, render, render_acl
+from fleetsim.broker.mosquitto import broker as mosq
+from fleetsim.broker.mosquitto.broker import LogTally, MosquittoBroker, start_mosquitto
+from fleetsim.broker.mosquitto.config import Extras, RuntimeFiles, render, render_acl
 from fleetsim.errors import BrokerError
 from fleetsim.names import TLS12_CIPHERS, TLS13_SUITES
 from fleetsim.pki import Layout, Pki

@@ -1,11 +1,11 @@
-"""The embedded broker's packet rules (fleetsim.broker.mqtt_wire): pure functions, no network."""
+"""The embedded broker's packet rules (fleetsim.broker.embedded.mqtt_wire): pure functions, no network."""
 
 from __future__ import annotations
 
 import pytest
 from mqtt_raw import connect, field, packet, publish, subscribe
 
-from fleetsim.broker import mqtt_wire as w
+from fleetsim.broker.embedded import mqtt_wire as w
 
 
 def header(data: bytes) -> w.Header:

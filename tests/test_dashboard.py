@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetsim import progress
 from fleetsim.engine.phase_histogram import PhaseHistogram
-from fleetsim.live_metrics import MetricsEndpoint
-from fleetsim.progress import Progress
+from fleetsim.runner import progress
+from fleetsim.runner.live_metrics import MetricsEndpoint
+from fleetsim.runner.progress import Progress
 
 DASHBOARD = Path(__file__).parent.parent / "dashboards" / "fleetsim-live.json"
 FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "changes", "histogram_quantile",

@@ -45,7 +45,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def broker(pki: Pki) -> Iterator[Any]:
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     with start_mosquitto(pki.root, BrokerOptions(port=0)) as b:
         yield b
@@ -152,7 +152,7 @@ def test_server_side_failures_and_no_broker(pki: Pki, broker: Any) -> None:
     assert rows(rogue)[0]["failure"] == "server_untrusted"
     name = run_shard(s, shard(pki, broker, ids, server_hostname="not-the-broker.test"), identities(pki, ids))
     assert rows(name)[0]["failure"] == "server_name_mismatch"
-    from fleetsim.broker.mosquitto import free_port
+    from fleetsim.broker.mosquitto.broker import free_port
 
     down = run_shard(s, shard(pki, broker, ids, port=free_port("127.0.0.1")), identities(pki, ids))
     assert rows(down)[0]["failure"] == "tcp_refused"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fleetsim import scenario as sc
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.engine import DeviceSpec, Identity, ShardSpec, run_shard
 from fleetsim.engine import shard as shard_module

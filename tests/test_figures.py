@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fleetsim import provision
 from fleetsim.broker.handle import BrokerOptions
-from fleetsim.broker.mosquitto import free_port
+from fleetsim.broker.mosquitto.broker import free_port
 from fleetsim.pki import Pki
-from fleetsim.runner import run_scenario
+from fleetsim.runner import provision
+from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -187,7 +187,7 @@ def test_a_broker_that_is_down_is_one_line_before_anything_runs(tmp_path: Path) 
 
 
 def test_a_run_in_which_nothing_can_connect_stops_early_and_says_why(tmp_path: Path) -> None:
-    from fleetsim.broker.embedded_process import start_embedded
+    from fleetsim.broker.embedded.process import start_embedded
 
     theirs = Pki.init(tmp_path / "their-pki")
     with start_embedded(theirs.root, BrokerOptions(port=0)) as broker:

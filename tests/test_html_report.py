@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleetsim import figdata, html_report
-from fleetsim.rundata import load_run
-from fleetsim.runner import run_scenario
+from fleetsim.report import html_page
+from fleetsim.results import figure_data
+from fleetsim.results.read import load_run
+from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -92,18 +93,18 @@ def test_figure_data_from_real_rows_matches_the_run(runs: tuple[Path, Path]) -> 
     s, series = run.summary, run.series
     assert s["outcomes"].get("alert_expired") and s["events"][0]["action"] == "restart-broker"
     n = len(series["second"])
-    by = figdata.failures_by_class(run.attempts, run.t0, n)
+    by = figure_data.failures_by_class(run.attempts, run.t0, n)
     assert {"alert_expired", "alert_unknown_ca"} <= set(by)
     assert np.asarray(sum(by.values())).tolist() == series["failures"].tolist()  # the same bins as series.parquet
-    for phase, (x, y) in figdata.phase_cdfs(run.attempts).items():
+    for phase, (x, y) in figure_data.phase_cdfs(run.attempts).items():
         assert round(1 / y[0]) == s["phases_ms"][phase]["n"] and y[-1] == 1.0
         assert x[-1] == pytest.approx(s["phases_ms"][phase]["max"], abs=1e-3)
-    t = figdata.timeline(series)
+    t = figure_data.timeline(series)
     covered = series["covered_s"] > 0
     assert t.connected.tolist() == series["connected"][covered].tolist()
     assert t.connects.sum() >= s["outcomes"]["connected"] - series["connects"][~covered].sum()
-    assert figdata.event_marks(s) == [(s["events"][0]["fired_at_s"], "restart-broker")]
-    bt, cores = figdata.broker_cpu_rate(run.broker_samples)
+    assert figure_data.event_marks(s) == [(s["events"][0]["fired_at_s"], "restart-broker")]
+    bt, cores = figure_data.broker_cpu_rate(run.broker_samples)
     assert bt.size >= 4 and (cores >= 0).all() and cores.max() > 0
 
 
@@ -130,7 +131,7 @@ def test_a_saturated_simulator_is_marked_on_the_page(runs: tuple[Path, Path], tm
     s = json.loads((run_dir / "summary.json").read_text())
     s["simulator"].update(saturated=True, warning="the simulator was the bottleneck: lag p99 80 ms")
     (run_dir / "summary.json").write_text(json.dumps(s))
-    page = html_report.page_for(run_dir)
+    page = html_page.page_for(run_dir)
     assert '<div class="alert">SIMULATOR SATURATED. the simulator was the bottleneck: lag p99 80 ms</div>' in page
     assert page.count("the simulator was the bottleneck") == 1  # not again among the warnings
 
@@ -240,7 +241,7 @@ def test_the_screenshot_check_tells_a_blank_page_from_one_with_plots(tmp_path: P
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/install-system-deps.sh installs it)")
 def test_the_page_renders_in_headless_chromium(runs: tuple[Path, Path], tmp_path: Path) -> None:
     page = tmp_path / "run.html"
-    html_report.write(page, html_report.page_for(runs[0]))
+    html_page.write(page, html_page.page_for(runs[0]))
     shot = tmp_path / "run.png"
     r = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri())
     assert shot.is_file(), r.stderr[-2000:]

@@ -19,11 +19,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetsim import progress
 from fleetsim.engine.phase_histogram import BOUNDS_S, PHASES, PhaseHistogram
 from fleetsim.errors import FleetsimError
-from fleetsim.live_metrics import MetricsEndpoint, cumulative_buckets, families
-from fleetsim.progress import Progress
+from fleetsim.runner import progress
+from fleetsim.runner.live_metrics import MetricsEndpoint, cumulative_buckets, families
+from fleetsim.runner.progress import Progress
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetsim import progress
 from fleetsim.engine.phase_histogram import BOUNDS_S, BUCKETS_KEY, PHASES, SUM_KEY, PhaseHistogram
+from fleetsim.runner import progress
 
 
 def row(total_ms: float, tls_ms: float | None = 1.0) -> dict[str, float | None]:

@@ -13,9 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
-from fleetsim import placement
 from fleetsim.errors import FleetsimError
-from fleetsim.runner import broker_cores_here, run_scenario
+from fleetsim.runner import placement
+from fleetsim.runner.orchestrate import broker_cores_here, run_scenario
 from fleetsim.scenario import parse
 
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
@@ -100,7 +100,7 @@ action = "restart-broker"
         watcher.join()
     assert summary["fleet"]["ever_connected"] == 20 and [e["action"] for e in summary["events"]] == ["restart-broker"]
     workers = {pid: c for pid, (name, c) in seen.items() if name.startswith("fsim-shard")}
-    brokers = {pid: c for pid, (name, c) in seen.items() if "fleetsim.broker.embedded" in name}
+    brokers = {pid: c for pid, (name, c) in seen.items() if "fleetsim.broker.embedded.child" in name}
     assert len(workers) == len(cores.workers) and set(workers.values()) == {cores.workers}
     assert len(brokers) >= 2, "the broker and its restart"
     assert set(brokers.values()) == {cores.broker}

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fleetsim import plots
+from fleetsim.report import plots
 
 
 def cdf(lo: float, hi: float, n: int = 200) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from fleetsim.cli.live import ConsoleReporter
-from fleetsim.progress import Callback, Progress, View
+from fleetsim.runner.progress import Callback, Progress, View
 
 
 def test_each_run_of_a_sweep_gets_its_own_totals_on_the_progress_line() -> None:

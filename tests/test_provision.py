@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from fleetsim import provision
 from fleetsim.pki import Pki
+from fleetsim.runner import provision
 from fleetsim.scenario import parse
 
 SCENARIO = """

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fleetsim.broker.embedded import start_embedded
+from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
-from fleetsim.rehearse import Rehearsal
-from fleetsim.runner import run_scenario
+from fleetsim.rehearsal.drive import Rehearsal
+from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -1,5 +1,5 @@
 """Pure tests of what the report's figures show and what `fleetsim compare` reports: no broker, no matplotlib, no
-browser (fleetsim.figdata, fleetsim.compare)."""
+browser (fleetsim.results.figure_data, fleetsim.results.compare)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleetsim import compare, figdata
+from fleetsim.results import compare, figure_data
 
 
 def test_cdf_is_sorted_floored_and_thinned_without_losing_its_ends() -> None:
-    x, y = figdata.cdf([3.0, 0.0, np.nan, 1.0, 2.0])
-    assert x.tolist() == [figdata.FLOOR_MS, 1.0, 2.0, 3.0]  # NaN dropped, 0 drawn at the floor of the log axis
+    x, y = figure_data.cdf([3.0, 0.0, np.nan, 1.0, 2.0])
+    assert x.tolist() == [figure_data.FLOOR_MS, 1.0, 2.0, 3.0]  # NaN dropped, 0 drawn at the log axis's floor
     assert y.tolist() == [0.25, 0.5, 0.75, 1.0]
     big = np.arange(1, 100_001, dtype=float)
-    x, y = figdata.cdf(big, max_points=500)
+    x, y = figure_data.cdf(big, max_points=500)
     assert x.size <= 500 and x[0] == 1.0 and x[-1] == 100_000.0 and y[-1] == 1.0
     assert round(1 / y[0]) == 100_000  # the first step still tells n
     assert np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0)
-    assert figdata.cdf([])[0].size == 0
+    assert figure_data.cdf([])[0].size == 0
 
 
 def test_phase_cdfs_take_only_connected_attempts() -> None:
     attempts = {"outcome": np.array(["connected", "failed", "connected"], dtype=object),
                 "tls_ms": np.array([2.0, 500.0, 4.0]), "total_ms": np.array([5.0, 900.0, 7.0])}
-    cdfs = figdata.phase_cdfs(attempts)
+    cdfs = figure_data.phase_cdfs(attempts)
     assert list(cdfs) == ["tls", "total"]
     assert cdfs["tls"][0].tolist() == [2.0, 4.0] and cdfs["total"][0].tolist() == [5.0, 7.0]
 
@@ -36,7 +36,7 @@ def test_timeline_rates_scale_the_partial_last_second_and_drop_seconds_after_the
     series = {"second": np.arange(4), "covered_s": np.array([1.0, 1.0, 0.5, 0.0]),
               "connected": np.array([10, 20, 20, 0]), "connects": np.array([10, 10, 2, 0]),
               "attempts": np.array([12, 10, 2, 0]), "failures": np.array([2, 0, 0, 0]), "drops": np.zeros(4)}
-    t = figdata.timeline(series)
+    t = figure_data.timeline(series)
     assert t.second.tolist() == [0, 1, 2]
     assert t.connects.tolist() == [10, 10, 4]  # 2 in half a second is 4/s, not a fall
     assert t.connected.tolist() == [10, 20, 20] and t.failures.tolist() == [2, 0, 0]
@@ -48,7 +48,7 @@ def test_failures_by_class_bins_by_when_each_attempt_failed_and_folds_the_tail()
     attempts = {"start": np.array([t0 + 0.2] * 10 + [t0]), "total_ms": np.array([900.0] * 9 + [2000.0, 1.0]),
                 "outcome": np.array(["failed"] * 10 + ["connected"], dtype=object),
                 "failure": np.array([*classes, None], dtype=object)}
-    by = figdata.failures_by_class(attempts, t0, seconds=3, top=2)
+    by = figure_data.failures_by_class(attempts, t0, seconds=3, top=2)
     assert list(by) == ["a", "b", "other (2 classes)"]
     assert by["a"].tolist() == [0, 5, 0]  # 0.2 s + 900 ms: failed in second 1
     assert by["other (2 classes)"].tolist() == [0, 1, 1]  # "d" took 2 s: second 2.2
@@ -58,18 +58,18 @@ def test_failures_by_class_bins_by_when_each_attempt_failed_and_folds_the_tail()
 def test_broker_cpu_rate_is_per_second_and_skips_a_counter_that_went_back() -> None:
     samples = [{"t": 0.0, "cpu_seconds": 1.0}, {"t": 1.0, "cpu_seconds": 1.5}, {"t": 3.0, "cpu_seconds": 3.5},
                {"t": 4.0, "cpu_seconds": 0.2}]
-    t, cores = figdata.broker_cpu_rate(samples)
+    t, cores = figure_data.broker_cpu_rate(samples)
     assert t.tolist() == [0.5, 2.0] and cores.tolist() == [0.5, 1.0]
-    assert figdata.broker_cpu_rate(samples[:1])[0].size == 0
+    assert figure_data.broker_cpu_rate(samples[:1])[0].size == 0
 
 
 def test_event_marks_and_saturation_come_from_the_summary() -> None:
     s: dict[str, Any] = {"events": [{"action": "revoke", "fired_at_s": 20.1}, {"action": "x", "fired_at_s": None}],
                          "simulator": {"saturated": False}}
-    assert figdata.event_marks(s) == [(20.1, "revoke")]
-    assert figdata.saturation(s) is None
+    assert figure_data.event_marks(s) == [(20.1, "revoke")]
+    assert figure_data.saturation(s) is None
     s["simulator"] = {"saturated": True, "warning": "the simulator was the bottleneck: lag"}
-    assert figdata.saturation(s) == "the simulator was the bottleneck: lag"
+    assert figure_data.saturation(s) == "the simulator was the bottleneck: lag"
 
 
 def cell(name: str, cpu: float | None, p99: float | None, **settings: Any) -> dict[str, Any]:
@@ -83,8 +83,8 @@ def test_sweep_overhead_groups_cells_by_each_setting_that_varies() -> None:
     cells = [cell("rsa-full", 4.0, 30.0, key_type="rsa-2048"), cell("ec-full", 2.0, 20.0),
              cell("ec-resumed", 1.0, 10.0, session_resumption=True), cell("ec-crl", None, 25.0, crl_size=100_000),
              cell("rsa-crl", 5.0, None, key_type="rsa-2048", crl_size=100_000)]
-    assert figdata.varying_settings(cells) == ["key_type", "session_resumption", "crl_size"]
-    by = {o.setting: o for o in figdata.sweep_overhead(cells)}
+    assert figure_data.varying_settings(cells) == ["key_type", "session_resumption", "crl_size"]
+    by = {o.setting: o for o in figure_data.sweep_overhead(cells)}
     key = by["key_type"]
     assert key.values == ["rsa-2048", "ecdsa-p256"]  # the sweep's own order
     assert key.cells == [["rsa-full", "rsa-crl"], ["ec-full", "ec-resumed", "ec-crl"]]
@@ -92,7 +92,7 @@ def test_sweep_overhead_groups_cells_by_each_setting_that_varies() -> None:
     assert math.isnan(key.p99_ms[0][1])
     assert by["session_resumption"].values == ["false", "true"]
     assert by["crl_size"].values == ["0", "100000"]
-    assert figdata.sweep_overhead([cell("only", 1.0, 1.0)]) == []
+    assert figure_data.sweep_overhead([cell("only", 1.0, 1.0)]) == []
 
 
 def summary(**over: Any) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def test_labels_keep_two_runs_of_one_scenario_apart() -> None:
 def test_the_crypto_floor_puts_the_key_exchange_in_its_own_column() -> None:
     from rich.console import Console
 
-    from fleetsim.report import floor_table
+    from fleetsim.report.summary_tables import floor_table
 
     console = Console(width=120, record=True, markup=False)
     console.print(floor_table({"openssl": "OpenSSL 3", "key_types": {"ecdsa-p256": {"sign_per_s": 43000.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fleetsim.runner import run_scenario
+from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -13,7 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from fleetsim.runner import run_scenario
+from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import load, parse
 
 pytest.importorskip("distributed", reason="pip install -e '.[cluster]'")

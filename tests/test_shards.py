@@ -1,9 +1,9 @@
 """Dealing a fleet into shards and merging their results: pure, no network."""
 
-from fleetsim import provision
 from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec
+from fleetsim.runner import provision
+from fleetsim.runner.shards import deal, merge_results
 from fleetsim.scenario import parse
-from fleetsim.shards import deal, merge_results
 
 SCENARIO = """
 name = "deal"
@@ -61,7 +61,7 @@ def test_merge_adds_counters_by_second_and_takes_the_worst_lag() -> None:
 
 
 def test_sources_are_given_per_shard_only_when_one_address_cannot_hold_the_fleet() -> None:
-    from fleetsim.shards import with_sources
+    from fleetsim.runner.shards import with_sources
 
     def shards(n: int, each: int) -> list[ShardSpec]:
         return [ShardSpec(index=i, devices=tuple(DeviceSpec(id=f"d{i}-{k}", model="thermometer")
@@ -77,7 +77,7 @@ def test_sources_are_given_per_shard_only_when_one_address_cannot_hold_the_fleet
 
 
 def test_workers_share_a_local_brokers_listen_backlog_and_a_remote_one_is_not_capped() -> None:
-    from fleetsim.shards import LOOPBACK_IN_FLIGHT, with_in_flight_caps
+    from fleetsim.runner.shards import LOOPBACK_IN_FLIGHT, with_in_flight_caps
 
     two = [ShardSpec(index=i, devices=(), host="127.0.0.1", port=1) for i in range(2)]
     assert [s.in_flight_cap for s in with_in_flight_caps(two, 1, loopback=True)] == [LOOPBACK_IN_FLIGHT // 2] * 2

@@ -1,8 +1,8 @@
 """The shipped scenarios share one PKI: every one runs after every other on it, in any order.
 
 One id is one physical device, so it keeps one key type and model whichever scenario names it (see
-fleetsim.provision). The fast check derives every id each shipped scenario (and each cell of a shipped sweep) would
-issue from the files alone; the slow one runs them all, scaled down, through the CLI on one PKI.
+fleetsim.runner.provision). The fast check derives every id each shipped scenario (and each cell of a shipped
+sweep) would issue from the files alone; the slow one runs them all, scaled down, through the CLI on one PKI.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim import provision, scenario, sweep
+from fleetsim import scenario
+from fleetsim.runner import provision
+from fleetsim.sweep import matrix
 
 ROOT = Path(__file__).parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -42,12 +44,12 @@ def test_no_id_is_two_devices_across_the_shipped_scenarios() -> None:
     seen = _claims("./pki", [(p.name, scenario.load(p)) for p in SCENARIOS])
     assert any(i.startswith("pumps-") for i in seen["./pki"])  # the lot once issued both as RSA and as ECDSA
     for path in SWEEPS:
-        s = sweep.load(path)
+        s = matrix.load(path)
         for crl_size in {c.settings["crl_size"] for c in s.cells}:
             cells = [c for c in s.cells if c.settings["crl_size"] == crl_size]
             _claims(f"{path.name} crl-{crl_size}",
                     [(f"{c.name}/{what}", sc) for c in cells
-                     for what, sc in zip(("burst", "steady"), sweep.cell_scenarios(s, c), strict=True)])
+                     for what, sc in zip(("burst", "steady"), matrix.cell_scenarios(s, c), strict=True)])
 
 
 DEVICES, DURATION, REHEARSAL_DURATION = "16", "2", "9"  # a rehearsal needs its steps: steady, revoke, re-enrol

@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleetsim import progress, stats
-from fleetsim.series import Concurrency, run_series
-from fleetsim.shards import Merged
+from fleetsim.results import summary
+from fleetsim.results.rows import Merged
+from fleetsim.results.series import Concurrency, run_series
+from fleetsim.runner import progress
 
 T0 = 1_000.0
 
@@ -44,7 +45,7 @@ def merged(a, s, *, states=None, bins=None, lag=(), messages=None):
 
 def test_distribution_matches_numpy_percentiles():
     samples = np.arange(1, 1001, dtype=float)
-    d = stats.distribution(samples)
+    d = summary.distribution(samples)
     assert d["n"] == 1000
     assert d["p50"] == pytest.approx(np.percentile(samples, 50))
     assert d["p99.9"] == pytest.approx(np.percentile(samples, 99.9))
@@ -52,13 +53,13 @@ def test_distribution_matches_numpy_percentiles():
 
 
 def test_distribution_of_nothing_is_none_not_nan():
-    d = stats.distribution([])
+    d = summary.distribution([])
     assert d["n"] == 0 and d["p99"] is None and d["mean"] is None
 
 
 def test_phases_only_count_connected_attempts():
     a = attempts([("d1", 0.0, "connected", None, 9.0), ("d2", 0.0, "failed", "alert_revoked", 51.0)])
-    phases = stats.phase_summary(a)
+    phases = summary.phase_summary(a)
     assert phases["tls"]["n"] == 1 and phases["tls"]["p50"] == 3.0
     assert phases["total"]["max"] == 9.0
 
@@ -88,11 +89,11 @@ def test_concurrency_is_exact_between_samples():
 def test_fleet_up_is_the_storm_rate_not_a_mean_of_busy_seconds():
     # 100 devices start at once; CONNACKs come evenly over 4 s, all of them in the last 2 s
     rows = [(f"d{i}", 0.0, "connected", None, 2_000.0 + 20.0 * i) for i in range(100)]
-    up = stats.fleet_up(attempts(rows), T0)
+    up = summary.fleet_up(attempts(rows), T0)
     assert up["devices"] == 100 and up["span_s"] == pytest.approx(3.98)
     assert up["rate_per_s"] == pytest.approx(100 / 3.98, rel=1e-3)
     series = run_series(attempts(rows), sessions([]), {"second": []}, t0=T0, stopped_s=10.0)
-    rate = stats.connect_rate(series, 10.0)
+    rate = summary.connect_rate(series, 10.0)
     assert rate["mean_per_s"] == pytest.approx(10.0)  # over the whole run, empty seconds included
     assert rate["peak_per_s"] == 50 and rate["peak_second"] in (2, 3)
 
@@ -109,7 +110,7 @@ def test_summary_states_drops_faults_and_identity_problems():
     m = merged(a, s, states=["connected", "retrying", "connected", "gave_up"],
                messages={"qos0_published": 12, "qos0_sent": 10, "published": 5, "acknowledged": 4})
     series = run_series(a, s, m.bins, t0=T0, stopped_s=10.0)
-    out = stats.summarise(m, series, t0=T0, stopped_s=10.0, devices=5, workers=1, wall_s=10.2,
+    out = summary.summarise(m, series, t0=T0, stopped_s=10.0, devices=5, workers=1, wall_s=10.2,
                           broker_kind="external",
                           events=[{"at": 2.0, "action": "revoke", "fired_at_s": 2.0, "device_ids": ["d1"]}])
     f = out["fleet"]
@@ -135,18 +136,19 @@ def test_recovery_after_a_restart_is_the_time_until_the_count_is_back():
     level = Concurrency(*[np.asarray(x) for x in (np.array(s["start"]) - T0,
                                                   np.where(np.array(s["cause"]) == "stop", np.inf,
                                                            np.array(s["end"]) - T0))])
-    (e,) = stats.event_effects([{"at": 3.0, "action": "restart-broker", "fired_at_s": 3.0}], level, s, T0, 10.0)
+    restart = {"at": 3.0, "action": "restart-broker", "fired_at_s": 3.0}
+    (e,) = summary.event_effects([restart], level, s, T0, 10.0)
     assert e["connected_before"] == 4 and e["recovered_after_s"] == pytest.approx(4.4 - 3.0)
 
 
 def test_a_rehearsals_revoked_serials_are_counted_in_the_summary_and_listed_in_events_json() -> None:
     from rich.console import Console
 
-    from fleetsim.report import events_table
+    from fleetsim.report.summary_tables import events_table
 
     ids, serials = [f"d{i}" for i in range(100)], [f"{0x5f3a9c00 + i:x}" * 4 for i in range(100)]
     event = {"at": 3.0, "action": "revoke", "fired_at_s": 3.0, "devices": 100, "device_ids": ids, "serials": serials}
-    (e,) = stats.event_effects([event], Concurrency(np.zeros(0), np.zeros(0)), sessions([]), T0, 10.0)
+    (e,) = summary.event_effects([event], Concurrency(np.zeros(0), np.zeros(0)), sessions([]), T0, 10.0)
     assert "serials" not in e and e["revoked_serials"] == 100 and e["listed_in"] == "events.json"
     console = Console(width=110, record=True, markup=False)
     console.print(events_table([e]))
@@ -157,43 +159,44 @@ def test_simulator_saturation_is_flagged_with_what_it_means():
     a = attempts([("d1", 0.0, "connected", None, 10.0)])
     m = merged(a, sessions([]), lag=[1.0] * 90 + [400.0] * 10)
     series: dict[str, list[float]] = {"attempts": [1, 1, 1, 1], "sim_cpu_max": [1.0, 1.0, 1.0, 0.2]}
-    sim = stats.simulator(m, series, workers=2)
+    sim = summary.simulator(m, series, workers=2)
     assert sim["saturated"] and sim["seconds_at_full_cpu"] == 3 and "bottleneck" in sim["warning"]
-    calm = stats.simulator(merged(a, sessions([]), lag=[1.0] * 100), {"attempts": [1], "sim_cpu_max": [0.3]}, 2)
+    light: dict[str, list[Any]] = {"attempts": [1], "sim_cpu_max": [0.3]}
+    calm = summary.simulator(merged(a, sessions([]), lag=[1.0] * 100), light, 2)
     assert not calm["saturated"] and "warning" not in calm
 
 
 def test_admission_is_stated_per_worker_with_its_cap_and_syn_ceiling():
-    from fleetsim import report
+    from fleetsim.report import summary_tables
     workers: list[dict[str, Any]] = [{"shard": 0, "admission_peak_in_flight": 48, "admission_cap": 48, "admission_ceiling": None,
                 "admission_peak_waiting": 952},
                {"shard": 1, "admission_peak_in_flight": 40, "admission_cap": 48, "admission_ceiling": 34,
                 "admission_peak_waiting": 960}]
-    adm = stats.admission(workers)
+    adm = summary.admission(workers)
     assert adm == {"peak_in_flight": [48, 40], "cap": [48, 48], "syn_ceiling": [None, 34], "peak_waiting": 960}
-    assert report._admission_text(adm) == "48 / 48, 40 / 48  (held at 34 after dropped SYNs)"
-    remote = stats.admission([{"admission_peak_in_flight": 700, "admission_cap": None}])
-    assert report._admission_text(remote) == "700 / -"
-    assert stats.admission([{"shard": 0, "cpu_s": 1.0}])["peak_in_flight"] == []  # a result from before
+    assert summary_tables._admission_text(adm) == "48 / 48, 40 / 48  (held at 34 after dropped SYNs)"
+    remote = summary.admission([{"admission_peak_in_flight": 700, "admission_cap": None}])
+    assert summary_tables._admission_text(remote) == "700 / -"
+    assert summary.admission([{"shard": 0, "cpu_s": 1.0}])["peak_in_flight"] == []  # a result from before
 
 
 def test_devices_set_up_before_t0_are_summed_over_workers_and_a_shortfall_said():
-    from fleetsim import report
+    from fleetsim.report import summary_tables
     workers = [{"prepared": 1000, "to_prepare": 1000}, {"prepared": 717, "to_prepare": 1000}]
-    ready = stats.set_up_before_t0(workers)
+    ready = summary.set_up_before_t0(workers)
     assert ready == {"devices": 1717, "of": 2000}
-    assert report._set_up_text(ready) == ("1,717 of 2,000  (283 set up at their first attempt, inside the clock: "
-                                          "their setup_ms is the simulator's)")
-    assert report._set_up_text({"devices": 5, "of": 5}) == "5 of 5"
-    assert stats.set_up_before_t0([{"prepared": 0, "to_prepare": 0}]) is None  # shared contexts: nothing ahead
-    assert stats.set_up_before_t0([{"cpu_s": 1.0}]) is None  # a result from before
+    assert summary_tables._set_up_text(ready) == ("1,717 of 2,000  (283 set up at their first attempt, "
+                                                  "inside the clock: their setup_ms is the simulator's)")
+    assert summary_tables._set_up_text({"devices": 5, "of": 5}) == "5 of 5"
+    assert summary.set_up_before_t0([{"prepared": 0, "to_prepare": 0}]) is None  # shared contexts: none ahead
+    assert summary.set_up_before_t0([{"cpu_s": 1.0}]) is None  # a result from before
 
 
 def test_the_lead_before_t0_follows_the_setup_time_measured_on_this_machine():
-    from fleetsim import runner
-    assert runner.prepare_time(1000, 0.002) == pytest.approx(1000 * 0.002 * runner.PREPARE_MARGIN)
-    assert runner.prepare_time(2000, 0.008) == runner.PREPARE_BUDGET_S  # bounded, whatever the machine
-    assert runner.prepare_time(1000, 0.0) == 0.0
+    from fleetsim.runner import orchestrate
+    assert orchestrate.prepare_time(1000, 0.002) == pytest.approx(1000 * 0.002 * orchestrate.PREPARE_MARGIN)
+    assert orchestrate.prepare_time(2000, 0.008) == orchestrate.PREPARE_BUDGET_S  # bounded, whatever the host
+    assert orchestrate.prepare_time(1000, 0.0) == 0.0
 
 
 def test_broker_cpu_per_handshake_comes_from_the_storm_window():
@@ -202,7 +205,7 @@ def test_broker_cpu_per_handshake_comes_from_the_storm_window():
     samples = [{"t": t, "cpu_seconds": c} for t, c in ((0.0, 0.0), (1.0, 0.1), (2.0, 0.3), (3.0, 0.5), (4.0, 0.51),
                                                        (10.0, 0.57))]
     series = {"published": [0, 0, 0, 0, 100, 100, 100, 100, 100, 100], "acked": [0] * 10}
-    b = stats.broker_cost({"cpu_seconds": 0.57, "accepted": 200}, samples, a, series, t0=T0, stopped_s=10.0,
+    b = summary.broker_cost({"cpu_seconds": 0.57, "accepted": 200}, samples, a, series, t0=T0, stopped_s=10.0,
                           kind="mosquitto")
     assert b["storm_window_s"] == [0.0, pytest.approx(2.99)] and b["handshakes_in_storm"] == 200
     assert b["cpu_ms_per_handshake"] == pytest.approx(1000 * 0.498 / 200, rel=1e-2)
@@ -213,13 +216,13 @@ def test_machine_busy_is_read_over_whole_sample_intervals_inside_the_storm():
     a = attempts([(f"d{i}", 0.2, "connected", None, 1_000.0 + 10.0 * i) for i in range(200)])  # 0.2 s to 3.19 s
     samples = [{"t": t, "busy_s": b} for t, b in ((-0.5, 100.0), (0.1, 100.1), (0.4, 100.2), (1.4, 102.1),
                                                    (2.4, 103.9), (3.4, 104.0))]
-    busy = stats.machine_busy(stats.Machine(2, samples), a, T0)
+    busy = summary.machine_busy(summary.Machine(2, samples), a, T0)
     # inside 0.2-3.19 s: the samples at 0.4, 1.4 and 2.4 s; 3.7 CPU seconds over 2 s of 2 cores
     assert busy == {"share": pytest.approx(3.7 / 4), "from_s": 0.4, "to_s": 2.4, "cores": 2}
-    assert "92% busy across its 2 cores" in (stats.machine_warning(busy) or "")
-    assert stats.machine_warning({**busy, "share": 0.5}) is None
-    assert stats.machine_busy(stats.Machine(2, samples[:3]), a, T0) is None  # one sample inside: no figure
-    assert stats.machine_busy(stats.Machine(2, samples), attempts([]), T0) is None
+    assert "92% busy across its 2 cores" in (summary.machine_warning(busy) or "")
+    assert summary.machine_warning({**busy, "share": 0.5}) is None
+    assert summary.machine_busy(summary.Machine(2, samples[:3]), a, T0) is None  # one sample inside: none
+    assert summary.machine_busy(summary.Machine(2, samples), attempts([]), T0) is None
 
 
 def test_progress_merge_sums_counters_and_takes_worst_percentile():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim import sweep
 from fleetsim.errors import ScenarioError
-from fleetsim.sweep_run import read_sweep, run_sweep
+from fleetsim.sweep import matrix
+from fleetsim.sweep.run_cells import read_sweep, run_sweep
 
 pytestmark = pytest.mark.integration  # each cell runs a broker and a fleet
 
@@ -33,14 +33,14 @@ crl_size = 50
 
 
 def test_a_matrix_crosses_or_varies_one_setting_at_a_time() -> None:
-    crossed = sweep.parse('[matrix]\nauth = ["mtls", "tls"]\nbroker = ["embedded", "mosquitto"]\n', "x.toml")
+    crossed = matrix.parse('[matrix]\nauth = ["mtls", "tls"]\nbroker = ["embedded", "mosquitto"]\n', "x.toml")
     assert len(crossed.cells) == 4 and {c.settings["broker"] for c in crossed.cells} == {"embedded", "mosquitto"}
-    one = sweep.parse('[matrix]\nmode = "one-at-a-time"\nauth = ["mtls", "tls", "none"]\n'
+    one = matrix.parse('[matrix]\nmode = "one-at-a-time"\nauth = ["mtls", "tls", "none"]\n'
                       'key_type = ["ecdsa-p256", "ed25519"]\ncrl_size = [0, 1000]\n'
                       '[[cells]]\nauth = "tls"\n', "x.toml")
     names = [c.name for c in one.cells]
     assert len(names) == 5 and len(set(names)) == 5  # baseline + 2 auth + 1 key type + 1 CRL; the listed one is a duplicate
-    assert one.cells[0].settings == sweep.DEFAULTS
+    assert one.cells[0].settings == matrix.DEFAULTS
     assert {c.settings["crl_size"] for c in one.cells} == {0, 1000}
 
 
@@ -54,16 +54,16 @@ def test_a_matrix_crosses_or_varies_one_setting_at_a_time() -> None:
 ])
 def test_a_broken_sweep_file_is_one_line(text: str, says: str) -> None:
     with pytest.raises(ScenarioError) as e:
-        sweep.parse(text, "s.toml")
+        matrix.parse(text, "s.toml")
     assert says in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("s.toml")
 
 
 def test_each_cell_runs_its_settings_as_a_burst_and_at_a_steady_rate() -> None:
-    s = sweep.parse(TINY, "tiny.toml")
-    burst, steady = sweep.cell_scenarios(s, s.cells[1])
+    s = matrix.parse(TINY, "tiny.toml")
+    burst, steady = matrix.cell_scenarios(s, s.cells[1])
     assert burst.devices == 12 and burst.arrival.pattern == "burst" and burst.broker.auth == "none"
     assert steady.devices == 6 and steady.arrival.rate == 10 and steady.fleet[0].lot == "sweep-ecdsa-p256"
-    resumed = sweep.cell_scenarios(s, sweep.Cell("r", {**sweep.DEFAULTS, "session_resumption": True}))[1]
+    resumed = matrix.cell_scenarios(s, matrix.Cell("r", {**matrix.DEFAULTS, "session_resumption": True}))[1]
     assert resumed.broker.session_resumption and resumed.churn.rate > 0  # devices drop once, to resume
 
 
@@ -75,7 +75,7 @@ rsa 2048 bits 0.000344s 0.000019s   2905.0  53374.0
                               op      op/s
  253 bits ecdh (X25519)   0.0000s  29024.0
 """
-    assert sweep.parse_openssl_speed(text) == {
+    assert matrix.parse_openssl_speed(text) == {
         "rsa-2048": {"sign_per_s": 2905.0, "verify_per_s": 53374.0},
         "ecdsa-p256": {"sign_per_s": 45056.0, "verify_per_s": 15023.0},
         "ed25519": {"sign_per_s": 21472.0, "verify_per_s": 7947.0},
@@ -85,7 +85,7 @@ rsa 2048 bits 0.000344s 0.000019s   2905.0  53374.0
 
 @pytest.mark.timeout(400)
 def test_a_small_sweep_runs_every_cell_once_and_resumes(tmp_path: Path) -> None:
-    definition = sweep.parse(TINY, "tiny.toml")
+    definition = matrix.parse(TINY, "tiny.toml")
     sweep_dir = run_sweep(definition, out=tmp_path)
     index = read_sweep(sweep_dir)
     assert index["complete"] and [c["settings"]["auth"] for c in index["cells"]] == ["mtls", "none"]
@@ -122,7 +122,7 @@ def test_a_sweep_measured_otherwise_is_never_resumed_into_the_same_directory(tmp
     import fleetsim as fs
     from fleetsim.errors import FleetsimError
 
-    definition = sweep.parse(TINY, "tiny.toml")
+    definition = matrix.parse(TINY, "tiny.toml")
     assert definition.with_measure(burst_devices=4).measure.burst_devices == 4
     with pytest.raises(ScenarioError, match=r"measure\.burst_devices"):
         definition.with_measure(burst_devices=0)

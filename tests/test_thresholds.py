@@ -2,8 +2,8 @@
 
 import pytest
 
-from fleetsim import thresholds
 from fleetsim.errors import FleetsimError
+from fleetsim.results import thresholds
 
 SUMMARY = {
     "devices": 200, "attempts": 210, "outcomes": {"connected": 200, "alert_revoked": 10},

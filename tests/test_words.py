@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetsim.report import revocation_rows
+from fleetsim.report.summary_tables import revocation_rows
 from fleetsim.words import count
 
 

@@ -12,13 +12,14 @@ TlsVersion = Literal["1.2", "1.3", "any"]
 # Telemetry is well under 1 KB a message (ECG bursts ~0.8 KB): 64 KiB leaves room for any CONNECT a device sends
 # and keeps what one connection can make a broker buffer small.
 DEFAULT_MAX_PACKET = 64 * 1024
-# What the embedded broker queues unsent for one connection (fleetsim.broker.outbound): 1 MiB is ~1,000 telemetry
-# messages of fleetsim's devices (under 1 KB each), the depth Mosquitto's default max_queued_messages (1000) gives,
-# or 16 packets of the largest size a device may send.
+# What the embedded broker queues unsent for one connection (fleetsim.broker.embedded.outbound): 1 MiB is
+# ~1,000 telemetry messages of fleetsim's devices (under 1 KB each), the depth Mosquitto's default
+# max_queued_messages (1000) gives, or 16 packets of the largest size a device may send.
 DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
-# Subscriptions one client id may hold on the embedded broker (fleetsim.broker.subscriptions): a fleetsim device
-# holds one or two; AWS IoT Core allows 50 per connection by default. 1,000 leaves room for any real device while
-# one device can no longer fill the broker's table (84,000 of them raised everyone's PUBACK median 100-fold).
+# Subscriptions one client id may hold on the embedded broker (fleetsim.broker.embedded.subscriptions): a
+# fleetsim device holds one or two; AWS IoT Core allows 50 per connection by default. 1,000 leaves room for
+# any real device while one device can no longer fill the broker's table (84,000 of them raised everyone's
+# PUBACK median 100-fold).
 DEFAULT_MAX_SUBSCRIPTIONS = 1000
 
 
@@ -38,7 +39,7 @@ class BrokerOptions:
     connect_timeout_s: float = 10.0  # embedded: from the TLS handshake until the session is accepted (CONNACK)
     device_topics: tuple[str, ...] = DEVICE_TOPICS  # where a device may publish/subscribe (%u, %m: its name, model)
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
-    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes a connection may hold (outbound.py)
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes one connection may hold
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS  # embedded: per client id; past it SUBACK 0x80
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.errors import BrokerError
 from fleetsim.names import split_hostport
+
+PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -51,6 +54,21 @@ def parse_address(target: str) -> tuple[str, int]:
     return address
 
 
+def probe(host: str, port: int) -> None:
+    """One TCP connect to a broker fleetsim did not start: a broker that is down is one line, not a whole run."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return
+    except ConnectionRefusedError:
+        raise BrokerError(f"nothing listens at {host}:{port} (connection refused)",
+                          "start the broker, or fix --broker HOST:PORT") from None
+    except TimeoutError:
+        raise BrokerError(f"no answer from {host}:{port} within {PROBE_TIMEOUT_S:g} s",
+                          "check the address and that a firewall lets it through") from None
+    except OSError as exc:
+        raise BrokerError(f"cannot reach {host}:{port}: {exc.strerror or exc}", "check --broker HOST:PORT") from None
+
+
 def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None,
                  dynsec_admin: str | None = None) -> BrokerHandle:
     """Start the embedded broker or Mosquitto from the PKI, or name an external one.
@@ -60,12 +78,12 @@ def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file
     clients can be cut by name (MosquittoBroker.disconnect).
     """
     if target == "embedded":
-        from fleetsim.broker.embedded_process import start_embedded
+        from fleetsim.broker.embedded.process import start_embedded
 
         return start_embedded(pki_dir, options, log_file=log_file)
     if target == "mosquitto":
-        from fleetsim.broker.mosquitto import start_mosquitto
-        from fleetsim.broker.mosquitto_config import Extras
+        from fleetsim.broker.mosquitto.broker import start_mosquitto
+        from fleetsim.broker.mosquitto.config import Extras
 
         return start_mosquitto(pki_dir, options, extras=Extras(dynsec_admin=dynsec_admin))
     host, port = parse_address(target)

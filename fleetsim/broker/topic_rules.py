@@ -19,7 +19,7 @@ from fleetsim.pki.certs import DEVICE, MONITOR
 # Devices publish on fleet/<site>/<model>/<device-id>/<kind>; each is confined to its own subtree, under its model.
 DEVICE_TOPICS: tuple[str, ...] = ("fleet/+/%m/%u/#",)
 _PLACEHOLDERS = ("%u", "%c")  # Mosquitto's: username, client id; both are the certificate's name here
-MODEL = "%m"  # fleetsim's: the certificate's model (OU); Mosquitto's ACL has no such placeholder (mosquitto_config)
+MODEL = "%m"  # fleetsim's: the certificate's model (OU); Mosquitto's ACL has no such placeholder (mosquitto/config)
 
 
 def covers(allowed: str, requested: str) -> bool:

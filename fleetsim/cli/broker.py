@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from fleetsim.broker import config as broker_config
-from fleetsim.broker.embedded_pki import FileStamp
+from fleetsim.broker.embedded.tls_context import FileStamp
 from fleetsim.broker.handle import (
     DEFAULT_MAX_PACKET,
     DEFAULT_MAX_QUEUED_BYTES,
@@ -97,7 +97,7 @@ def _where(kind: str, host: str, port: int, plain_port: int | None, extra: str =
 
 
 async def _run_embedded(pki_dir: Path, options: BrokerOptions, stats_port: int) -> None:
-    from fleetsim.broker.embedded import EmbeddedBroker
+    from fleetsim.broker.embedded.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(pki_dir, options, stats_port=stats_port)
     await broker.start()
@@ -115,7 +115,7 @@ async def _run_embedded(pki_dir: Path, options: BrokerOptions, stats_port: int) 
 
 
 def _run_mosquitto(pki_dir: Path, options: BrokerOptions) -> None:
-    from fleetsim.broker.mosquitto import start_mosquitto
+    from fleetsim.broker.mosquitto.broker import start_mosquitto
 
     handle = start_mosquitto(pki_dir, options)
     stop = threading.Event()

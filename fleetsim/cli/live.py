@@ -10,14 +10,14 @@ from rich.live import Live
 from rich.status import Status
 from rich.text import Text
 
-from fleetsim.progress import Progress, View
+from fleetsim.runner.progress import Progress, View
 
 PLAIN_EVERY_S = 10.0  # without a terminal: a progress line this often
 PLAIN_STEP_EVERY_S = 5.0
 
 
 class ConsoleReporter:
-    """fleetsim.progress.Reporter for a rich Console; every text is shown as it is, never as markup."""
+    """fleetsim.runner.progress.Reporter for a rich Console; every text is shown as it is, never as markup."""
 
     def __init__(self, console: Console) -> None:
         self.console = console

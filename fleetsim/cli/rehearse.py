@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from fleetsim import report
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.errors import ScenarioError
+from fleetsim.report import summary_tables
 from fleetsim.scenario.toml_writer import dump
 
 
@@ -29,7 +29,7 @@ def rehearse(
     """Revoke a batch of devices mid-run, make the broker enforce it, re-enrol them; say how long each step took."""
     from fleetsim import scenario as scenario_mod
     from fleetsim.cli.run import exit_code
-    from fleetsim.runner import run_scenario
+    from fleetsim.runner.orchestrate import run_scenario
 
     sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, broker=broker)
     if sc.revocation is None:
@@ -41,7 +41,7 @@ def rehearse(
         sc = scenario_mod.parse(dump(data), f"{scenario} (with --strategy)")
     console = tables()
     run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=ConsoleReporter(console))
-    report.print_summary(summary, console)
+    summary_tables.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))
     raise typer.Exit(exit_code(summary))
 

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fleetsim import compare, report, results, rundata
 from fleetsim.cli.console import tables
 from fleetsim.errors import FleetsimError
+from fleetsim.report import summary_tables
+from fleetsim.results import compare, files, read
 
 VERDICT_STYLE = {"better": "green", "worse": "bold red", "noise": "dim", "": ""}
 
@@ -33,22 +34,22 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A results directory wri
                                                     help="Write one self-contained HTML page with the figures.")
                ) -> None:
     """Print a finished run's summary as tables (or as JSON), or write its HTML report."""
-    kind = rundata.kind_of(run_dir)
+    kind = read.kind_of(run_dir)
     if html_out is not None:
-        from fleetsim import html_report  # matplotlib only when a page is made
+        from fleetsim.report import html_page  # matplotlib only when a page is made
 
-        html_report.check_writable(html_out)
-        text = html_report.page_for(run_dir)
-        html_report.write(html_out, text)
+        html_page.check_writable(html_out)
+        text = html_page.page_for(run_dir)
+        html_page.write(html_out, text)
         _wrote(html_out, text, "report")
         return
     if kind != "run":
         raise FleetsimError(f"{run_dir} is a {kind}", "pass --html FILE for its report")
-    summary = results.read_summary(run_dir)
+    summary = files.read_summary(run_dir)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    report.print_summary(summary, _console())
+    summary_tables.print_summary(summary, _console())
 
 
 def _difference_table(title: str, rows: Sequence[compare.Row], names: Sequence[str]) -> Table:
@@ -78,7 +79,7 @@ def _settings_table(rows: Sequence[tuple[str, list[str]]], names: Sequence[str])
     return t
 
 
-def print_comparison(runs: Sequence[rundata.Run], console: Console) -> None:
+def print_comparison(runs: Sequence[read.Run], console: Console) -> None:
     names = compare.labels([r.name for r in runs])
     summaries = [r.summary for r in runs]
     for n, r in zip(names, runs, strict=True):
@@ -101,21 +102,21 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_A RUN_B 
     if len(run_dirs) < 2:
         raise FleetsimError(f"compare needs two or more runs, got {len(run_dirs)}", "pass RUN_A RUN_B [...]")
     if html_out is not None:
-        from fleetsim import html_report
+        from fleetsim.report import html_page
 
-        html_report.check_writable(html_out)
-    runs = [rundata.load_run(p) for p in run_dirs]
+        html_page.check_writable(html_out)
+    runs = [read.load_run(p) for p in run_dirs]
     if as_json:
         typer.echo(json.dumps(comparison_json(runs), indent=2))
     else:
         print_comparison(runs, _console())
     if html_out is not None:
-        text = html_report.compare_page(runs)
-        html_report.write(html_out, text)
+        text = html_page.compare_page(runs)
+        html_page.write(html_out, text)
         _wrote(html_out, text, "comparison")
 
 
-def comparison_json(runs: Sequence[rundata.Run]) -> dict[str, object]:
+def comparison_json(runs: Sequence[read.Run]) -> dict[str, object]:
     summaries = [r.summary for r in runs]
     return {
         "runs": [str(r.path) for r in runs],

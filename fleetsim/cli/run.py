@@ -15,10 +15,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from fleetsim import lifecycle, report, results, thresholds
+from fleetsim import lifecycle
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
-from fleetsim.progress import Reporter
+from fleetsim.report import summary_tables
+from fleetsim.results import files, thresholds
+from fleetsim.runner.progress import Reporter
 from fleetsim.words import count
 
 RUN_FAILED = 1
@@ -43,14 +45,15 @@ def run(
                                        help="Run the shards on a Dask cluster: tcp://SCHEDULER:8786, or local:N."),
     fail_on: list[str] = typer.Option([], "--fail-on", metavar="RULE",
                                       help="Exit 1 when the run breaches RULE, e.g. 'connected<100%' or "
-                                           "'p99.total>200ms' (repeatable; see fleetsim/thresholds.py)."),
+                                           "'p99.total>200ms' (repeatable; see "
+                                           "fleetsim/results/thresholds.py)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, metavar="P",
                                             help="Serve live Prometheus metrics on 127.0.0.1:P/metrics during "
                                                  "the run (0: a free port; see dashboards/)."),
 ) -> None:
     """Run a fleet against a broker that requires client certificates, then print the summary."""
     from fleetsim import scenario as scenario_mod
-    from fleetsim.runner import run_scenario
+    from fleetsim.runner.orchestrate import run_scenario
 
     rules = thresholds.parse(fail_on)  # a bad rule is one line before anything runs
     console = tables()
@@ -61,8 +64,8 @@ def run(
                                         cluster=cluster)
     if rules:
         summary["thresholds"] = thresholds.judge(rules, summary)
-        results.write_json(run_dir / results.SUMMARY, summary)
-    report.print_summary(summary, console)
+        files.write_json(run_dir / files.SUMMARY, summary)
+    summary_tables.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))
     raise typer.Exit(exit_code(summary))
 
@@ -74,7 +77,7 @@ def _metrics(port: int | None, console: Console) -> Iterator[Callable[[Reporter]
     if port is None:
         yield lambda reporter: reporter
         return
-    from fleetsim.live_metrics import MetricsEndpoint  # prometheus_client only when asked for
+    from fleetsim.runner.live_metrics import MetricsEndpoint  # prometheus_client only when asked for
 
     with MetricsEndpoint(port) as endpoint:
         console.print(Text(f"metrics: {endpoint.url}"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from fleetsim import report
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
+from fleetsim.report import summary_tables
 from fleetsim.words import count
 
 
@@ -19,15 +19,15 @@ def sweep(
                                                             "running again resumes it."),
 ) -> None:
     """Run every cell of a sweep (a burst and a steady run each) and print the overhead comparison."""
-    from fleetsim import sweep as sweep_mod
-    from fleetsim.sweep_run import read_sweep, run_sweep
+    from fleetsim.sweep import matrix as sweep_mod
+    from fleetsim.sweep.run_cells import read_sweep, run_sweep
 
     console = tables()
     definition = sweep_mod.load(sweep_file)
     console.print(Text(f"sweep {definition.name}: {count(len(definition.cells), 'cell')}, results in "
                        f"{out / definition.name}"))
     sweep_dir = run_sweep(definition, out=out, reporter=ConsoleReporter(console))
-    report.print_sweep(read_sweep(sweep_dir), console)
+    summary_tables.print_sweep(read_sweep(sweep_dir), console)
     console.print(Text(f"results: {sweep_dir}"))
 
 

@@ -3,7 +3,8 @@
 The attempt rows hold every phase time exactly, but they reach the orchestrator only when the run ends; a live
 endpoint needs distributions while it runs. So each shard also counts its connected attempts into fixed buckets
 (counts per shard, never per device: 6 phases x 19 buckets whatever the fleet size), sends the counts with its
-progress snapshot, and ``fleetsim.progress.merge`` sums them across workers, which fixed bounds make exact.
+progress snapshot, and ``fleetsim.runner.progress.merge`` sums them across workers, which fixed bounds make
+exact.
 """
 
 from __future__ import annotations

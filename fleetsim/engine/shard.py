@@ -89,7 +89,7 @@ class ShardSpec:
     server_hostname: str = "localhost"  # the name the broker's certificate must carry; "": the host dialled
     ca_pem: bytes = b""
     t0: float = 0.0  # wall clock (time.time()) of the run's start, shared by all shards
-    pki_dir: Path | None = None  # where a local worker reads identities each attempt (see runner._worker)
+    pki_dir: Path | None = None  # where a local worker reads identities each attempt (runner/executors.py)
     password: str | None = None  # auth = "password": every device's password (user name = device id)
     source_address: str | None = None  # optional local address (other 127.x.y.z give more source ports)
     targets: tuple[tuple[str, int], ...] = ()  # a pool of brokers: device d connects to targets[d.target]

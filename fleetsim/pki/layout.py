@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +85,17 @@ class Layout:
 
     def is_pki(self) -> bool:
         return self.inventory.is_file() and self.issuing_key.is_file()
+
+
+def crl_floor(layout: Layout) -> int:
+    """The highest CRL number the PKI's inventory says it issued (0 if unknown): a crl.pem below it is old.
+
+    Read from the file, not through the Pki: a broker judges the CRL it is given without opening the PKI."""
+    try:
+        value = json.loads(layout.inventory.read_bytes()).get("crl_number", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 def write_file(path: Path, data: bytes, *, private: bool = False) -> None:

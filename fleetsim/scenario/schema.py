@@ -14,144 +14,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from fleetsim.names import split_hostport
-
-MAX_DEVICES = 50_000
-MAX_DURATION = 3600.0
-MAX_WORKERS = 256
-TARGETS = ("embedded", "mosquitto")
-AUTHS = ("mtls", "tls", "password", "none")
-MQTT_VERSIONS = ("3.1.1", "5")
-PATTERNS = ("linear", "poisson", "burst")
-ACTIONS = ("restart-broker", "revoke", "reenroll", "reload-crl")
-# Scenario fault names -> the PKI's Fault value (None: a valid identity revoked before the run).
-FAULTS: dict[str, str | None] = {
-    "expired": "expired",
-    "not_yet_valid": "not-yet-valid",
-    "unknown_ca": "unknown-ca",
-    "wrong_key": "wrong-key",
-    "cn_mismatch": "cn-mismatch",
-    "weak_key": "weak-key",
-    "revoked": None,
-}
-API_SOURCE = "Scenario(...)"  # the source of a scenario built in Python: error hints use the API's words
+from fleetsim.scenario.parts import (
+    API_SOURCE,
+    STRATEGIES,
+    Arrival,
+    BrokerSpec,
+    Churn,
+    Event,
+    FleetGroup,
+    MqttSpec,
+    Reconnect,
+    Revocation,
+)
+from fleetsim.scenario.validate import overridden, read_text, toml_data, validated
 
 
-@dataclass(frozen=True)
-class FleetGroup:
-    """Devices of one model, lot, key type and site (``Group`` for short)."""
-
-    model: str
-    count: int
-    lot: str = "lot-1"
-    key_type: str = "ecdsa-p256"
-    site: str = "site-1"
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    return parse(read_text(path), str(Path(path)))
 
 
-@dataclass(frozen=True)
-class BrokerSpec:
-    """Which broker the fleet targets and how it authenticates devices."""
-
-    target: str = "embedded"
-    tls_version: str = "any"
-    session_resumption: bool = False
-    auth: str = "mtls"
-    allow_remote: bool = False
-    isolate: bool = False  # a core of its own for the broker fleetsim starts (see fleetsim.placement)
-    processes: int = 1  # a pool of this many brokers fleetsim starts, on consecutive ports; the fleet dealt over
-
-    @property
-    def kind(self) -> str:
-        """ "embedded", "mosquitto" or "external" (any HOST:PORT, or several, comma-separated)."""
-        return self.target if self.target in TARGETS else "external"
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """(host, port) of each external broker (a cluster's nodes), [] for the ones fleetsim starts."""
-        if self.kind != "external":
-            return []
-        return [a for a in (split_hostport(t.strip()) for t in self.target.split(",")) if a is not None]
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """(host, port) of the (first) external broker, None for the ones fleetsim starts."""
-        return self.addresses[0] if self.addresses else None
-
-
-@dataclass(frozen=True)
-class MqttSpec:
-    version: str = "3.1.1"
-    keepalive: int = 60
-    clean_session: bool = True
-    qos_telemetry: int = 0
-    qos_alarm: int = 1
-
-
-@dataclass(frozen=True)
-class Arrival:
-    pattern: str = "linear"
-    rate: float = 100.0
-
-
-@dataclass(frozen=True)
-class Churn:
-    """Per connected device, probability per second of dropping; 0 means no churn."""
-
-    rate: float = 0.0
-    downtime: tuple[float, float] = (1.0, 5.0)
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """Exponential backoff with full jitter; max_attempts 0 = unlimited within the duration."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    max_attempts: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    """A timed event; revoke takes fraction or lot, reenroll re-issues the previous revoke's devices."""
-
-    at: float
-    action: str
-    fraction: float | None = None
-    lot: str | None = None
-
-
-STRATEGIES = {  # broker kind -> how fleetsim can make it enforce a new CRL (the first is the default)
-    "embedded": ("reload", "poll"),
-    "mosquitto": ("sighup", "restart", "kick", "none"),
-    "external": ("hook", "none"),
-}
-
-
-@dataclass(frozen=True)
-class Revocation:
-    """A mass-revocation rehearsal (``fleetsim rehearse``): when, whom, how the broker enforces it, re-enrolment.
-
-    Exactly one target: ``lot``, ``model``, ``devices`` (ids) or a seeded random ``fraction`` of the healthy fleet.
-    ``steady``: "connected" (every healthy device connected, waiting at most ``steady_timeout`` s) or a time (s).
-    ``reenroll_after``: seconds after enforcement (None: the devices stay revoked); ``reenroll_rate``: devices per
-    second in waves (0: all at once). ``crl_prefill``: earlier revocations already on the CRL (CRL size).
-    """
-
-    lot: str | None = None
-    model: str | None = None
-    devices: tuple[str, ...] = ()
-    fraction: float | None = None
-    reason: str = "keyCompromise"
-    steady: str | float = "connected"
-    steady_timeout: float = 60.0
-    strategy: str = ""  # "": the broker's default (STRATEGIES)
-    hook: str = ""  # external broker: shell command run once the CRL is written
-    crl_copy_to: str = ""  # external broker: where the CRL is written for it
-    reenroll_after: float | None = 5.0
-    reenroll_rate: float = 0.0
-    crl_prefill: int = 0
+def parse(text: str, source: str = "<scenario>") -> Scenario:
+    """Validate scenario TOML text; ``source`` names it in errors. Pure: no I/O."""
+    data = toml_data(text, source)
+    return Scenario(**validated(data, source), source=source)
 
 
 @dataclass(frozen=True)
@@ -175,8 +64,6 @@ class Scenario:
     source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
 
     def __post_init__(self) -> None:
-        from fleetsim.scenario.validate import validated  # validate builds the sub-tables defined here
-
         for name, value in validated(self.to_dict(), self.source).items():
             object.__setattr__(self, name, value)
 
@@ -198,10 +85,9 @@ class Scenario:
         ``devices`` scales every group proportionally (largest remainder, groups left empty are dropped);
         a shorter ``duration`` drops the events it no longer reaches.
         """
-        from fleetsim.scenario.validate import overridden
-
-        return overridden(self, devices=devices, duration=duration, workers=workers, broker=broker,
-                          isolate=isolate, brokers=brokers)
+        data, source = overridden(self.to_dict(), self.source, devices=devices, duration=duration,
+                                  workers=workers, broker=broker, isolate=isolate, brokers=brokers)
+        return Scenario(**validated(data, source), source=source)
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated), e.g. ``s.replace(duration=10)``."""
@@ -240,8 +126,6 @@ class Scenario:
 
         return dump(self.to_dict())
 
-
-Group = FleetGroup
 
 
 def _fields(obj: Any) -> Any:

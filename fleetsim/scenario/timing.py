@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fleetsim.scenario.schema import FAULTS, Arrival, Reconnect, Scenario
+from fleetsim.scenario.parts import FAULTS, Arrival, Reconnect
+from fleetsim.scenario.schema import Scenario
 
 
 def arrival_times(arrival: Arrival, n: int, rng: np.random.Generator) -> np.ndarray:

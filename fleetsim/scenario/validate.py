@@ -1,9 +1,13 @@
 """Scenario files and dicts checked against the schema: every problem is one ``ScenarioError`` naming the file
 (or ``Scenario(...)`` for one built in Python), the field (``fleet[0].count``; array tables count from 0), the
-problem and the fix, so a run never fails half-way on a typo. Pure apart from :func:`load` reading the file.
+problem and the fix, so a run never fails half-way on a typo. Pure apart from :func:`read_text` reading the
+file.
 
-    s = load("scenarios/ward.toml")
-    s = s.with_overrides(devices=1000, duration=60)
+Plain data in, plain data out: the rules know the scenario's parts (:mod:`fleetsim.scenario.parts`), never the
+:class:`~fleetsim.scenario.schema.Scenario` built from what they return, so a Scenario can be checked by them
+as it is made (``Scenario.__post_init__``) without the two modules importing each other.
+
+    fields = validated(tomllib.loads(text), "ward.toml")  # what Scenario(**fields) is made of
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetsim.errors import ScenarioError
-from fleetsim.names import NAME_HINT, TLS_VERSIONS, is_name
+from fleetsim.names import NAME_HINT, TLS_VERSIONS, is_name, split_hostport
 from fleetsim.pki import KeyType
-from fleetsim.scenario.schema import (
+from fleetsim.scenario.parts import (
     ACTIONS,
     API_SOURCE,
     AUTHS,
@@ -42,16 +46,14 @@ from fleetsim.scenario.schema import (
     MqttSpec,
     Reconnect,
     Revocation,
-    Scenario,
-    split_hostport,
 )
 from fleetsim.telemetry import MODELS
 
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path) -> Scenario:
-    """Read and validate a scenario file."""
+def read_text(path: str | Path) -> str:
+    """A scenario file's text, or one ``ScenarioError`` saying why it cannot be read."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -65,11 +67,11 @@ def load(path: str | Path) -> Scenario:
         ) from None
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{p}: not UTF-8 text ({exc.reason})", "save the file as UTF-8") from None
-    return parse(text, str(p))
+    return text
 
 
-def parse(text: str, source: str = "<scenario>") -> Scenario:
-    """Validate scenario TOML text; ``source`` names it in errors. Pure: no I/O."""
+def toml_data(text: str, source: str) -> dict[str, Any]:
+    """Scenario TOML text as plain data, or one ``ScenarioError`` at its line and column in ``source``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -80,7 +82,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         raise ScenarioError(
             f"{where}: invalid TOML: {problem}", "fix the syntax there (see https://toml.io)"
         ) from None
-    return _build(data, source)
+    return data
 
 
 def _missing_fix(p: Path) -> str:
@@ -217,10 +219,6 @@ def _choose(value: str, choices: Sequence[str]) -> str:
 
 _TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers", "revocation", "source_addresses",
         "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events")  # fmt: skip
-
-
-def _build(data: Mapping[str, Any], source: str) -> Scenario:
-    return Scenario(**validated(data, source), source=source)
 
 
 def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -489,11 +487,13 @@ def _event(w: _Where, t: Any, duration: float, lots: set[str]) -> Event:
 
 
 
-def overridden(s: Scenario, *, devices: int | None, duration: float | None, workers: int | None,
-               broker: str | None, isolate: bool | None, brokers: int | None = None) -> Scenario:
-    """``s`` with the CLI's overrides, validated like the file (see Scenario.with_overrides)."""
-    data = s.to_dict()
-    where = _Where(f"{s.source} (with overrides)", "")
+def overridden(data: Mapping[str, Any], source: str, *, devices: int | None, duration: float | None,
+               workers: int | None, broker: str | None, isolate: bool | None, brokers: int | None = None
+               ) -> tuple[dict[str, Any], str]:
+    """A scenario's data with the CLI's overrides, each checked, and the source errors then name (see
+    Scenario.with_overrides); the whole is validated as it is built."""
+    data = {**data, "broker": dict(data["broker"])}
+    where = _Where(f"{source} (with overrides)", "")
     if devices is not None:
         _check_int(where, "--devices", devices, 1, MAX_DEVICES)
         data["fleet"] = _scale_fleet(data["fleet"], devices)
@@ -511,7 +511,7 @@ def overridden(s: Scenario, *, devices: int | None, duration: float | None, work
     if brokers is not None:
         _check_int(where, "--brokers", brokers, 1, MAX_BROKERS)
         data["broker"]["processes"] = brokers
-    return _build(data, where.source)
+    return data, where.source
 
 
 def _scale_fleet(groups: list[dict[str, Any]], devices: int) -> list[dict[str, Any]]:
