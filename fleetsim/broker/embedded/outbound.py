@@ -20,11 +20,12 @@ from the adapter, so the rule is unit-testable.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from enum import Enum
 
 from amqtt.adapters import WriterAdapter
+
+from fleetsim.broker.embedded.stream import WrappedWriter
 
 PUBLISH = 3
 
@@ -45,12 +46,12 @@ def verdict(packet: bytes | bytearray, queued: int, limit: int) -> Verdict:
     return Verdict.DROP
 
 
-class BoundedWriter(WriterAdapter):
+class BoundedWriter(WrappedWriter):
     """amqtt's writer for one connection: writes within the bound, never blocks in ``drain`` (module docstring)."""
 
     def __init__(self, inner: WriterAdapter, queued: Callable[[], int], limit: int, *,
                  on_discard: Callable[[], None], on_drop: Callable[[], None]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._queued = queued
         self._limit = limit
         self._on_discard = on_discard
@@ -72,12 +73,3 @@ class BoundedWriter(WriterAdapter):
 
     async def drain(self) -> None:
         """Never waits: the bound in ``write`` replaces back-pressure (a waiting drain is what piled tasks up)."""
-
-    def get_peer_info(self) -> tuple[str, int] | None:
-        return self._inner.get_peer_info()
-
-    def get_ssl_info(self) -> ssl.SSLObject | None:
-        return self._inner.get_ssl_info()
-
-    async def close(self) -> None:
-        await self._inner.close()

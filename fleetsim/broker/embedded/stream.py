@@ -119,18 +119,13 @@ class PacketReader(ReaderAdapter):
             self._loading.cancel()
 
 
-class ConnackWatch(WriterAdapter):
-    """amqtt's writer; calls ``on_connack`` once, at amqtt's first write, which is always its CONNACK."""
+class WrappedWriter(WriterAdapter):
+    """amqtt's writer around another: everything passes through; subclasses change what they must."""
 
-    def __init__(self, inner: WriterAdapter, on_connack: Callable[[], None]) -> None:
+    def __init__(self, inner: WriterAdapter) -> None:
         self._inner = inner
-        self._on_connack: Callable[[], None] | None = on_connack
 
     def write(self, data: bytes) -> None:
-        notify = self._on_connack
-        if notify is not None:
-            self._on_connack = None
-            notify()
         self._inner.write(data)
 
     async def drain(self) -> None:
@@ -144,3 +139,18 @@ class ConnackWatch(WriterAdapter):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class ConnackWatch(WrappedWriter):
+    """amqtt's writer; calls ``on_connack`` once, at amqtt's first write, which is always its CONNACK."""
+
+    def __init__(self, inner: WriterAdapter, on_connack: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self._on_connack: Callable[[], None] | None = on_connack
+
+    def write(self, data: bytes) -> None:
+        notify = self._on_connack
+        if notify is not None:
+            self._on_connack = None
+            notify()
+        self._inner.write(data)
