@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from mqtt_raw import PUBLISH, Raw, attempt, connect, connected, device_context, publish, varint
+from mqtt_raw import PUBLISH, Raw, attempt, connect, connected, device_context, publish, subscribe, varint
 
 from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
@@ -184,6 +184,23 @@ def test_publish_over_the_maximum_closes_the_connection(target: object, pki: Pki
     assert a.closed_within(3), "a 1 MB publish left the connection open"
     if target.kind == "embedded":  # type: ignore[attr-defined]
         assert rejected(target, "packet too large") >= 1
+
+
+@pytest.mark.parametrize("kind", ["subscribe", "publish"])
+def test_a_topic_thousands_of_levels_deep_closes_the_connection(target: object, pki: Pki, devices: Devices,
+                                                                 kind: str) -> None:
+    """Within the packet size, a deep filter cost the embedded broker ~7 MB (a node a level in its subscription
+    index) and a deep topic ~32 ms of CPU per PUBLISH, for every other device to wait on; both brokers refuse it."""
+    me, other = devices.take(2)
+    deep = own(me) + "/x" * 3_000
+    a = connected(target.port, device_context(pki, me), me)  # type: ignore[attr-defined]
+    a.send(subscribe(1, deep) if kind == "subscribe" else publish(deep, b"hr=72", qos=1, packet_id=3))
+    assert a.closed_within(3), f"a {kind} 3,000 levels deep left the connection open"
+    b = connected(target.port, device_context(pki, other), other)  # type: ignore[attr-defined]
+    assert b.subscribe(subtree(other)) == [1] and b.echo(own(other), b"still served")
+    b.close()
+    if target.kind == "embedded":  # type: ignore[attr-defined]
+        assert rejected(target, "topic over 200 levels") >= 1
 
 
 def test_publish_under_a_raised_maximum_is_acknowledged_and_nothing_stalls(pki: Pki, devices: Devices) -> None:

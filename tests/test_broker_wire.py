@@ -92,3 +92,15 @@ def test_bodies() -> None:
                 packet(0xA2, b"\x00\x01" + field(b"")), packet(0x32, field(b"a"))):
         with pytest.raises(w.Violation):
             w.check_body(header(bad), body(bad))
+
+
+
+def test_a_topic_or_filter_over_200_levels_is_refused() -> None:
+    """Mosquitto's limit; fleetsim's own topics have five levels."""
+    ok, deep = "/".join(["a"] * 200), "/".join(["a"] * 201)
+    assert w.topic_name(ok.encode()) == ok
+    w.check_body(header(subscribe(1, ok)), body(subscribe(1, ok)))
+    unsubscribe = packet(0xA2, (1).to_bytes(2, "big") + field(deep.encode()))
+    for bad in (publish(deep, b"x"), subscribe(1, "a/#", deep), unsubscribe):
+        with pytest.raises(w.Violation, match="over 200 levels"):
+            w.check_body(header(bad), body(bad))
