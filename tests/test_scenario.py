@@ -203,3 +203,14 @@ def test_assign_faults_reproducible_and_disjoint() -> None:
     assert assign_faults(sc, ids) == out
     other = assign_faults(parse(sc.to_toml().replace("seed = 9", "seed = 10"), "x.toml"), ids)
     assert other != out
+
+
+def test_a_shorter_run_names_the_timed_events_it_drops() -> None:
+    """`fleetsim run scenarios/revocation-drill.toml --duration 10` once ran a drill without its revoke and said
+    nothing; the CLI now prints this line."""
+    drill = load(Path(__file__).parent.parent / "scenarios" / "revocation-drill.toml")
+    line = drill.events_dropped_by(drill.with_overrides(duration=10))
+    assert line is not None and "revoke at 20 s" in line and "reenroll at 30 s" in line and "2 timed events" in line
+    assert drill.events_dropped_by(drill.with_overrides(duration=25)) is not None
+    assert drill.events_dropped_by(drill.with_overrides(duration=40)) is None
+    assert drill.events_dropped_by(drill) is None

@@ -57,8 +57,11 @@ def run(
 
     rules = thresholds.parse(fail_on)  # a bad rule is one line before anything runs
     console = tables()
-    sc = scenario_mod.load(scenario).with_overrides(devices=devices, duration=duration, workers=workers,
-                                                     broker=broker, isolate=isolate_broker or None, brokers=brokers)
+    full = scenario_mod.load(scenario)
+    sc = full.with_overrides(devices=devices, duration=duration, workers=workers, broker=broker,
+                             isolate=isolate_broker or None, brokers=brokers)
+    if (dropped := full.events_dropped_by(sc)) is not None:
+        console.print(Text.assemble(("warning: ", "bold yellow"), dropped))
     with _metrics(metrics_port, console) as wrap:
         run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=wrap(ConsoleReporter(console)),
                                         cluster=cluster)

@@ -30,6 +30,7 @@ from fleetsim.scenario.parts import (
     Revocation,
 )
 from fleetsim.scenario.validate import overridden, read_text, toml_data, validated
+from fleetsim.words import count
 
 
 def load(path: str | Path) -> Scenario:
@@ -88,6 +89,17 @@ class Scenario:
         data, source = overridden(self.to_dict(), self.source, devices=devices, duration=duration,
                                   workers=workers, broker=broker, isolate=isolate, brokers=brokers)
         return Scenario(**validated(data, source), source=source)
+
+    def events_dropped_by(self, shorter: Scenario) -> str | None:
+        """One line naming the timed events this scenario has that ``shorter`` (its override) no longer reaches,
+        or None: a drill shortened past its revoke would otherwise run without one and say nothing."""
+        kept = {(e.at, e.action) for e in shorter.events}
+        dropped = [e for e in self.events if (e.at, e.action) not in kept]
+        if not dropped:
+            return None
+        named = ", ".join(f"{e.action} at {e.at:g} s" for e in dropped)
+        return (f"the run ends at {shorter.duration:g} s, before {count(len(dropped), 'timed event')} of "
+                f"{self.source}: {named} (they do not fire; raise --duration to keep them)")
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated), e.g. ``s.replace(duration=10)``."""
