@@ -396,3 +396,17 @@ def test_a_device_issued_after_the_start_gets_its_models_acl_line(make_pki: Call
         assert b.reload_acl()
         assert conn.echo(topic, b"after")
         conn.close()
+
+
+def test_a_killed_runs_runtime_directory_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    """Each Mosquitto's private directory holds a copy of the server key; a SIGKILLed orchestrator never removes
+    its own. The next broker removes those whose owner is gone, and nothing else."""
+    never_a_pid = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids stay below it
+    stale, live, unknown = (tmp_path / f"{mosq.RUNTIME_PREFIX}{n}" for n in ("stale", "live", "unknown"))
+    for d in (stale, live, unknown):
+        d.mkdir()
+        (d / "server-key.pem").write_text("key")
+    (stale / mosq.OWNER_FILE).write_text(str(never_a_pid))
+    (live / mosq.OWNER_FILE).write_text(str(os.getpid()))
+    assert mosq.sweep_stale_runtime_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and unknown.is_dir()

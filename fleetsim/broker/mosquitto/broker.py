@@ -57,6 +57,8 @@ log = logging.getLogger("fleetsim.broker.mosquitto")
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 RUN_AS = "mosquitto"  # Mosquitto's default `user`: whom it becomes when started as root
 ADDRESS_IN_USE = "Address already in use"
+RUNTIME_PREFIX = "fleetsim-mosquitto-"  # each broker's private directory under the temp dir (a server key copy)
+OWNER_FILE = "owner.pid"  # the pid of the fleetsim process that made the directory, for sweep_stale_runtime_dirs
 KICKS_PER_MESSAGE = 200  # CNs per dynamic-security message: ~27 KB, well under the 64 KiB max_packet_size
 
 
@@ -195,6 +197,31 @@ def device_models(layout: Layout) -> list[tuple[str, str]]:
             if d.get("role", DEVICE) == DEVICE and d.get("model")]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def sweep_stale_runtime_dirs(tmp: Path) -> list[Path]:
+    """Remove the runtime directories of brokers whose fleetsim process is gone: a SIGKILLed orchestrator never
+    removes its own, and each holds a copy of the server key. A directory without an owner file, or whose owner
+    lives, is left alone. Returns what was removed."""
+    removed = []
+    for root in tmp.glob(RUNTIME_PREFIX + "*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
+
 # -- the broker ---------------------------------------------------------------------------------------------
 class MosquittoBroker:
     """A Mosquitto process over one PKI; implements fleetsim.broker.handle.BrokerHandle."""
@@ -211,7 +238,9 @@ class MosquittoBroker:
         self.options = self._concrete_ports(options)
         self.host = self.options.host
         self.port = self.options.port
-        self.files = RuntimeFiles(Path(tempfile.mkdtemp(prefix="fleetsim-mosquitto-")))
+        sweep_stale_runtime_dirs(Path(tempfile.gettempdir()))
+        self.files = RuntimeFiles(Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX)))
+        (self.files.root / OWNER_FILE).write_text(str(os.getpid()))
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._log_offset = 0
