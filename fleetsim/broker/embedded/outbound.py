@@ -56,7 +56,6 @@ class BoundedWriter(WrappedWriter):
         self._limit = limit
         self._on_discard = on_discard
         self._on_drop: Callable[[], None] | None = on_drop
-        self.discarded = 0
 
     def write(self, data: bytes) -> None:
         if self._on_drop is None:
@@ -65,7 +64,6 @@ class BoundedWriter(WrappedWriter):
             case Verdict.WRITE:
                 self._inner.write(data)
             case Verdict.DISCARD:
-                self.discarded += 1
                 self._on_discard()
             case Verdict.DROP:
                 drop, self._on_drop = self._on_drop, None
