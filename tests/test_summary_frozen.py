@@ -116,36 +116,27 @@ def raw() -> dict[str, Any]:
 
 
 def computed() -> dict[str, Any]:
-    """The summary and series of the frozen rows, as fleetsim assembles them for summary.json and
-    series.parquet."""
+    """The summary and series of the frozen rows, as the orchestrator assembles them for summary.json and
+    series.parquet (fleetsim.runner.orchestrate._write, less the files)."""
     from fleetsim.rehearsal import plan
     from fleetsim.results import thresholds
     from fleetsim.results.series import run_series
-    from fleetsim.results.summary import Machine, summarise
-    from fleetsim.words import count
+    from fleetsim.results.summary import Ending, Machine, assemble, summarise
 
     r = raw()
     m = r["merged"]
     series = run_series(m.attempts, m.sessions, m.bins, t0=T0, stopped_s=STOPPED_S)
-    summary = summarise(m, series, t0=T0, stopped_s=STOPPED_S, devices=40, workers=2, wall_s=11.5,
+    figures = summarise(m, series, t0=T0, stopped_s=STOPPED_S, devices=40, workers=2, wall_s=11.5,
                         broker_kind="embedded", broker_final=r["broker_final"], broker_samples=r["broker_samples"],
                         events=r["events"], machine=Machine(2, r["machine_samples"]))
-    summary = {"scenario": "frozen", "t0": T0, **summary}
-    healthy = [d for d in m.devices["device_id"] if d not in ("d38", "d39")]
-    revoked = set(REVOKED)
+    healthy = [d for d in m.devices["device_id"] if d not in ("d38", "d39") and d not in REVOKED]
     series.update(plan.timeline(series, m.attempts, m.sessions, r["events"], t0=T0))
-    summary["revocation"] = plan.measure(r["events"], m.attempts, m.sessions, m.devices, t0=T0,
-                                         stopped_s=STOPPED_S, healthy=[d for d in healthy if d not in revoked],
-                                         strategy="restart", broker_samples=r["broker_samples"])
-    summary["interrupted"] = "SIGTERM"
-    summary["shards_missing"] = [2]
-    lost = {2: "its worker process died (exit code -9)"}
-    devices = ["d40", "d41"]
-    summary["lost_with_worker"] = {"shards": {str(i): why for i, why in lost.items()}, "devices": len(devices),
-                                   "device_ids": devices}
-    summary["warnings"].append(f"{count(len(devices), 'device')} were lost with their worker "
-                               f"({'; '.join(lost.values())}); the rest of the run is complete")
-    summary["thresholds"] = thresholds.judge(thresholds.parse(RULES), summary)  # as `run --fail-on` adds them
+    revocation = plan.measure(r["events"], m.attempts, m.sessions, m.devices, t0=T0, stopped_s=STOPPED_S,
+                              healthy=healthy, strategy="restart", broker_samples=r["broker_samples"])
+    ending = Ending(interrupted="SIGTERM", shards_missing=[2], lost={2: "its worker process died (exit code -9)"},
+                    lost_devices=["d40", "d41"])
+    summary = assemble("frozen", T0, figures, ending=ending, revocation=revocation,
+                       rules=thresholds.parse(RULES))
     return {"summary": summary, "series": series}
 
 

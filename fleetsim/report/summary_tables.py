@@ -153,7 +153,7 @@ def _admission_text(adm: Mapping[str, Any]) -> str:
     return text + (f"  (held at {min(held):,} after dropped SYNs)" if held else "")
 
 
-def _set_up_text(ready: Mapping[str, int]) -> str:
+def _set_up_text(ready: Mapping[str, Any]) -> str:
     late = ready["of"] - ready["devices"]
     return f"{ready['devices']:,} of {ready['of']:,}" + (
         f"  ({late:,} set up at their first attempt, inside the clock: their setup_ms is the simulator's)"

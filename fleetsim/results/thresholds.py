@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetsim.errors import FleetsimError
+from fleetsim.results.shape import Verdict
 
 _RULE = re.compile(r"^\s*(?P<metric>[a-z_][a-z0-9_]*(?:\.[a-z0-9.]+)?)\s*(?P<op><=|>=|<|>|==|!=)\s*"
                    r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>%|ms|s|/s)?\s*$")
@@ -121,9 +122,9 @@ def _num(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def judge(rules: Sequence[Rule], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def judge(rules: Sequence[Rule], summary: Mapping[str, Any]) -> list[Verdict]:
     """Each rule with the run's value and whether it was breached (a metric the run did not measure is not)."""
-    out = []
+    out: list[Verdict] = []
     for r in rules:
         value = measure(r, summary)
         breached = value is not None and _OPS[r.op](value, r.value)
