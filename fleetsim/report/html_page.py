@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from fleetsim.report.run_results import (
 )
 from fleetsim.results import compare, figure_data
 from fleetsim.results.read import kind_of
+from fleetsim.results.shape import Summary, phase_percentile
 from fleetsim.words import count
 
 CSS = """
@@ -111,26 +112,26 @@ def run_banners(run: Run, label: str = "") -> list[str]:
     return out
 
 
-def overview(s: Mapping[str, Any]) -> str:
+def overview(s: Summary) -> str:
     rows = [*summary_tables.fleet_rows(s), *summary_tables.message_rows(s),
             *summary_tables.machine_rows(s), ("wall time (s)", summary_tables.fmt(s.get("wall_s")))]
     return table(("what", "value"), rows, text_cols=(0, 1))
 
 
-def phases(s: Mapping[str, Any]) -> str:
+def phases(s: Summary) -> str:
     cols = summary_tables.COLUMNS
     return table(("phase (ms, connected attempts)", *cols),
                  ([p, *(summary_tables.fmt(d.get(c)) for c in cols)]
                   for p, d in s.get("phases_ms", {}).items()))
 
 
-def outcomes(s: Mapping[str, Any]) -> str:
+def outcomes(s: Summary) -> str:
     total = sum(s.get("outcomes", {}).values()) or 1
     return table(("outcome", "attempts", "share"),
                  ((k, f"{n:,}", f"{100 * n / total:.1f}%") for k, n in s.get("outcomes", {}).items()))
 
 
-def events(s: Mapping[str, Any]) -> str:
+def events(s: Summary) -> str:
     rows = ((summary_tables.fmt(e.get("fired_at_s")), e.get("action"),
              ", ".join(f"{k} {summary_tables.fmt(v)}" for k, v in e.items()
                        if k not in ("at", "action", "fired_at_s")))
@@ -144,7 +145,7 @@ def run_figures(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
     return [figure(f.draw(runs, labels), f.alt, f.caption) for f in RUN_FIGURES]
 
 
-def _workers(s: Mapping[str, Any]) -> str:
+def _workers(s: Summary) -> str:
     workers = s.get("simulator", {}).get("workers")
     return count(workers, "worker") if isinstance(workers, int) else "? workers"
 
@@ -242,7 +243,7 @@ def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
     keys = list(dict.fromkeys(k for c in cells for k in c.settings))
     rows = [[c.name, *(compare.show(compare.flatten(c.settings).get(k, "-")) for k in keys),
              summary_tables.fmt(c.summary.get("broker", {}).get("cpu_ms_per_handshake")),
-             summary_tables.fmt(summary_tables.percentile(c.summary, "total", "p99")),
+             summary_tables.fmt(phase_percentile(c.summary, "total", "p99")),
              "yes" if c.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
     saturated = [c.name for c in cells if c.summary.get("simulator", {}).get("saturated")]
     body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>",

@@ -5,13 +5,14 @@ Every cell is a ``rich.text.Text``, never markup: scenario names, details and pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fleetsim.results.shape import Summary
 from fleetsim.words import count
 
 COLUMNS = ("n", "p50", "p90", "p99", "p99.9", "max")
@@ -59,14 +60,7 @@ def faults_table(faults: Mapping[str, Mapping[str, int]]) -> Table:
     return t
 
 
-def percentile(s: Mapping[str, Any], phase: str, p: str) -> float | None:
-    """A phase's percentile (``"p99"``) in ms, None when the run has none (nothing connected, an older run)."""
-    dist = s.get("phases_ms", {}).get(phase) or {}
-    value = dist.get(p)
-    return None if value is None else float(value)
-
-
-def fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def fleet_rows(s: Summary) -> list[tuple[str, str]]:
     """(what, value) rows of the fleet: the terminal's summary table and the HTML page's overview share them."""
     f, up, rate = s.get("fleet", {}), s.get("fleet_up", {}), s.get("connect_rate", {})
     states = f.get("states", {})
@@ -92,7 +86,7 @@ def fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def message_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def message_rows(s: Summary) -> list[tuple[str, str]]:
     """(what, value) rows of the messages, QoS 0 apart from QoS 1/2."""
     m = s.get("messages", {})
     q0, q1 = m.get("qos0", {}), m.get("qos1plus", {})
@@ -109,7 +103,7 @@ def message_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def machine_rows(s: Summary) -> list[tuple[str, str]]:
     """(what, value) rows of the simulator, the machine and the broker."""
     sim, b = s.get("simulator", {}), s.get("broker", {})
     lag, cpu = sim.get("loop_lag_ms", {}), sim.get("busiest_worker_cpu", {})
@@ -175,18 +169,18 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * float(v):.0f}%"
 
 
-def overview_table(s: Mapping[str, Any]) -> Table:
+def overview_table(s: Summary) -> Table:
     t = _table(f"Run summary: {s.get('scenario', '')}", ("what", "value"), header=False)
     rows = [*fleet_rows(s), *message_rows(s), *machine_rows(s), ("wall time (s)", fmt(s.get("wall_s")))]
-    for key, label in (("stopped_early", "stopped early"), ("interrupted", "ended early")):
-        if s.get(key):
-            rows.append((label, str(s[key])))
+    for why, label in ((s.get("stopped_early"), "stopped early"), (s.get("interrupted"), "ended early")):
+        if why:
+            rows.append((label, str(why)))
     for what, value in rows:
         _row(t, what, value)
     return t
 
 
-def events_table(events: list[Mapping[str, Any]]) -> Table:
+def events_table(events: Sequence[Mapping[str, Any]]) -> Table:
     t = _table("Timed events (each step's time, and what it did to the fleet)", ("at (s)", "action", "what happened"))
     for e in events:
         steps = ", ".join(f"{k} {fmt(v)}" for k, v in e.items() if k not in ("at", "action", "fired_at_s"))
@@ -237,7 +231,7 @@ def revocation_table(r: Mapping[str, Any]) -> Table:
     return t
 
 
-def thresholds_table(results: list[Mapping[str, Any]]) -> Table:
+def thresholds_table(results: Sequence[Mapping[str, Any]]) -> Table:
     t = _table("--fail-on", ("rule", "measured", "verdict"))
     for r in results:
         verdict = Text("BREACHED", "bold red") if r["breached"] else Text("ok", "green")
@@ -291,7 +285,7 @@ def print_sweep(index: Mapping[str, Any], console: Console | None = None) -> Non
                            f"steady tcp+tls p50 {x['fleetsim_tcp_tls_p50_ms']:.2f} ms"))
 
 
-def render(summary: Mapping[str, Any]) -> Group:
+def render(summary: Summary) -> Group:
     parts: list[Any] = [overview_table(summary)]
     if summary.get("phases_ms"):
         parts.append(phases_table(summary["phases_ms"]))
@@ -309,5 +303,5 @@ def render(summary: Mapping[str, Any]) -> Group:
     return Group(*parts)
 
 
-def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+def print_summary(summary: Summary, console: Console | None = None) -> None:
     (console or Console(markup=False)).print(render(summary))

@@ -1,4 +1,5 @@
-"""The shape of summary.json: every key it holds, defined here once. Pure: types only.
+"""The shape of summary.json: every key it holds, defined here once. Pure: types, and the one reader of a key
+that is not a Python name (a phase's "p99.9").
 
 Why here: the summary is computed in one module (:mod:`fleetsim.results.summary`) and read in many (the tables,
 the HTML page, ``--fail-on``, ``compare``, the sweep's cells, the Python API). Each of them is typed against these
@@ -209,3 +210,11 @@ class Summary(Figures):
     shards_missing: NotRequired[list[int]]
     lost_with_worker: NotRequired[LostWithWorker]
     thresholds: NotRequired[list[Verdict]]
+
+
+def phase_percentile(s: Summary, phase: str, p: str) -> float | None:
+    """A phase's percentile in ms (``phase`` "total", ``p`` "p99" or "p99.9"); None when the run has none (nothing
+    connected, or a summary written before the phase was measured)."""
+    dist = s.get("phases_ms", {}).get(phase)
+    value = None if dist is None else dist.get(p)
+    return None if value is None else float(value)  # type: ignore[arg-type]
