@@ -229,7 +229,8 @@ class RunFigure:
 def _timeline(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
     from fleetsim.report import plots
 
-    return plots.timeline_figure([(lb, figure_data.timeline(r.series_arrays)) for lb, r in zip(labels, runs, strict=True)],
+    return plots.timeline_figure([(lb, figure_data.timeline(r.series_arrays))
+                                  for lb, r in zip(labels, runs, strict=True)],
                                  [figure_data.event_marks(r.summary.raw) for r in runs])
 
 
