@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def tree_cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
-def storm_window(up: dict[str, Any], t0: float) -> tuple[float, float]:
+def storm_window(up: Mapping[str, Any], t0: float) -> tuple[float, float]:
     """Wall-clock start and end of a storm: its first attempt and its last first CONNACK."""
     return t0 + up["first_attempt_s"], t0 + up["last_first_connect_s"]
 

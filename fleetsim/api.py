@@ -7,7 +7,11 @@
         run = fs.run(scenario, pki=pki, broker=broker)
     run.summary.phases["tls"].p99
     run.attempts.to_pandas()
+    run.figures()["timeline"]             # the report's figures, as matplotlib Figures
     run = fs.load_run(run.dir)
+
+A run is :class:`fleetsim.report.run_results.Run` (one class, whoever reads it: the API, the reports,
+``compare``); the summary's keys are defined in :mod:`fleetsim.results.shape`.
 
 Works from a plain interpreter and from inside a running asyncio loop (Jupyter): the devices run in worker
 processes, never on the caller's loop.
@@ -16,128 +20,28 @@ processes, never on the caller's loop.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fleetsim.broker.handle import BrokerHandle, BrokerOptions
 from fleetsim.broker.launch import start_broker as _start
 from fleetsim.errors import FleetsimError
 from fleetsim.pki import Pki
-from fleetsim.results import files
+from fleetsim.report.run_results import Run, Summary, View, load_run, sweep_figures
+from fleetsim.report.run_results import load_sweep as load_sweep_cells
+from fleetsim.results import thresholds
 from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.runner.progress import Callback, Progress
 from fleetsim.scenario import Scenario, load
-from fleetsim.scenario import parse as parse_scenario
 
-TABLES = ("attempts", "sessions", "devices", "series")
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-
-class View(Mapping[str, Any]):
-    """Read-only attribute access to a summary's nested dicts: ``s.fleet.connected_at_end``,
-    ``s.phases["tls"].p99`` (``p99_9`` for "p99.9"); ``dict(view)`` or ``view.raw`` for the data."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.raw = data
-
-    def __getitem__(self, key: str) -> Any:
-        return _wrap(self.raw[key])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getattr__(self, name: str) -> Any:
-        for key in (name, name.replace("_9", ".9"), name.replace("_", "-")):
-            if key in self.raw:
-                return _wrap(self.raw[key])
-        raise AttributeError(f"no {name!r} here; keys: {', '.join(self.raw)}")
-
-    def __repr__(self) -> str:
-        return f"View({self.raw!r})"
-
-
-class Summary(View):
-    """summary.json, readable as attributes; ``phases`` is ``phases_ms`` (milliseconds)."""
-
-    @property
-    def phases(self) -> View:
-        return View(self.raw.get("phases_ms", {}))
-
-
-def _wrap(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return View(value)
-    if isinstance(value, list) and value and isinstance(value[0], Mapping):
-        return [View(v) for v in value]
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A finished run's results directory: its summary, its tables (pyarrow: ``.to_pandas()``, ``.to_pydict()``)
-    and what it ran."""
-
-    dir: Path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Run:
-        run_dir = Path(path)
-        files.read_summary(run_dir)  # one clear line if it is not a run
-        return cls(run_dir)
-
-    @cached_property
-    def summary(self) -> Summary:
-        return Summary(files.read_summary(self.dir))
-
-    def table(self, name: str) -> pa.Table:
-        path = self.dir / f"{name}.parquet"
-        if not path.is_file():
-            raise FleetsimError(f"no {path.name} in {self.dir}", f"tables of a run: {', '.join(TABLES)}")
-        return pq.read_table(path)
-
-    @property
-    def attempts(self) -> pa.Table:
-        return self.table("attempts")
-
-    @property
-    def sessions(self) -> pa.Table:
-        return self.table("sessions")
-
-    @property
-    def devices(self) -> pa.Table:
-        return self.table("devices")
-
-    @property
-    def series(self) -> pa.Table:
-        return self.table("series")
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = json.loads((self.dir / "events.json").read_text())
-        return data
-
-    @property
-    def broker(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.dir / "broker.json").read_text())
-        return data
-
-    @property
-    def scenario(self) -> Scenario:
-        return parse_scenario((self.dir / "scenario.toml").read_text(), str(self.dir / "scenario.toml"))
-
-
-def load_run(path: str | Path) -> Run:
-    """A run written earlier (by ``fleetsim run`` or :func:`run`), the same object :func:`run` returns."""
-    return Run.load(path)
-
+__all__ = ["Run", "Summary", "SweepResult", "View", "load_run", "load_sweep", "run", "run_sweep", "start_broker"]
 
 def start_broker(kind: str = "embedded", pki: Pki | str | Path = "pki", **options: Any) -> BrokerHandle:
     """Start a broker that requires this PKI's client certificates, on a free loopback port; stop it with
@@ -156,14 +60,18 @@ def start_broker(kind: str = "embedded", pki: Pki | str | Path = "pki", **option
 
 def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broker: BrokerHandle | str | None = None,
         out: str | Path = "results", progress: Callable[[Progress], None] | None = None,
-        cluster: str | None = None) -> Run:
+        cluster: str | None = None, fail_on: Sequence[str] = ()) -> Run:
     """Run ``scenario`` (a Scenario or a TOML file) and return its results.
 
     ``broker``: a running broker (from :func:`start_broker`, or any BrokerHandle) to use as it is; a name
     ("embedded", "mosquitto", "HOST:PORT") to start or target instead of the scenario's; None: the scenario's.
     ``progress`` is called about once a second with a :class:`fleetsim.runner.progress.Progress`. ``cluster``:
-    run the shards as tasks on a Dask cluster (``"tcp://SCHEDULER:8786"``, or ``"local:N"``).
+    run the shards as tasks on a Dask cluster (``"tcp://SCHEDULER:8786"``, or ``"local:N"``). ``fail_on``:
+    ``--fail-on`` rules (``["connected<100%", "p99.total>200ms"]``), judged as the CLI does into
+    ``run.summary.thresholds`` (``run.breached`` lists those breached); a bad rule is one FleetsimError before
+    anything runs.
     """
+    rules = thresholds.parse(list(fail_on))
     s = scenario if isinstance(scenario, Scenario) else load(scenario)
     handle = None
     if isinstance(broker, str):
@@ -171,7 +79,7 @@ def run(scenario: Scenario | str | Path, *, pki: Pki | str | Path = "pki", broke
     elif broker is not None:
         handle = broker
     run_dir, _ = run_scenario(s, pki=pki if isinstance(pki, Pki) else Path(pki), out_dir=Path(out), broker=handle,
-                              reporter=Callback(progress) if progress else None, cluster=cluster)
+                              reporter=Callback(progress) if progress else None, cluster=cluster, rules=rules)
     return Run(run_dir)
 
 
@@ -206,6 +114,11 @@ class SweepResult:
             if c["name"] == cell:
                 return Run(self.dir / c[which])
         raise FleetsimError(f"no cell {cell!r} in {self.dir}", "cells: " + ", ".join(c["name"] for c in self.index["cells"]))
+
+    def figures(self) -> dict[str, Figure]:
+        """The sweep report's figures (``fleetsim report --html`` on the sweep's directory): broker CPU per
+        handshake and p99 connect time, one figure per setting the sweep varied, by that setting."""
+        return sweep_figures(load_sweep_cells(self.dir))
 
     def table(self) -> pa.Table:
         """One row per cell: its settings, then its figures (latencies as <phase>_<pNN>_ms)."""

@@ -226,3 +226,51 @@ def test_amqtt_writes_each_packet_in_one_write() -> None:
     message = PublishPacket.build("t/x", b"y" * 70_000, None, False, 0, False)
     asyncio.run(message.to_stream(Recorder()))
     assert len(writes) == 1 and writes[0] == message.to_bytes() and writes[0][0] == 0x30
+
+
+def test_amqtt_deletes_a_clean_session_before_it_asks_the_auth_plugin() -> None:
+    """Why the front reads and admits the CONNECT itself (auth.py, mqtt_wire.py): amqtt ends the clean session
+    the client id names while it reads the CONNECT, and asks its auth plugins only after that, so an imposter
+    let through to amqtt would cost the real device its session before any refusal."""
+    connected = _source(Broker._client_connected)
+    steps = [connected.find("self._initialize_client_session("), connected.find("self._handle_client_session(")]
+    assert -1 not in steps and steps == sorted(steps), steps
+    init = _source(Broker._initialize_client_session)
+    assert "await self._delete_session(client_session.client_id)" in init and "_authenticate" not in init
+    handle = _source(Broker._handle_client_session)
+    asked = [handle.find("self._authenticate("), handle.find("mqtt_connack_authorize")]
+    assert -1 not in asked and asked == sorted(asked), asked
+    assert "self.plugins_manager.map_plugin_auth(session=session)" in _source(Broker._authenticate)
+
+
+def test_amqtt_runs_the_auth_plugin_in_a_task_that_copies_the_connections_context() -> None:
+    """plugins.py hands each connection's gate to the auth plugin in a context variable set by the task that
+    gives amqtt the connection: amqtt must call its plugins from tasks started there (asyncio copies the context
+    into them), not from a task of its own made elsewhere."""
+    from amqtt.plugins.manager import PluginManager
+
+    from fleetsim.broker.embedded.plugins import CURRENT_GATE
+
+    assert "self._map_plugin_method( self._auth_plugins, \"authenticate\"" in _source(PluginManager.map_plugin_auth)
+    assert "asyncio.ensure_future(coro_instance)" in _source(PluginManager._map_plugin_method)
+
+    class Plugin:
+        async def authenticate(self, *, session: object) -> bool:
+            return CURRENT_GATE.get(None) is gate
+
+    def gate(connect: object) -> object:
+        return connect
+
+    async def one_connection() -> dict[object, object]:
+        CURRENT_GATE.set(gate)  # type: ignore[arg-type]  # as broker.py's _serve sets it, per connection
+        return await PluginManager._map_plugin_method([Plugin()], "authenticate", {"session": None})
+
+    assert list(asyncio.run(one_connection()).values()) == [True]
+
+
+def test_external_connected_hands_the_stream_to_amqtts_own_session_handling() -> None:
+    """The front (broker.py) gives amqtt each admitted connection through ``external_connected`` with the name of
+    the listener it came in on; amqtt runs it as one of its own listeners' connections."""
+    assert _params(Broker.external_connected) == ["self", "reader", "writer", "listener_name"]
+    assert "await self._client_connected(listener_name, reader, writer)" in _source(Broker.external_connected)
+    assert "server = self._servers.get(listener_name)" in _source(Broker._client_connected)

@@ -25,7 +25,8 @@ seen = []
 
 def go():
     with fs.start_broker("embedded", pki) as broker:
-        run = fs.run(scenario, pki=pki, broker=broker, out=sys.argv[1] + "/results", progress=seen.append)
+        run = fs.run(scenario, pki=pki, broker=broker, out=sys.argv[1] + "/results", progress=seen.append,
+                     fail_on=["connected<100%", "p50.total<0.001ms"])
         device = run.attempts.column("device_id")[0].as_py()
         ctx = pki.client_context(device)                      # a client of one's own
         with socket.create_connection((broker.host, broker.port), timeout=5) as raw, \\
@@ -44,6 +45,8 @@ s = run.summary
 assert s.fleet.connected_at_end == 12 and s.outcomes == {"connected": 12}, dict(s)
 assert s.phases["tls"].p99 > 0 and s.phases["total"].p99_9 >= s.phases["total"].p50
 assert run.attempts.num_rows == 12 and run.series.num_rows >= 3 and run.sessions.num_rows == 12
+assert [v.rule for v in s.thresholds] == ["connected<100%", "p50.total<0.001ms"]  # judged as `run --fail-on`
+assert [v["rule"] for v in run.breached] == [] and list(run.figures()) == ["timeline", "phases", "failures", "machine"]
 again = fs.load_run(run.dir)
 assert again.summary.raw == s.raw and again.scenario == scenario.replace(source=again.scenario.source)
 assert seen and isinstance(seen[-1], fs.Progress) and seen[-1].devices == 12
@@ -61,7 +64,7 @@ def test_a_notebook_runs_a_fleet_with_the_public_api(tmp_path: Path, where: str)
 
 
 def test_scenarios_built_in_python_have_file_defaults_and_api_words_in_errors() -> None:
-    s = fs.Scenario(fleet=[fs.Group("thermometer", 5)])  # type: ignore[arg-type]  # a list, as users write it
+    s = fs.Scenario(fleet=[fs.Group("thermometer", 5)])  # a list, as users write it (type-checked)
     assert s.duration == 60 and s.broker.target == "embedded" and s.devices == 5
     assert fs.parse_scenario(s.to_toml(), "x.toml") == s
     with pytest.raises(fs.FleetsimError, match=r"fleet: no device groups; pass fleet=\[Group"):
@@ -69,13 +72,15 @@ def test_scenarios_built_in_python_have_file_defaults_and_api_words_in_errors() 
     with pytest.raises(fs.FleetsimError, match="broker: must be a table, got 5; pass broker="):
         fs.Scenario(fleet=[fs.Group("thermometer", 1)], broker=5)  # type: ignore[arg-type]
     with pytest.raises(fs.FleetsimError, match=r"fleet\[0\].count: must be a positive integer"):
-        fs.Scenario(fleet=[fs.Group("thermometer", 0)])  # type: ignore[arg-type]
+        fs.Scenario(fleet=[fs.Group("thermometer", 0)])
     assert s.replace(duration=5).duration == 5
 
 
 def test_bad_input_to_the_api_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(fs.FleetsimError, match=r"no summary\.json"):
         fs.load_run(tmp_path)
+    with pytest.raises(fs.FleetsimError, match="METRIC OP VALUE"):  # before anything runs
+        fs.run(tmp_path / "never-read.toml", fail_on=["p50.total"])
     with pytest.raises(fs.FleetsimError, match="unknown broker kind"):
         fs.start_broker("rabbit", tmp_path)
     pki = fs.Pki.init(tmp_path / "pki")

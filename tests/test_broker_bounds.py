@@ -12,6 +12,7 @@ import ssl
 import statistics
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import psutil
 import pytest
@@ -23,6 +24,7 @@ from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Pki
 from fleetsim.report import summary_tables
+from fleetsim.results.shape import Summary
 
 MODEL = "generic"
 HAVE_MOSQUITTO = os.access("/usr/sbin/mosquitto", os.X_OK)
@@ -65,9 +67,9 @@ def test_past_the_bound_qos0_is_discarded_and_anything_else_drops_the_consumer(p
 
 def test_the_summary_counts_what_the_broker_bounded() -> None:
     counted = {"qos0_discarded": 1234, "slow_consumers_dropped": 2, "subscriptions_refused": 10}
-    rows = dict(summary_tables._machine_rows({"broker": {"available": True, **counted}}))
+    rows = dict(summary_tables.machine_rows(cast(Summary, {"broker": {"available": True, **counted}})))
     assert rows["broker: QoS 0 discarded / slow consumers dropped / subscriptions refused"] == "1,234 / 2 / 10"
-    mosquitto = dict(summary_tables._machine_rows({"broker": {"kind": "mosquitto"}}))
+    mosquitto = dict(summary_tables.machine_rows(cast(Summary, {"broker": {"kind": "mosquitto"}})))
     assert not any(k.startswith("broker: QoS 0") for k in mosquitto)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from conftest import BROKER_KINDS
@@ -21,6 +22,7 @@ from mqtt_raw import Packet, Raw, connect, device_context, packet, publish
 from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
+from fleetsim.results.shape import Summary
 
 PUBREC, PUBREL, PUBCOMP = 5, 6, 7
 SITE, MODEL = "ward-c", "generic"
@@ -386,6 +388,6 @@ def test_takeovers_reach_the_summary_of_both_brokers() -> None:
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(overview_table({"broker": {"available": True, "takeovers": 3}}))
+    console.print(overview_table(cast(Summary, {"broker": {"available": True, "takeovers": 3}})))
     text = console.export_text()
     assert "session takeovers (security event)" in text and "3  (a client id" in text

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fleetsim.report import html_page
+from fleetsim.report.run_results import load_run
 from fleetsim.results import figure_data
-from fleetsim.results.read import load_run
 from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
@@ -90,13 +90,13 @@ def assert_self_contained(page: str) -> None:
 
 def test_figure_data_from_real_rows_matches_the_run(runs: tuple[Path, Path]) -> None:
     run = load_run(runs[0])
-    s, series = run.summary, run.series
+    s, series = run.summary.raw, run.series_arrays
     assert s["outcomes"].get("alert_expired") and s["events"][0]["action"] == "restart-broker"
     n = len(series["second"])
-    by = figure_data.failures_by_class(run.attempts, run.t0, n)
+    by = figure_data.failures_by_class(run.attempt_arrays, run.t0, n)
     assert {"alert_expired", "alert_unknown_ca"} <= set(by)
     assert np.asarray(sum(by.values())).tolist() == series["failures"].tolist()  # the same bins as series.parquet
-    for phase, (x, y) in figure_data.phase_cdfs(run.attempts).items():
+    for phase, (x, y) in figure_data.phase_cdfs(run.attempt_arrays).items():
         assert round(1 / y[0]) == s["phases_ms"][phase]["n"] and y[-1] == 1.0
         assert x[-1] == pytest.approx(s["phases_ms"][phase]["max"], abs=1e-3)
     t = figure_data.timeline(series)

@@ -19,6 +19,7 @@ from fleetsim.broker.embedded.broker import start_embedded
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.pki import Pki
 from fleetsim.rehearsal.drive import Rehearsal
+from fleetsim.results.shape import Summary
 from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
@@ -60,7 +61,7 @@ reenroll_after = {reenroll}
 """
 
 
-def rehearse(tmp_path: Path, text: str) -> tuple[Path, dict[str, Any]]:
+def rehearse(tmp_path: Path, text: str) -> tuple[Path, Summary]:
     return run_scenario(parse(text, "rehearse.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
 
 

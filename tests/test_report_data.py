@@ -4,12 +4,13 @@ browser (fleetsim.results.figure_data, fleetsim.results.compare)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from fleetsim.results import compare, figure_data
+from fleetsim.results.shape import Summary
 
 
 def test_cdf_is_sorted_floored_and_thinned_without_losing_its_ends() -> None:
@@ -95,14 +96,15 @@ def test_sweep_overhead_groups_cells_by_each_setting_that_varies() -> None:
     assert figure_data.sweep_overhead([cell("only", 1.0, 1.0)]) == []
 
 
-def summary(**over: Any) -> dict[str, Any]:
+def summary(**over: Any) -> Summary:
+    """The part of a summary compare reads (an older run's may hold no more)."""
     s: dict[str, Any] = {"devices": 100, "attempts": 120, "outcomes": {"connected": 100, "alert_revoked": 20},
                          "fleet": {"connected_at_end": 90, "ever_connected": 100},
                          "phases_ms": {"total": {"p50": 10.0, "p99": 40.0}},
                          "broker": {"cpu_ms_per_handshake": 2.0}, "simulator": {"saturated": False}}
     for k, v in over.items():
         s[k] = v
-    return s
+    return cast(Summary, s)
 
 
 def test_metric_rows_give_each_figure_its_difference_and_verdict() -> None:

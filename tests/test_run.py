@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from fleetsim.results.shape import Summary
 from fleetsim.runner.orchestrate import run_scenario
 from fleetsim.scenario import parse
 
@@ -64,7 +65,7 @@ lot = "ward-b"
 """
 
 
-def run(tmp_path: Path, toml: str) -> tuple[Path, dict]:
+def run(tmp_path: Path, toml: str) -> tuple[Path, Summary]:
     return run_scenario(parse(toml, "test.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
 
 
@@ -133,7 +134,7 @@ def test_ctrl_c_ends_the_run_cleanly_and_writes_results(tmp_path: Path) -> None:
                             text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a CI shell may ignore it
     deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "out").glob("*/meta.json")):
+    while time.time() < deadline and not list((tmp_path / "out").glob("*/scenario.toml")):
         time.sleep(0.2)
     time.sleep(3)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group

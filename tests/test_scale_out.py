@@ -3,6 +3,7 @@ pool of brokers, and devices spread over several source addresses; real brokers 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,8 @@ def test_a_local_cluster_run_is_the_same_run_as_local_processes(tmp_path: Path) 
         assert dask[key] == local[key], key
     assert dask["fleet"]["connected_at_end"] == local["fleet"]["connected_at_end"] == 60
     assert dask["messages"]["qos1plus"]["lost"] == 0
+    meta = json.loads((run_dir / "meta.json").read_text())  # written once, at the end: the skews measured at start
+    assert meta["executor"] == "dask" and meta["clock_skew_ms"] and meta["started_utc"]
     ids = sorted(pq.read_table(run_dir / "devices.parquet").column("device_id").to_pylist())
     assert ids == sorted(pq.read_table(next((tmp_path / "local").iterdir()) / "devices.parquet")
                          .column("device_id").to_pylist())

@@ -1,11 +1,14 @@
 """--fail-on rules: parsed up front with one clear line for a mistake, judged against a summary. Pure."""
 
+from typing import cast
+
 import pytest
 
 from fleetsim.errors import FleetsimError
 from fleetsim.results import thresholds
+from fleetsim.results.shape import Summary
 
-SUMMARY = {
+SUMMARY = cast(Summary, {  # the part of a summary the rules read
     "devices": 200, "attempts": 210, "outcomes": {"connected": 200, "alert_revoked": 10},
     "fleet": {"connected_at_end": 190, "ever_connected": 200},
     "fleet_up": {"rate_per_s": 480.5},
@@ -13,7 +16,7 @@ SUMMARY = {
     "messages": {"qos1plus": {"published": 1000, "lost": 3, "ack_ms": {"p99": 12.0}}},
     "drops": {"stop": 190, "reset": 2, "revoked": 8},
     "simulator": {"loop_lag_ms": {"p99": 4.0}},
-}
+})
 
 
 @pytest.mark.parametrize("rule, value, breached", [

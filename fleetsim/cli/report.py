@@ -15,6 +15,7 @@ from rich.text import Text
 from fleetsim.cli.console import tables
 from fleetsim.errors import FleetsimError
 from fleetsim.report import summary_tables
+from fleetsim.report.run_results import Run, load_run
 from fleetsim.results import compare, files, read
 
 VERDICT_STYLE = {"better": "green", "worse": "bold red", "noise": "dim", "": ""}
@@ -79,18 +80,18 @@ def _settings_table(rows: Sequence[tuple[str, list[str]]], names: Sequence[str])
     return t
 
 
-def print_comparison(runs: Sequence[read.Run], console: Console) -> None:
+def print_comparison(runs: Sequence[Run], console: Console) -> None:
     names = compare.labels([r.name for r in runs])
-    summaries = [r.summary for r in runs]
-    for n, r in zip(names, runs, strict=True):
+    summaries = [r.summary.raw for r in runs]
+    for n, s, r in zip(names, summaries, runs, strict=True):
         console.print(Text(f"{n}: {r.path}"))
-        if r.summary.get("simulator", {}).get("saturated"):
+        if (sim := s.get("simulator", {})).get("saturated"):
             console.print(Text.assemble(("warning: ", "bold yellow"), f"{n}: SIMULATOR SATURATED: "
-                                        + str(r.summary["simulator"].get("warning", ""))))
+                                        + str(sim.get("warning", ""))))
     console.print(_difference_table("Headline figures (differences from the first run)",
-                                    compare.metric_rows(summaries, [r.attempts for r in runs]), names))
+                                    compare.metric_rows(summaries, [r.attempt_arrays for r in runs]), names))
     console.print(_difference_table("Attempts by outcome (share of attempts)", compare.outcome_rows(summaries), names))
-    console.print(_settings_table(compare.setting_rows([r.scenario() for r in runs]), names))
+    console.print(_settings_table(compare.setting_rows([r.settings for r in runs]), names))
 
 
 def compare_cmd(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_A RUN_B [...]",
@@ -105,7 +106,7 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_A RUN_B 
         from fleetsim.report import html_page
 
         html_page.check_writable(html_out)
-    runs = [read.load_run(p) for p in run_dirs]
+    runs = [load_run(p) for p in run_dirs]
     if as_json:
         typer.echo(json.dumps(comparison_json(runs), indent=2))
     else:
@@ -116,15 +117,16 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_A RUN_B 
         _wrote(html_out, text, "comparison")
 
 
-def comparison_json(runs: Sequence[read.Run]) -> dict[str, object]:
-    summaries = [r.summary for r in runs]
+def comparison_json(runs: Sequence[Run]) -> dict[str, object]:
+    summaries = [r.summary.raw for r in runs]
     return {
         "runs": [str(r.path) for r in runs],
         "figures": [{"figure": r.label, "unit": r.unit, "values": r.values,
                      "delta": [r.delta(i) for i in range(1, len(runs))],
                      "verdict": [r.verdict(i) for i in range(1, len(runs))]}
-                    for r in [*compare.metric_rows(summaries, [r.attempts for r in runs]), *compare.outcome_rows(summaries)]],
-        "settings": dict(compare.setting_rows([r.scenario() for r in runs])),
+                    for r in [*compare.metric_rows(summaries, [r.attempt_arrays for r in runs]),
+                              *compare.outcome_rows(summaries)]],
+        "settings": dict(compare.setting_rows([r.settings for r in runs])),
     }
 
 

@@ -8,8 +8,9 @@ a second signal ends it at once, without them).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -19,7 +20,7 @@ from fleetsim import lifecycle
 from fleetsim.cli.console import tables
 from fleetsim.cli.live import ConsoleReporter
 from fleetsim.report import summary_tables
-from fleetsim.results import files, thresholds
+from fleetsim.results import thresholds
 from fleetsim.runner.progress import Reporter
 from fleetsim.words import count
 
@@ -64,10 +65,7 @@ def run(
         console.print(Text.assemble(("warning: ", "bold yellow"), dropped))
     with _metrics(metrics_port, console) as wrap:
         run_dir, summary = run_scenario(sc, pki=pki, out_dir=out, reporter=wrap(ConsoleReporter(console)),
-                                        cluster=cluster)
-    if rules:
-        summary["thresholds"] = thresholds.judge(rules, summary)
-        files.write_json(run_dir / files.SUMMARY, summary)
+                                        cluster=cluster, rules=rules)
     summary_tables.print_summary(summary, console)
     console.print(Text(f"results: {run_dir}"))
     raise typer.Exit(exit_code(summary))
@@ -87,7 +85,7 @@ def _metrics(port: int | None, console: Console) -> Iterator[Callable[[Reporter]
         yield endpoint.reporter
 
 
-def exit_code(summary: dict) -> int:
+def exit_code(summary: Mapping[str, Any]) -> int:
     err = Console(stderr=True, markup=False, highlight=False)
     if (signalled := lifecycle.exit_code(summary.get("interrupted"))) is not None:
         return signalled

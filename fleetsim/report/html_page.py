@@ -11,17 +11,27 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from fleetsim import __version__
 from fleetsim.errors import FleetsimError
 from fleetsim.report import plots, summary_tables
+from fleetsim.report.run_results import (
+    REHEARSAL_FIGURE,
+    RUN_FIGURES,
+    Cell,
+    Run,
+    load_run,
+    load_sweep,
+    sweep_overheads,
+)
 from fleetsim.results import compare, figure_data
-from fleetsim.results.read import Cell, Run, kind_of, load_run, load_sweep
+from fleetsim.results.read import kind_of
+from fleetsim.results.shape import Summary, phase_percentile
 from fleetsim.words import count
 
 CSS = """
@@ -70,91 +80,79 @@ def banner(text: str, cls: str = "warn") -> str:
     return f"<div class=\"{cls}\">{esc(text)}</div>"
 
 
+def _version() -> str:
+    """fleetsim's version as installed (read from the package's metadata, not from ``fleetsim``: the API, which
+    returns runs that draw these figures, is imported by fleetsim/__init__.py, so importing it here would make a
+    circle)."""
+    try:
+        return metadata.version("fleetsim")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def page(title: str, body: Sequence[str]) -> str:
     made = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body)
-            + f"\n<footer class=\"sub\"><p>fleetsim {esc(__version__)}, page made {esc(made)}</p></footer>"
+            + f"\n<footer class=\"sub\"><p>fleetsim {esc(_version())}, page made {esc(made)}</p></footer>"
             "\n</body></html>\n")
 
 
 # -- one run ---------------------------------------------------------------------------------------------------
 def run_banners(run: Run, label: str = "") -> list[str]:
     """The simulator's saturation first (it changes how every latency reads), then how the run ended."""
-    s, who = run.summary, (f"{label}: " if label else "")
+    s, who = run.summary.raw, (f"{label}: " if label else "")
     out = []
     if sat := figure_data.saturation(s):
         out.append(banner(f"{who}SIMULATOR SATURATED. {sat}", "alert"))
-    for key, what in (("interrupted", "ended early"), ("stopped_early", "stopped early")):
-        if s.get(key):
-            out.append(banner(f"{who}{what}: {s[key]}", "alert"))
+    for why, what in ((s.get("interrupted"), "ended early"), (s.get("stopped_early"), "stopped early")):
+        if why:
+            out.append(banner(f"{who}{what}: {why}", "alert"))
     out += [banner(who + str(w)) for w in s.get("warnings", []) if w != s.get("simulator", {}).get("warning")]
     return out
 
 
-def overview(s: Mapping[str, Any]) -> str:
-    rows = [*summary_tables._fleet_rows(s), *summary_tables._message_rows(s),
-            *summary_tables._machine_rows(s), ("wall time (s)", summary_tables._fmt(s.get("wall_s")))]
+def overview(s: Summary) -> str:
+    rows = [*summary_tables.fleet_rows(s), *summary_tables.message_rows(s),
+            *summary_tables.machine_rows(s), ("wall time (s)", summary_tables.fmt(s.get("wall_s")))]
     return table(("what", "value"), rows, text_cols=(0, 1))
 
 
-def phases(s: Mapping[str, Any]) -> str:
+def phases(s: Summary) -> str:
     cols = summary_tables.COLUMNS
     return table(("phase (ms, connected attempts)", *cols),
-                 ([p, *(summary_tables._fmt(d.get(c)) for c in cols)]
+                 ([p, *(summary_tables.fmt(d.get(c)) for c in cols)]
                   for p, d in s.get("phases_ms", {}).items()))
 
 
-def outcomes(s: Mapping[str, Any]) -> str:
+def outcomes(s: Summary) -> str:
     total = sum(s.get("outcomes", {}).values()) or 1
     return table(("outcome", "attempts", "share"),
                  ((k, f"{n:,}", f"{100 * n / total:.1f}%") for k, n in s.get("outcomes", {}).items()))
 
 
-def events(s: Mapping[str, Any]) -> str:
-    rows = ((summary_tables._fmt(e.get("fired_at_s")), e.get("action"),
-             ", ".join(f"{k} {summary_tables._fmt(v)}" for k, v in e.items()
+def events(s: Summary) -> str:
+    rows = ((summary_tables.fmt(e.get("fired_at_s")), e.get("action"),
+             ", ".join(f"{k} {summary_tables.fmt(v)}" for k, v in e.items()
                        if k not in ("at", "action", "fired_at_s")))
             for e in s.get("events", []))
     return table(("at (s)", "action", "what happened"), rows, text_cols=(1, 2))
 
 
 def run_figures(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
-    """The figures of one run, or of several overlaid (failures side by side), each captioned with its source."""
-    marks = [figure_data.event_marks(r.summary) for r in runs]
-    seconds = [len(r.series.get("second", [])) for r in runs]
-    return [
-        figure(plots.timeline_figure([(lb, figure_data.timeline(r.series))
-                                      for lb, r in zip(labels, runs, strict=True)], marks),
-               "connections over time", "Whole run, x in run seconds. From series.parquet: devices connected at "
-               "each second's end; connects (by CONNACK time) and attempts (by start) per second, a partial last "
-               "second scaled to its share. Dashed lines: timed events."),
-        figure(plots.phase_cdfs_figure([(lb, figure_data.phase_cdfs(r.attempts))
-                                        for lb, r in zip(labels, runs, strict=True)]),
-               "connect phase latency CDFs", "Whole run, x in ms (log), y the share of attempts. From "
-               "attempts.parquet, connected attempts only: setup, wait (the simulator's own queue), tcp, tls, mqtt "
-               "(CONNECT to CONNACK) and total. Dotted line: p99."),
-        figure(plots.failures_figure([(lb, figure_data.failures_by_class(r.attempts, r.t0, n))
-                                      for lb, r, n in zip(labels, runs, seconds, strict=True)], marks),
-               "failures by class over time", "Whole run, x in run seconds, y failed attempts per second. From "
-               "attempts.parquet: binned by the second they failed (start + total), stacked by failure class."),
-        figure(plots.machine_figure([(lb, figure_data.machine(r.series, r.broker_samples))
-                                     for lb, r in zip(labels, runs, strict=True)], marks,
-                                    [bool(r.summary.get("simulator", {}).get("saturated")) for r in runs]),
-               "simulator loop lag and CPU", "Whole run, x in run seconds. From series.parquet: the worst worker's "
-               "loop lag (ms) and the busiest worker's CPU (% of a core) per second; from broker.json: the broker's "
-               "CPU (% of a core) between its once-a-second samples."),
-    ]
+    """The figures of one run, or of several overlaid (failures side by side), each captioned with its source
+    (the figures themselves: fleetsim.report.run_results.RUN_FIGURES, also ``run.figures()``)."""
+    return [figure(f.draw(runs, labels), f.alt, f.caption) for f in RUN_FIGURES]
 
 
-def _workers(s: Mapping[str, Any]) -> str:
+def _workers(s: Summary) -> str:
     workers = s.get("simulator", {}).get("workers")
     return count(workers, "worker") if isinstance(workers, int) else "? workers"
 
 
 def run_page(run: Run) -> str:
-    s = run.summary
-    sub = (f"{count(s.get('devices', 0), 'device')}, {summary_tables._fmt(s.get('duration_s'))} s, broker "
+    s = run.summary.raw
+    sub = (f"{count(s.get('devices', 0), 'device')}, {summary_tables.fmt(s.get('duration_s'))} s, broker "
            f"{s.get('broker', {}).get('kind', '?')}, {_workers(s)}; "
            f"started {run.meta.get('started_utc', '?')}; results {run.path}")
     body = [f"<h1>fleetsim run: {esc(run.name)}</h1>", f"<p class=\"sub\">{esc(sub)}</p>", *run_banners(run),
@@ -179,11 +177,9 @@ def run_page(run: Run) -> str:
 def rehearsal_section(run: Run) -> list[str]:
     """A rehearsal's timeline (healthy and revoked devices connected, the revoked lot's refusals, its steps) and
     each step's time from the decision (summary_tables.revocation_rows, the same words as the terminal)."""
-    rows = summary_tables.revocation_rows(run.summary["revocation"])
-    return ["<h2>Revocation rehearsal</h2>",
-            figure(plots.rehearsal_figure(figure_data.rehearsal_timeline(run)), "rehearsal timeline",
-                   "From series.parquet (completed by the rehearsal from the rows): devices connected at each "
-                   "second's end, healthy and revoked apart; the revoked devices' refusals per second; the steps."),
+    rows = summary_tables.revocation_rows(run.summary.raw.get("revocation", {}))
+    f = REHEARSAL_FIGURE
+    return ["<h2>Revocation rehearsal</h2>", figure(f.draw([run], [run.name]), f.alt, f.caption),
             table(("step", "value"), rows, text_cols=(1,))]
 
 
@@ -210,19 +206,19 @@ def compare_page(runs: Sequence[Run]) -> str:
     if len(runs) < 2:
         raise FleetsimError("compare needs two or more runs", "pass RUN_A RUN_B [...]")
     names = compare.labels([r.name for r in runs])
-    summaries = [r.summary for r in runs]
-    settings = compare.setting_rows([r.scenario() for r in runs])
+    summaries = [r.summary.raw for r in runs]
+    settings = compare.setting_rows([r.settings for r in runs])
     body = [f"<h1>fleetsim compare: {esc(' vs '.join(names))}</h1>",
             "<p class=\"sub\">Differences are from the first run (the baseline); green is better, red worse; "
             "≈ in grey: inside the runs' own spread (neither).</p>",
             table(("run", "results", "started", "devices", "duration (s)"),
-                  ((n, str(r.path), r.meta.get("started_utc", "?"), f"{r.summary.get('devices', 0):,}",
-                    summary_tables._fmt(r.summary.get("duration_s")))
+                  ((n, str(r.path), r.meta.get("started_utc", "?"), f"{r.summary.raw.get('devices', 0):,}",
+                    summary_tables.fmt(r.summary.raw.get("duration_s")))
                    for n, r in zip(names, runs, strict=True)),
                   text_cols=(1, 2)),
             *(b for n, r in zip(names, runs, strict=True) for b in run_banners(r, n)),
             "<h2>Headline figures</h2>",
-            difference_table(compare.metric_rows(summaries, [r.attempts for r in runs]), names),
+            difference_table(compare.metric_rows(summaries, [r.attempt_arrays for r in runs]), names),
             "<h2>Attempts by outcome (share of attempts)</h2>",
             difference_table(compare.outcome_rows(summaries), names),
             "<h2>Scenario settings that differ</h2>",
@@ -235,20 +231,19 @@ def compare_page(runs: Sequence[Run]) -> str:
 
 
 # -- a sweep ---------------------------------------------------------------------------------------------------
-def sweep_figures(cells: Sequence[Mapping[str, Any]]) -> list[str]:
-    """``cells``: [{"name", "settings", "summary"}]: one overhead figure per setting the sweep varied."""
+def sweep_figures(cells: Sequence[Cell]) -> list[str]:
+    """One overhead figure per setting the sweep varied."""
     return [figure(plots.overhead_figure(o), f"overhead by {o.setting}",
                    f"From each cell's summary.json: broker CPU per handshake over the storm window and p99 of total "
                    f"connect time, cells grouped by {o.setting} ({count(len(o.values), 'value')}).")
-            for o in figure_data.sweep_overhead(cells)]
+            for o in sweep_overheads(cells)]
 
 
 def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
-    maps = [{"name": c.name, "settings": c.settings, "summary": c.summary} for c in cells]
     keys = list(dict.fromkeys(k for c in cells for k in c.settings))
     rows = [[c.name, *(compare.show(compare.flatten(c.settings).get(k, "-")) for k in keys),
-             summary_tables._fmt(c.summary.get("broker", {}).get("cpu_ms_per_handshake")),
-             summary_tables._fmt(c.summary.get("phases_ms", {}).get("total", {}).get("p99")),
+             summary_tables.fmt(c.summary.get("broker", {}).get("cpu_ms_per_handshake")),
+             summary_tables.fmt(phase_percentile(c.summary, "total", "p99")),
              "yes" if c.summary.get("simulator", {}).get("saturated") else "no"] for c in cells]
     saturated = [c.name for c in cells if c.summary.get("simulator", {}).get("saturated")]
     body = [f"<h1>fleetsim sweep: {esc(path.name)}</h1>",
@@ -259,7 +254,7 @@ def sweep_page(path: Path, cells: Sequence[Cell]) -> str:
                            "alert"))
     body += ["<h2>Cells</h2>", table(("cell", *keys, "CPU/handshake (ms)", "p99 total (ms)", "saturated"), rows,
                                      text_cols=range(len(keys) + 1)),
-             "<h2>Overhead by setting</h2>", *(sweep_figures(maps) or ["<p>No setting varies.</p>"])]
+             "<h2>Overhead by setting</h2>", *(sweep_figures(cells) or ["<p>No setting varies.</p>"])]
     return page(f"fleetsim sweep: {path.name}", body)
 
 

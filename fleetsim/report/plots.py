@@ -30,8 +30,16 @@ def colour(i: int) -> str:
     return RUN_COLOURS[i % len(RUN_COLOURS)]
 
 
+class ReportFigure(Figure):
+    """A matplotlib Figure that shows itself in Jupyter as the PNG the HTML page embeds: drawn on Agg with no
+    pyplot, it has no backend that would display it (``run.figures()["timeline"]`` as a cell's last line)."""
+
+    def _repr_png_(self) -> bytes:
+        return png(self)
+
+
 def _figure(height_in: float) -> Figure:
-    fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
+    fig = ReportFigure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

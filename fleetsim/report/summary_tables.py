@@ -5,19 +5,21 @@ Every cell is a ``rich.text.Text``, never markup: scenario names, details and pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fleetsim.results.shape import Summary
 from fleetsim.words import count
 
 COLUMNS = ("n", "p50", "p90", "p99", "p99.9", "max")
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A figure as a cell shows it: '-' for not measured, thousands separated, floats to two places."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -33,7 +35,7 @@ def _table(title: str, columns: Iterable[str] = (), *, header: bool = True) -> T
 
 
 def _row(t: Table, *cells: Any) -> None:
-    t.add_row(*(c if isinstance(c, Text) else Text(_fmt(c)) for c in cells))
+    t.add_row(*(c if isinstance(c, Text) else Text(fmt(c)) for c in cells))
 
 
 def phases_table(phases: Mapping[str, Mapping[str, Any]]) -> Table:
@@ -58,14 +60,15 @@ def faults_table(faults: Mapping[str, Mapping[str, int]]) -> Table:
     return t
 
 
-def _fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def fleet_rows(s: Summary) -> list[tuple[str, str]]:
+    """(what, value) rows of the fleet: the terminal's summary table and the HTML page's overview share them."""
     f, up, rate = s.get("fleet", {}), s.get("fleet_up", {}), s.get("connect_rate", {})
     states = f.get("states", {})
     gave = ", ".join(f"{n:,} after {count(int(k), 'attempt')}"
                      for k, n in f.get("gave_up_after_attempts", {}).items())
     rows = [
         ("devices connected at end", f"{f.get('connected_at_end', 0):,} / {s.get('devices', 0):,}  (peak "
-                                     f"{f.get('peak_connected', 0):,} at {_fmt(f.get('peak_at_s'))} s, ever "
+                                     f"{f.get('peak_connected', 0):,} at {fmt(f.get('peak_at_s'))} s, ever "
                                      f"{f.get('ever_connected', 0):,})"),
         ("devices by state", f"connected {states.get('connected', 0):,}, retrying {states.get('retrying', 0):,}, "
                              f"gave up {states.get('gave_up', 0):,}" + (f" ({gave})" if gave else "")
@@ -75,15 +78,16 @@ def _fleet_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("fleet came up (first attempt to last first connect)",
                      f"{count(up['devices'], 'device')} in {up['span_s']:,.2f} s: {up['rate_per_s']:,.1f}/s"))
     rows.append(("connects/s (mean over the run, peak second)",
-                 f"{_fmt(rate.get('mean_per_s'))}, {_fmt(rate.get('peak_per_s'))}"
+                 f"{fmt(rate.get('mean_per_s'))}, {fmt(rate.get('peak_per_s'))}"
                  + (f" in second {rate['peak_second']}" if rate.get("peak_second") is not None else "")))
-    rows.append(("connection attempts", _fmt(s.get("attempts"))))
+    rows.append(("connection attempts", fmt(s.get("attempts"))))
     if drops := {k: v for k, v in s.get("drops", {}).items() if k != "stop"}:
         rows.append(("connections dropped", ", ".join(f"{k} {v:,}" for k, v in drops.items())))
     return rows
 
 
-def _message_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def message_rows(s: Summary) -> list[tuple[str, str]]:
+    """(what, value) rows of the messages, QoS 0 apart from QoS 1/2."""
     m = s.get("messages", {})
     q0, q1 = m.get("qos0", {}), m.get("qos1plus", {})
     rows = []
@@ -95,15 +99,16 @@ def _message_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         ack = q1.get("ack_ms", {})
         rows.append(("QoS 1/2 published / acknowledged / lost", f"{q1.get('published', 0):,} / "
                      f"{q1.get('acknowledged', 0):,} / {q1.get('lost', 0):,}"))
-        rows.append(("ack latency p50 / p99 (ms)", f"{_fmt(ack.get('p50'))} / {_fmt(ack.get('p99'))}"))
+        rows.append(("ack latency p50 / p99 (ms)", f"{fmt(ack.get('p50'))} / {fmt(ack.get('p99'))}"))
     return rows
 
 
-def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+def machine_rows(s: Summary) -> list[tuple[str, str]]:
+    """(what, value) rows of the simulator, the machine and the broker."""
     sim, b = s.get("simulator", {}), s.get("broker", {})
     lag, cpu = sim.get("loop_lag_ms", {}), sim.get("busiest_worker_cpu", {})
-    rows = [("simulator loop lag p50 / p99 / max (ms)", f"{_fmt(lag.get('p50'))} / {_fmt(lag.get('p99'))} / "
-                                                        f"{_fmt(lag.get('max'))}"),
+    rows = [("simulator loop lag p50 / p99 / max (ms)", f"{fmt(lag.get('p50'))} / {fmt(lag.get('p99'))} / "
+                                                        f"{fmt(lag.get('max'))}"),
             ("busiest worker CPU p50 / max", f"{_pct(cpu.get('p50'))} / {_pct(cpu.get('max'))}")]
     if (busy := s.get("machine", {}).get("busy_in_storm")) is not None:
         rows.append(("machine busy over the storm", f"{busy['share']:.0%} of {count(busy['cores'], 'core')} "
@@ -117,7 +122,7 @@ def _machine_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         return rows
     if b.get("cpu_seconds") is not None:
         procs = len(b.get("processes", [])) or 1
-        rows.append(("broker CPU (s)", _fmt(round(float(b["cpu_seconds"]), 3))
+        rows.append(("broker CPU (s)", fmt(round(float(b["cpu_seconds"]), 3))
                      + (f" over {procs} processes (restarts)" if procs > 1 else "")))
     if b.get("takeovers"):
         rows.append(("session takeovers (security event)", f"{b['takeovers']:,}  (a client id connected while "
@@ -153,7 +158,7 @@ def _admission_text(adm: Mapping[str, Any]) -> str:
     return text + (f"  (held at {min(held):,} after dropped SYNs)" if held else "")
 
 
-def _set_up_text(ready: Mapping[str, int]) -> str:
+def _set_up_text(ready: Mapping[str, Any]) -> str:
     late = ready["of"] - ready["devices"]
     return f"{ready['devices']:,} of {ready['of']:,}" + (
         f"  ({late:,} set up at their first attempt, inside the clock: their setup_ms is the simulator's)"
@@ -164,21 +169,21 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * float(v):.0f}%"
 
 
-def overview_table(s: Mapping[str, Any]) -> Table:
+def overview_table(s: Summary) -> Table:
     t = _table(f"Run summary: {s.get('scenario', '')}", ("what", "value"), header=False)
-    rows = [*_fleet_rows(s), *_message_rows(s), *_machine_rows(s), ("wall time (s)", _fmt(s.get("wall_s")))]
-    for key, label in (("stopped_early", "stopped early"), ("interrupted", "ended early")):
-        if s.get(key):
-            rows.append((label, str(s[key])))
+    rows = [*fleet_rows(s), *message_rows(s), *machine_rows(s), ("wall time (s)", fmt(s.get("wall_s")))]
+    for why, label in ((s.get("stopped_early"), "stopped early"), (s.get("interrupted"), "ended early")):
+        if why:
+            rows.append((label, str(why)))
     for what, value in rows:
         _row(t, what, value)
     return t
 
 
-def events_table(events: list[Mapping[str, Any]]) -> Table:
+def events_table(events: Sequence[Mapping[str, Any]]) -> Table:
     t = _table("Timed events (each step's time, and what it did to the fleet)", ("at (s)", "action", "what happened"))
     for e in events:
-        steps = ", ".join(f"{k} {_fmt(v)}" for k, v in e.items() if k not in ("at", "action", "fired_at_s"))
+        steps = ", ".join(f"{k} {fmt(v)}" for k, v in e.items() if k not in ("at", "action", "fired_at_s"))
         _row(t, e.get("fired_at_s"), str(e.get("action")), steps)
     return t
 
@@ -197,10 +202,10 @@ def revocation_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
          + (f"  ({r['revoked_still_connected_at_end']:,} still connected at the end)"
             if r.get("revoked_still_connected_at_end") else "")),
         ("last revoked device refused", _after(r.get("last_revoked_refused_after_s"))),
-        ("false accepts (revoked let in, or left in by a strategy that cuts)", _fmt(r.get("false_accepts"))),
-        ("false rejects (healthy refused or dropped)", _fmt(r.get("false_rejects"))
+        ("false accepts (revoked let in, or left in by a strategy that cuts)", fmt(r.get("false_accepts"))),
+        ("false rejects (healthy refused or dropped)", fmt(r.get("false_rejects"))
          + (f"  (+ {r['collateral_drops']:,} collateral drops of the strategy)" if r.get("collateral_drops") else "")),
-        ("healthy devices' QoS 1/2 messages lost", _fmt(r.get("healthy_messages_lost"))),
+        ("healthy devices' QoS 1/2 messages lost", fmt(r.get("healthy_messages_lost"))),
     ]
     if r.get("reenrolled"):
         st = r.get("storm", {})
@@ -211,8 +216,8 @@ def revocation_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("fleet back to its level before", _after(r.get("fleet_back_after_s"))
              + f"  ({count(r.get('connected_before', 0), 'device')})"),
             ("re-enrolment storm: peak connects/s, tls p50 / p99 (ms)",
-             f"{st.get('peak_connects_per_s', 0):,}, {_fmt(st.get('tls_ms', {}).get('p50'))} / "
-             f"{_fmt(st.get('tls_ms', {}).get('p99'))}"
+             f"{st.get('peak_connects_per_s', 0):,}, {fmt(st.get('tls_ms', {}).get('p50'))} / "
+             f"{fmt(st.get('tls_ms', {}).get('p99'))}"
              + (f", broker CPU {st['broker_cpu_s']:,.2f} s" if st.get("broker_cpu_s") is not None else "")),
         ]
     return rows
@@ -226,7 +231,7 @@ def revocation_table(r: Mapping[str, Any]) -> Table:
     return t
 
 
-def thresholds_table(results: list[Mapping[str, Any]]) -> Table:
+def thresholds_table(results: Sequence[Mapping[str, Any]]) -> Table:
     t = _table("--fail-on", ("rule", "measured", "verdict"))
     for r in results:
         verdict = Text("BREACHED", "bold red") if r["breached"] else Text("ok", "green")
@@ -280,7 +285,7 @@ def print_sweep(index: Mapping[str, Any], console: Console | None = None) -> Non
                            f"steady tcp+tls p50 {x['fleetsim_tcp_tls_p50_ms']:.2f} ms"))
 
 
-def render(summary: Mapping[str, Any]) -> Group:
+def render(summary: Summary) -> Group:
     parts: list[Any] = [overview_table(summary)]
     if summary.get("phases_ms"):
         parts.append(phases_table(summary["phases_ms"]))
@@ -298,5 +303,5 @@ def render(summary: Mapping[str, Any]) -> Group:
     return Group(*parts)
 
 
-def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+def print_summary(summary: Summary, console: Console | None = None) -> None:
     (console or Console(markup=False)).print(render(summary))

@@ -20,31 +20,24 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fleetsim.results.shape import Summary, phase_percentile
+
 Better = Literal["lower", "higher"] | None
-Getter = Callable[[Mapping[str, Any]], Any]
+Getter = Callable[[Summary], Any]
 Interval = tuple[float, float]
 
 NOISE_SHARE = 0.05  # a figure without rows behind it must move by this share of the baseline to count
 Z95 = 1.959964  # two-sided 95%
 
 
-def _at(*path: str) -> Getter:
-    def get(s: Mapping[str, Any]) -> Any:
-        v: Any = s
-        for k in path:
-            v = v.get(k) if isinstance(v, Mapping) else None
-        return v
-    return get
-
-
 def _share(part: Getter, whole: Getter) -> Getter:
-    def get(s: Mapping[str, Any]) -> float | None:
+    def get(s: Summary) -> float | None:
         p, w = _num(part(s)), _num(whole(s))
         return None if p is None or not w else 100 * p / w
     return get
 
 
-def _failed(s: Mapping[str, Any]) -> int | None:
+def _failed(s: Summary) -> int | None:
     if not isinstance(s.get("outcomes"), Mapping):
         return None
     return sum(int(n) for k, n in s["outcomes"].items() if k != "connected")
@@ -59,26 +52,34 @@ class Metric:
     quantile: tuple[str, float] | None = None  # (attempts column, q): a percentile of the connected attempts
 
 
-METRICS: tuple[Metric, ...] = (
-    Metric("devices", "", _at("devices")),
-    Metric("connected at end", "%", _share(_at("fleet", "connected_at_end"), _at("devices")), "higher"),
-    Metric("ever connected", "%", _share(_at("fleet", "ever_connected"), _at("devices")), "higher"),
-    Metric("fleet came up: rate", "/s", _at("fleet_up", "rate_per_s"), "higher"),
-    Metric("fleet came up: span", "s", _at("fleet_up", "span_s"), "lower"),
-    Metric("connects/s, peak second", "/s", _at("connect_rate", "peak_per_s")),
-    Metric("attempts", "", _at("attempts")),
-    Metric("failed attempts", "%", _share(_failed, _at("attempts")), "lower"),
-    *(Metric(f"{phase} {p}", "ms", _at("phases_ms", phase, p), "lower", (f"{phase}_ms", q))
+def _phase(phase: str, p: str) -> Getter:
+    return lambda s: phase_percentile(s, phase, p)
+
+
+METRICS: tuple[Metric, ...] = (  # each read through the summary's shape (fleetsim.results.shape): mypy checks the keys
+    Metric("devices", "", lambda s: s.get("devices")),
+    Metric("connected at end", "%", _share(lambda s: s.get("fleet", {}).get("connected_at_end"),
+                                           lambda s: s.get("devices")), "higher"),
+    Metric("ever connected", "%", _share(lambda s: s.get("fleet", {}).get("ever_connected"),
+                                         lambda s: s.get("devices")), "higher"),
+    Metric("fleet came up: rate", "/s", lambda s: s.get("fleet_up", {}).get("rate_per_s"), "higher"),
+    Metric("fleet came up: span", "s", lambda s: s.get("fleet_up", {}).get("span_s"), "lower"),
+    Metric("connects/s, peak second", "/s", lambda s: s.get("connect_rate", {}).get("peak_per_s")),
+    Metric("attempts", "", lambda s: s.get("attempts")),
+    Metric("failed attempts", "%", _share(_failed, lambda s: s.get("attempts")), "lower"),
+    *(Metric(f"{phase} {p}", "ms", _phase(phase, p), "lower", (f"{phase}_ms", q))
       for phase in ("tcp", "tls", "mqtt", "total") for p, q in (("p50", 0.5), ("p99", 0.99))),
-    Metric("wait p99 (simulator's queue)", "ms", _at("phases_ms", "wait", "p99"), "lower", ("wait_ms", 0.99)),
-    Metric("QoS 1/2 lost", "", _at("messages", "qos1plus", "lost"), "lower"),
-    Metric("ack p99", "ms", _at("messages", "qos1plus", "ack_ms", "p99"), "lower"),
-    Metric("broker CPU per handshake", "ms", _at("broker", "cpu_ms_per_handshake"), "lower"),
-    Metric("broker CPU per message", "ms", _at("broker", "cpu_ms_per_message"), "lower"),
-    Metric("broker CPU", "s", _at("broker", "cpu_seconds"), "lower"),
-    Metric("simulator loop lag p99", "ms", _at("simulator", "loop_lag_ms", "p99"), "lower"),
-    Metric("simulator saturated", "", _at("simulator", "saturated"), "lower"),
-    Metric("wall time", "s", _at("wall_s")),
+    Metric("wait p99 (simulator's queue)", "ms", _phase("wait", "p99"), "lower", ("wait_ms", 0.99)),
+    Metric("QoS 1/2 lost", "", lambda s: s.get("messages", {}).get("qos1plus", {}).get("lost"), "lower"),
+    Metric("ack p99", "ms", lambda s: s.get("messages", {}).get("qos1plus", {}).get("ack_ms", {}).get("p99"),
+           "lower"),
+    Metric("broker CPU per handshake", "ms", lambda s: s.get("broker", {}).get("cpu_ms_per_handshake"), "lower"),
+    Metric("broker CPU per message", "ms", lambda s: s.get("broker", {}).get("cpu_ms_per_message"), "lower"),
+    Metric("broker CPU", "s", lambda s: s.get("broker", {}).get("cpu_seconds"), "lower"),
+    Metric("simulator loop lag p99", "ms", lambda s: s.get("simulator", {}).get("loop_lag_ms", {}).get("p99"),
+           "lower"),
+    Metric("simulator saturated", "", lambda s: s.get("simulator", {}).get("saturated"), "lower"),
+    Metric("wall time", "s", lambda s: s.get("wall_s")),
 )
 
 
@@ -153,7 +154,7 @@ def labels(names: Sequence[str]) -> list[str]:
     return [f"{chr(65 + i) if i < 26 else f'R{i + 1}'} {n}" for i, n in enumerate(names)]
 
 
-def metric_rows(summaries: Sequence[Mapping[str, Any]],
+def metric_rows(summaries: Sequence[Summary],
                 attempts: Sequence[Mapping[str, Any]] | None = None) -> list[Row]:
     """The headline figures that at least one run has; with each run's attempts (columns), the percentiles'
     spread too."""
@@ -171,7 +172,7 @@ def metric_rows(summaries: Sequence[Mapping[str, Any]],
     return rows
 
 
-def outcome_rows(summaries: Sequence[Mapping[str, Any]]) -> list[Row]:
+def outcome_rows(summaries: Sequence[Summary]) -> list[Row]:
     """Each outcome's share of the attempts, connected first, then failure classes by their total."""
     totals: dict[str, int] = {}
     for s in summaries:

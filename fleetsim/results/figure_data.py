@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from fleetsim.results.read import Run
 from fleetsim.results.series import attempt_times
 from fleetsim.results.summary import PHASES
 from fleetsim.words import count
@@ -195,15 +194,15 @@ class RehearsalTimeline:
     steps: list[tuple[float, str]]
 
 
-def rehearsal_timeline(run: Run) -> RehearsalTimeline:
-    """What a rehearsal's page draws, from the columns the rehearsal added to series.parquet."""
-    s = run.series
+def rehearsal_timeline(s: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> RehearsalTimeline:
+    """What a rehearsal's page draws, from the columns the rehearsal added to series.parquet (``s``) and the
+    summary's events."""
     n = len(s.get("second", []))
     refused = np.zeros(n)
     for name, col in s.items():
         if name.startswith("refused_"):
             refused = refused + np.asarray(col, dtype=float)
-    steps = [(float(e["fired_at_s"]), str(e["action"])) for e in run.summary.get("events", [])]
+    steps = [(float(e["fired_at_s"]), str(e["action"])) for e in summary.get("events", [])]
     return RehearsalTimeline(np.asarray(s.get("second", []), dtype=float),
                              np.asarray(s.get("connected_healthy", np.zeros(n)), dtype=float),
                              np.asarray(s.get("connected_revoked", np.zeros(n)), dtype=float), refused, steps)

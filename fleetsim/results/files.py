@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetsim.errors import FleetsimError
+from fleetsim.results.shape import Summary
 
 SUMMARY = "summary.json"
 
@@ -66,12 +67,13 @@ def write_table(path: Path, columns: Mapping[str, Sequence[Any]]) -> None:
     pq.write_table(pa.table({k: list(v) for k, v in columns.items()}), path)
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
+def read_summary(run_dir: Path) -> Summary:
+    """summary.json (its keys: fleetsim.results.shape.Summary; an older run's may lack some)."""
     path = run_dir / SUMMARY
     if not path.is_file():
         raise FleetsimError(f"no {SUMMARY} in {run_dir}", "point at a run directory written by `fleetsim run`")
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: Summary = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FleetsimError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return data

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
+from fleetsim.results import shape, thresholds
 from fleetsim.results.rows import Merged
 from fleetsim.results.series import Concurrency, attempt_times, session_times
 from fleetsim.words import count
@@ -39,26 +40,19 @@ NOT_AT_BROKER = {"tcp_refused", "tcp_timeout", "tcp_error", "client_identity", "
                  "client_key_rejected", "client_error"}  # attempts that cost the broker no TLS handshake
 
 
-def distribution(samples: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
-    """n, mean, max and p50/p90/p99/p99.9 of ``samples``; None where there is nothing to measure."""
+def distribution(samples: Sequence[float] | np.ndarray) -> shape.Distribution:
+    """n, mean, max and p50/p90/p99/p99.9 (``PERCENTILES``) of ``samples``; None where there is nothing to
+    measure."""
     a = np.asarray(samples, dtype=float)
     a = a[~np.isnan(a)]
-    out: dict[str, float | int | None] = {"n": int(a.size)}
     if a.size == 0:
-        out.update({"mean": None, "max": None, **{_pname(p): None for p in PERCENTILES}})
-        return out
-    out["mean"] = round(float(a.mean()), 3)
-    out["max"] = round(float(a.max()), 3)
-    for p, v in zip(PERCENTILES, np.percentile(a, PERCENTILES), strict=True):
-        out[_pname(p)] = round(float(v), 3)
-    return out
+        return {"n": 0, "mean": None, "max": None, "p50": None, "p90": None, "p99": None, "p99.9": None}
+    p50, p90, p99, p99_9 = (round(float(v), 3) for v in np.percentile(a, PERCENTILES))
+    return {"n": int(a.size), "mean": round(float(a.mean()), 3), "max": round(float(a.max()), 3),
+            "p50": p50, "p90": p90, "p99": p99, "p99.9": p99_9}
 
 
-def _pname(p: float) -> str:
-    return f"p{p:g}"
-
-
-def phase_summary(attempts: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, float | int | None]]:
+def phase_summary(attempts: Mapping[str, Sequence[Any]]) -> dict[str, shape.Distribution]:
     """Latency distribution of each phase over the attempts that connected."""
     ok = np.asarray(attempts.get("outcome", []), dtype=object) == "connected"
     return {
@@ -91,7 +85,7 @@ def up_window(attempts: Mapping[str, Sequence[Any]], t0: float) -> tuple[int, fl
     return len(first), float(start.min()), max(first.values())
 
 
-def fleet_up(attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any]:
+def fleet_up(attempts: Mapping[str, Sequence[Any]], t0: float) -> shape.FleetUp:
     """How fast the fleet came up: devices connected at least once, over the span from the first attempt's start
     to the last device's first CONNACK."""
     n, t_first, t_last = up_window(attempts, t0)
@@ -103,7 +97,7 @@ def fleet_up(attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any]
             "span_s": _r(span), "rate_per_s": _r(n / span) if span > 0 else None}
 
 
-def connect_rate(series: Mapping[str, Sequence[Any]], stopped_s: float) -> dict[str, Any]:
+def connect_rate(series: Mapping[str, Sequence[Any]], stopped_s: float) -> shape.ConnectRate:
     connects = np.asarray(series.get("connects", []), dtype=float)
     if not connects.size or stopped_s <= 0:
         return {"mean_per_s": 0.0, "peak_per_s": 0.0, "peak_second": None}
@@ -111,7 +105,7 @@ def connect_rate(series: Mapping[str, Sequence[Any]], stopped_s: float) -> dict[
     return {"mean_per_s": _r(connects.sum() / stopped_s), "peak_per_s": float(connects[peak]), "peak_second": peak}
 
 
-def fleet_state(m: Merged, level: Concurrency, stopped_s: float) -> dict[str, Any]:
+def fleet_state(m: Merged, level: Concurrency, stopped_s: float) -> shape.Fleet:
     """Devices by state when the run ended, and the connected count at its peak and at the end."""
     states = Counter(m.devices.get("state", []))
     gave_up = Counter(str(n) for n, s in zip(m.devices.get("attempts", []), m.devices.get("state", []),
@@ -121,7 +115,8 @@ def fleet_state(m: Merged, level: Concurrency, stopped_s: float) -> dict[str, An
             if o == "connected"}
     return {"ever_connected": len(ever), "connected_at_end": level.at(stopped_s),
             "peak_connected": peak, "peak_at_s": _r(peak_at) if peak_at is not None else None,
-            "states": {k: states.get(k, 0) for k in ("connected", "retrying", "gave_up", "never_tried")},
+            "states": {"connected": states.get("connected", 0), "retrying": states.get("retrying", 0),
+                       "gave_up": states.get("gave_up", 0), "never_tried": states.get("never_tried", 0)},
             "gave_up_after_attempts": dict(sorted(gave_up.items(), key=lambda kv: int(kv[0])))}
 
 
@@ -135,7 +130,7 @@ def faults_table(attempts: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, i
     return {f: dict(c.most_common()) for f, c in sorted(out.items())}
 
 
-def identity_problems(attempts: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+def identity_problems(attempts: Mapping[str, Sequence[Any]]) -> shape.IdentityProblems | None:
     """Devices whose own certificate or key could not be loaded (never reached the broker)."""
     hits = [(d, detail) for d, f, detail in zip(attempts.get("device_id", []), attempts.get("failure", []),
                                                 attempts.get("detail", []), strict=True) if f == "client_identity"]
@@ -144,7 +139,7 @@ def identity_problems(attempts: Mapping[str, Sequence[Any]]) -> dict[str, Any] |
     return {"devices": len({d for d, _ in hits}), "example": hits[0][1]}
 
 
-def messages(m: Merged) -> dict[str, Any]:
+def messages(m: Merged) -> shape.Messages:
     """QoS 0 is sent (fire and forget); QoS 1/2 is published, acknowledged or lost. Lost = published at QoS >= 1
     and not acknowledged when the run ended, after its drain."""
     msg = m.messages
@@ -181,7 +176,7 @@ def drops(m: Merged, t0: float, revoked: Mapping[str, float]) -> dict[str, int]:
 
 
 # -- the simulator -----------------------------------------------------------------------------------------------
-def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> dict[str, Any]:
+def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> shape.Simulator:
     """The workers' own saturation, and a warning saying what it means for the figures when it was reached."""
     lag = distribution(m.loop_lag_ms)
     busiest = np.asarray(series.get("sim_cpu_max", []), dtype=float)
@@ -192,8 +187,8 @@ def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> d
     busy_s = int((busiest[active] >= BUSY_CPU).sum())
     share = busy_s / max(1, int(active.sum()))
     saturated = (lag["p99"] or 0.0) > LAG_P99_LATE_MS or share > BUSY_SHARE
-    out: dict[str, Any] = {
-        "workers": workers, "loop_lag_ms": {k: lag[k] for k in ("n", "p50", "p99", "max")},
+    out: shape.Simulator = {
+        "workers": workers, "loop_lag_ms": {"n": lag["n"], "p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
         "busiest_worker_cpu": {"p50": _r(np.percentile(busiest[active], 50)) if active.any() else None,
                                "max": _r(busiest.max()) if busiest.size else None},
         "seconds_at_full_cpu": busy_s, "saturated": bool(saturated),
@@ -210,7 +205,7 @@ def simulator(m: Merged, series: Mapping[str, Sequence[Any]], workers: int) -> d
     return out
 
 
-def admission(workers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def admission(workers: Sequence[Mapping[str, Any]]) -> shape.Admission:
     """Per worker: the most attempts it had in flight, its cap (a broker on this machine), and the limit dropped
     SYNs held it at; so a reader can tell a run that sat at its cap from one the broker's answers paced."""
     seen = [w for w in workers if w.get("admission_peak_in_flight") is not None]
@@ -220,14 +215,14 @@ def admission(workers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "peak_waiting": max((int(w.get("admission_peak_waiting") or 0) for w in seen), default=0)}  # at one worker
 
 
-def set_up_before_t0(workers: Sequence[Mapping[str, Any]]) -> dict[str, int] | None:
+def set_up_before_t0(workers: Sequence[Mapping[str, Any]]) -> shape.SetUp | None:
     """Devices set up before t0 (identity checked, TLS context built) of those their workers set up in advance;
     None when none do. Any shortfall was set up at its first attempt, inside the clock."""
     of = sum(int(w.get("to_prepare") or 0) for w in workers)
     return {"devices": sum(int(w.get("prepared") or 0) for w in workers), "of": of} if of else None
 
 
-def bunched(rate: Mapping[str, Any], up: Mapping[str, Any], lag: Mapping[str, Any]) -> str | None:
+def bunched(rate: shape.ConnectRate, up: shape.FleetUp, lag: shape.Lag) -> str | None:
     """Say so when completions came in bunches because the simulator advanced its devices together."""
     mean, peak = up.get("rate_per_s"), rate.get("peak_per_s") or 0.0
     if not mean or (up.get("span_s") or 0) < 2 or peak < BUNCH_FACTOR * mean or (lag.get("p99") or 0) < LAG_P99_LATE_MS:
@@ -246,7 +241,7 @@ class Machine:
     samples: Sequence[Mapping[str, float]] = ()
 
 
-def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: float) -> dict[str, Any] | None:
+def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: float) -> shape.Busy | None:
     """The share of the machine's cores busy over the storm (first attempt to last first CONNACK), read between
     the first and the last sample inside it: whole sample intervals, no interpolation, so the idle time around a
     short storm does not dilute it. None when fewer than two samples (~1 s apart) fall inside the storm."""
@@ -261,7 +256,7 @@ def machine_busy(machine: Machine, attempts: Mapping[str, Sequence[Any]], t0: fl
     return {"share": _r(share), "from_s": first["t"], "to_s": last["t"], "cores": machine.cores}
 
 
-def machine_warning(busy: Mapping[str, Any] | None) -> str | None:
+def machine_warning(busy: shape.Busy | None) -> str | None:
     if busy is None or busy["share"] < MACHINE_BUSY:
         return None
     return (f"the machine fleetsim ran on was {busy['share']:.0%} busy across its "
@@ -275,7 +270,7 @@ def machine_warning(busy: Mapping[str, Any] | None) -> str | None:
 # -- the broker --------------------------------------------------------------------------------------------------
 def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, Any]],
                 attempts: Mapping[str, Sequence[Any]], series: Mapping[str, Sequence[Any]], *, t0: float,
-                stopped_s: float, kind: str) -> dict[str, Any]:
+                stopped_s: float, kind: str) -> shape.Broker:
     """Broker counters and CPU, per handshake from the storm's window and per message from the rest."""
     if kind == "external":
         return {"kind": kind, "available": False,
@@ -284,9 +279,8 @@ def broker_cost(final: Mapping[str, Any] | None, samples: Sequence[Mapping[str, 
     if not final or "error" in final:
         return {"kind": kind, "available": False,
                 "why": f"the broker's counters could not be read at the end ({(final or {}).get('error', 'no answer')})"}
-    out: dict[str, Any] = {"kind": kind, "available": True,  # per member and per process kept: a pool's figures
-                           **{k: v for k, v in final.items() if not isinstance(v, list) or k in ("members",
-                                                                                                "processes")}}
+    counters = {k: v for k, v in final.items() if not isinstance(v, list) or k in ("members", "processes")}
+    out = cast(shape.Broker, {"kind": kind, "available": True, **counters})  # per member and process: a pool's
     t = np.asarray([s["t"] for s in samples], dtype=float)
     cpu = np.asarray([s["cpu_seconds"] for s in samples], dtype=float)
     _, lo_, hi_ = up_window(attempts, t0)
@@ -389,14 +383,21 @@ def _back(ids: set[str], sessions: Mapping[str, Sequence[Any]], at: float, t0: f
 def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stopped_s: float, devices: int,
               workers: int, wall_s: float, broker_kind: str, broker_final: Mapping[str, Any] | None = None,
               broker_samples: Sequence[Mapping[str, Any]] = (), events: Sequence[Mapping[str, Any]] = (),
-              machine: Machine | None = None) -> dict[str, Any]:
-    """summary.json."""
+              machine: Machine | None = None) -> shape.Figures:
+    """Every figure computed from the rows, in summary.json's order: a new figure is a line here and a field in
+    :class:`fleetsim.results.shape.Figures`."""
     s_start, s_end, _ = session_times(m.sessions, t0)
     level = Concurrency(s_start, s_end)
     up = fleet_up(m.attempts, t0)
     rate = connect_rate(series, stopped_s)
     sim = simulator(m, series, workers)
-    summary: dict[str, Any] = {
+    busy = machine_busy(machine, m.attempts, t0) if machine is not None else None
+    problems = identity_problems(m.attempts)
+    warnings = [w for w in (sim.get("warning"), machine_warning(busy), bunched(rate, up, sim["loop_lag_ms"])) if w]
+    if problems:
+        warnings.append(f"{count(problems['devices'], 'device')} could not load their own identity and never "
+                        f"reached the broker, e.g. {problems['example']}")
+    figures: shape.Figures = {
         "devices": devices,
         "duration_s": _r(stopped_s),
         "fleet": fleet_state(m, level, stopped_s),
@@ -412,19 +413,56 @@ def summarise(m: Merged, series: Mapping[str, Sequence[Any]], *, t0: float, stop
                               kind=broker_kind),
         "events": event_effects(events, level, m.sessions, t0, stopped_s),
         "wall_s": _r(wall_s),
+        "warnings": warnings,
     }
-    busy = machine_busy(machine, m.attempts, t0) if machine is not None else None
     if machine is not None:
-        summary["machine"] = {"cores": machine.cores, "busy_in_storm": busy}
+        figures["machine"] = {"cores": machine.cores, "busy_in_storm": busy}
     if faults := faults_table(m.attempts):
-        summary["faults"] = faults
-    if problems := identity_problems(m.attempts):
-        summary["identity_problems"] = problems
-    warnings = [w for w in (sim.get("warning"), machine_warning(busy), bunched(rate, up, sim["loop_lag_ms"])) if w]
+        figures["faults"] = faults
     if problems:
-        warnings.append(f"{count(problems['devices'], 'device')} could not load their own identity and never "
-                        f"reached the broker, e.g. {problems['example']}")
-    summary["warnings"] = warnings
+        figures["identity_problems"] = problems
+    return cast(shape.Figures, {**{k: v for k, v in figures.items() if k != "warnings"}, "warnings": warnings})
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the run ended, as the orchestrator saw it: a signal or a timeout, a stop because nothing could connect,
+    shards that never reported and those lost with their worker (shard -> why; their devices)."""
+
+    interrupted: str | None = None
+    stopped_early: str | None = None
+    shards_missing: Sequence[int] = ()
+    lost: Mapping[int, str] = field(default_factory=dict)
+    lost_devices: Sequence[str] = ()
+
+
+LOST_IDS_KEPT = 1000  # device ids of a lost worker listed in the summary; the count is always whole
+
+
+def assemble(scenario: str, t0: float, figures: shape.Figures, *, ending: Ending = Ending(),
+             revocation: Mapping[str, Any] | None = None,
+             rules: Sequence[thresholds.Rule] = ()) -> shape.Summary:
+    """summary.json, whole, in one place: the run's name and clock, its figures, a rehearsal's ``revocation``, how
+    the run ended, and the ``--fail-on`` verdicts judged on all of it (as ``fleetsim run --fail-on`` and
+    ``fs.run(fail_on=...)`` do); written once by the orchestrator."""
+    summary = cast(shape.Summary, {"scenario": scenario, "t0": t0, **figures})
+    summary["warnings"] = list(figures["warnings"])
+    if revocation is not None:
+        summary["revocation"] = dict(revocation)
+    if ending.interrupted:
+        summary["interrupted"] = ending.interrupted
+    if ending.stopped_early:
+        summary["stopped_early"] = ending.stopped_early
+    if ending.shards_missing:
+        summary["shards_missing"] = list(ending.shards_missing)
+    if ending.lost:
+        devices = list(ending.lost_devices)
+        summary["lost_with_worker"] = {"shards": {str(i): why for i, why in ending.lost.items()},
+                                       "devices": len(devices), "device_ids": devices[:LOST_IDS_KEPT]}
+        summary["warnings"].append(f"{count(len(devices), 'device')} were lost with their worker "
+                                   f"({'; '.join(ending.lost.values())}); the rest of the run is complete")
+    if rules:
+        summary["thresholds"] = thresholds.judge(rules, summary)
     return summary
 
 

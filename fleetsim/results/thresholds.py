@@ -17,11 +17,12 @@ the end) or ``p99.total>200ms``. Metrics:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fleetsim.errors import FleetsimError
+from fleetsim.results.shape import Summary, Verdict, phase_percentile
 
 _RULE = re.compile(r"^\s*(?P<metric>[a-z_][a-z0-9_]*(?:\.[a-z0-9.]+)?)\s*(?P<op><=|>=|<|>|==|!=)\s*"
                    r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>%|ms|s|/s)?\s*$")
@@ -87,14 +88,15 @@ def _unit_of(rule: Rule) -> str:
     return rule.unit
 
 
-def measure(rule: Rule, s: Mapping[str, Any]) -> float | None:
+def measure(rule: Rule, s: Summary) -> float | None:
     """The summary's value for the rule's metric, in the rule's unit; None when the run did not measure it."""
     head, tail = _split(rule.metric)
     fleet, devices = s.get("fleet", {}), s.get("devices") or 0
     q1 = s.get("messages", {}).get("qos1plus", {})
     count: float | None
     if rule.metric in ("connected", "ever_connected"):
-        count, whole = fleet.get("connected_at_end" if rule.metric == "connected" else "ever_connected"), devices
+        count = fleet.get("connected_at_end") if rule.metric == "connected" else fleet.get("ever_connected")
+        whole = devices
     elif rule.metric == "lost":
         count, whole = q1.get("lost"), q1.get("published")
     elif rule.metric == "failures":
@@ -109,7 +111,7 @@ def measure(rule: Rule, s: Mapping[str, Any]) -> float | None:
     elif head == "lag":
         return _num(s.get("simulator", {}).get("loop_lag_ms", {}).get(tail))
     else:
-        return _num(s.get("phases_ms", {}).get(tail, {}).get(head))
+        return phase_percentile(s, tail, head)
     if count is None:
         return None
     if rule.unit == "%":
@@ -121,9 +123,9 @@ def _num(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def judge(rules: Sequence[Rule], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def judge(rules: Sequence[Rule], summary: Summary) -> list[Verdict]:
     """Each rule with the run's value and whether it was breached (a metric the run did not measure is not)."""
-    out = []
+    out: list[Verdict] = []
     for r in rules:
         value = measure(r, summary)
         breached = value is not None and _OPS[r.op](value, r.value)

@@ -9,10 +9,9 @@ SIGTERM ends it at once, without results.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ from fleetsim.errors import FleetsimError, PkiError
 from fleetsim.pki import Layout, Pki
 from fleetsim.rehearsal import plan
 from fleetsim.rehearsal.drive import Rehearsal
-from fleetsim.results import files
+from fleetsim.results import files, shape
+from fleetsim.results.rows import Merged
 from fleetsim.results.series import run_series
-from fleetsim.results.summary import Machine, summarise
+from fleetsim.results.summary import Ending, Machine, assemble, summarise
+from fleetsim.results.thresholds import Rule
 from fleetsim.runner import placement, progress, provision
 from fleetsim.runner.brokers import Auth, broker_auth, keep_log, pool_targets, safe_stats, start_brokers
 from fleetsim.runner.events import EventRunner
@@ -185,13 +186,15 @@ def _default_workers(scenario: Scenario, broker: BrokerHandle | None, cluster: s
 
 
 def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: BrokerHandle | None = None,
-                 reporter: Reporter | None = None, cluster: str | None = None) -> tuple[Path, dict[str, Any]]:
+                 reporter: Reporter | None = None, cluster: str | None = None, rules: Sequence[Rule] = ()
+                 ) -> tuple[Path, shape.Summary]:
     """The whole job of `fleetsim run`; returns the results directory and the summary.
 
     ``pki``: a Pki, or a directory (created on first use). ``broker``: a running broker to use as it is (not
     stopped here); None starts the one the scenario names. ``reporter`` hears what is going on (silence by
     default; the CLI's draws a progress line). ``cluster``: run the shards on a Dask cluster
     (``tcp://SCHEDULER:8786``, or ``local:N`` for N worker processes here) instead of local processes.
+    ``rules``: ``--fail-on`` rules, judged into the summary (``thresholds``) before it is written.
     """
     reporter = reporter or Silent()
     if broker is not None and scenario.broker.auth == "password":
@@ -212,7 +215,7 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
     fleet = _provision(pki, scenario, reporter)
     executor = executor_for(cluster, cores.workers)
     try:
-        return _run(scenario, pki, fleet, out_dir, broker, reporter, executor, cores, workers)
+        return _run(scenario, pki, fleet, out_dir, broker, reporter, executor, cores, workers, rules)
     except BaseException:
         executor.close()  # supervise() closes it on the way out; this covers what fails before it
         raise
@@ -220,11 +223,10 @@ def run_scenario(scenario: Scenario, *, pki: Pki | Path, out_dir: Path, broker: 
 
 def _run(scenario: Scenario, pki: Pki, fleet: list[provision.Provisioned], out_dir: Path,
          broker: BrokerHandle | None, reporter: Reporter, executor: Executor, cores: placement.Placement,
-         workers: int) -> tuple[Path, dict[str, Any]]:
+         workers: int, rules: Sequence[Rule]) -> tuple[Path, shape.Summary]:
     run_dir = files.new_run_dir(out_dir, scenario.name)
     (run_dir / "scenario.toml").write_text(scenario.to_toml())
-    files.write_json(run_dir / "meta.json", {**files.machine_facts(), "pki": str(pki.root), "workers": workers,
-                                             **cores.as_dict(), **executor.facts()})
+    meta = {**files.machine_facts(), "pki": str(pki.root), "workers": workers, **cores.as_dict()}  # at the start
     healthy = {p.device_id: (p.slot.lot, p.slot.model) for p in fleet if p.slot.fault is None}
     if scenario.revocation is not None and scenario.revocation.crl_prefill:
         _prefill_crl(pki, scenario.revocation.crl_prefill, reporter)
@@ -234,11 +236,9 @@ def _run(scenario: Scenario, pki: Pki, fleet: list[provision.Provisioned], out_d
             outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, reporter,
                                                                   healthy, run_dir / "broker.log", cores, broker,
                                                                   executor)
-    if executor.kind == "dask":  # the clock skew is measured as the shards start
-        files.write_json(run_dir / "meta.json", {**json.loads((run_dir / "meta.json").read_text()),
-                                                   **executor.facts()})
+    files.write_json(run_dir / "meta.json", {**meta, **executor.facts()})  # a Dask cluster's skew: as shards start
     summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind,
-                     healthy=list(healthy))
+                     healthy=list(healthy), rules=rules)
     return run_dir, summary
 
 
@@ -303,47 +303,39 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
             broker.stop()
 
 
-def _rehearsal(scenario: Scenario, outcome: Outcome, m: Any, series: dict[str, list[Any]], t0: float,
+def _rehearsal(scenario: Scenario, outcome: Outcome, m: Merged, series: dict[str, list[Any]], t0: float,
                stopped_s: float, healthy: list[str]) -> dict[str, Any]:
-    """summary["revocation"], and the rehearsal's own columns added to the timeline (``series``, in place)."""
+    """summary["revocation"], and the rehearsal's own columns added to the timeline (``series``, in place, before
+    series.parquet is written)."""
     revoked = {d for e in outcome.events if e.get("action") == "revoke" for d in e.get("device_ids", [])}
     series.update(plan.timeline(series, m.attempts, m.sessions, outcome.events, t0=t0))
     return plan.measure(outcome.events, m.attempts, m.sessions, m.devices, t0=t0, stopped_s=stopped_s,
-                             healthy=[d for d in healthy if d not in revoked], strategy=strategy_of(scenario),
-                             broker_samples=outcome.broker_samples)
+                        healthy=[d for d in healthy if d not in revoked], strategy=strategy_of(scenario),
+                        broker_samples=outcome.broker_samples)
 
 
 def _write(run_dir: Path, scenario: Scenario, outcome: Outcome, broker_stats: dict[str, Any], *, t0: float,
-           workers: int, kind: str, healthy: list[str]) -> dict[str, Any]:
+           workers: int, kind: str, healthy: list[str], rules: Sequence[Rule]) -> shape.Summary:
+    """Every results file, each written once: the timeline and the summary are complete before they are."""
     m = merge_results(outcome.results)
     stops = [r.loop["stopped_at"] for r in outcome.results.values() if r.loop.get("stopped_at")]
     stopped_s = (max(stops) - t0) if stops else min(scenario.duration, outcome.wall_s)
-    series = run_series(m.attempts, m.sessions, m.bins, t0=t0, stopped_s=stopped_s)
-    for name, table in (("attempts", m.attempts), ("sessions", m.sessions), ("devices", m.devices),
-                        ("series", series)):
-        files.write_table(run_dir / f"{name}.parquet", table)
+    for name, table in (("attempts", m.attempts), ("sessions", m.sessions), ("devices", m.devices)):
+        files.write_table(run_dir / f"{name}.parquet", table)  # the rows first: whatever fails after, they stay
     files.write_json(run_dir / "events.json", outcome.events)
     files.write_json(run_dir / "broker.json", {**broker_stats, "cpu_samples": outcome.broker_samples})
     files.write_json(run_dir / "machine.json", {"cores": CORES, "cpu_samples": outcome.machine_samples})
-    summary = summarise(m, series, t0=t0, stopped_s=stopped_s, devices=scenario.devices, workers=workers,
-                              wall_s=outcome.wall_s, broker_kind=kind, broker_final=broker_stats,
-                              broker_samples=outcome.broker_samples, events=outcome.events,
-                              machine=Machine(CORES, outcome.machine_samples))
-    summary = {"scenario": scenario.name, "t0": t0, **summary}
-    if scenario.revocation is not None:
-        summary["revocation"] = _rehearsal(scenario, outcome, m, series, t0, stopped_s, healthy)
-        files.write_table(run_dir / "series.parquet", series)
-    if outcome.interrupted:
-        summary["interrupted"] = outcome.interrupted
-    if outcome.stopped_early:
-        summary["stopped_early"] = outcome.stopped_early
-    if outcome.missing:
-        summary["shards_missing"] = outcome.missing
-    if outcome.lost:
-        devices = [d for ids in outcome.lost_devices.values() for d in ids]
-        summary["lost_with_worker"] = {"shards": {str(i): why for i, why in outcome.lost.items()},
-                                       "devices": len(devices), "device_ids": devices[:1000]}
-        summary["warnings"].append(f"{count(len(devices), 'device')} were lost with their worker "
-                                   f"({'; '.join(outcome.lost.values())}); the rest of the run is complete")
+    series = run_series(m.attempts, m.sessions, m.bins, t0=t0, stopped_s=stopped_s)
+    figures = summarise(m, series, t0=t0, stopped_s=stopped_s, devices=scenario.devices, workers=workers,
+                        wall_s=outcome.wall_s, broker_kind=kind, broker_final=broker_stats,
+                        broker_samples=outcome.broker_samples, events=outcome.events,
+                        machine=Machine(CORES, outcome.machine_samples))
+    revocation = (_rehearsal(scenario, outcome, m, series, t0, stopped_s, healthy)
+                  if scenario.revocation is not None else None)
+    ending = Ending(interrupted=outcome.interrupted, stopped_early=outcome.stopped_early,
+                    shards_missing=outcome.missing, lost=outcome.lost,
+                    lost_devices=[d for ids in outcome.lost_devices.values() for d in ids])
+    summary = assemble(scenario.name, t0, figures, ending=ending, revocation=revocation, rules=rules)
+    files.write_table(run_dir / "series.parquet", series)
     files.write_json(run_dir / files.SUMMARY, summary)
     return summary

@@ -12,7 +12,7 @@ their dataclasses or as plain dicts (``broker={"target": "mosquitto"}``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,9 +57,9 @@ class Scenario:
     arrival: Arrival = field(default_factory=lambda: Arrival())
     churn: Churn = field(default_factory=lambda: Churn())
     reconnect: Reconnect = field(default_factory=lambda: Reconnect())
-    fleet: tuple[FleetGroup, ...] = ()
+    fleet: Sequence[FleetGroup] = ()  # a list or a tuple; a tuple once made
     faults: dict[str, float] = field(default_factory=dict)
-    events: tuple[Event, ...] = ()
+    events: Sequence[Event] = ()
     revocation: Revocation | None = None
     source_addresses: tuple[str, ...] = ()  # local addresses the devices connect from (default: chosen as needed)
     source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
