@@ -18,7 +18,8 @@ import pytest
 from mqtt_raw import Raw, connected, device_context, field, packet, publish, subscribe
 
 from fleetsim.broker.embedded.broker import start_embedded
-from fleetsim.broker.embedded.outbound import Verdict, verdict
+from fleetsim.broker.embedded.outbound import Verdict, paced, verdict
+from fleetsim.broker.embedded.session_queue import Outbox, QueueBounds, Queued, outbox_of, window_open
 from fleetsim.broker.handle import BrokerOptions
 from fleetsim.broker.mosquitto.broker import start_mosquitto
 from fleetsim.pki import Pki
@@ -63,6 +64,24 @@ QOS0, QOS1, PUBACK = publish("t", b"x" * 100), publish("t", b"x" * 100, qos=1), 
 def test_past_the_bound_qos0_is_discarded_and_anything_else_drops_the_consumer(packet: bytes, queued: int,
                                                                                expected: Verdict) -> None:
     assert verdict(packet, queued, 1000) is expected
+
+
+@pytest.mark.parametrize(("size", "queued", "expected"), [
+    (100, 0, True), (400, 100, True), (401, 100, False), (5000, 0, True), (1, 499, True), (1, 500, False)])
+def test_a_paced_packet_waits_while_half_the_bound_is_unsent(size: int, queued: int, expected: bool) -> None:
+    assert paced(size, queued, 1000) is expected
+
+
+def test_a_session_queue_takes_messages_up_to_its_count_and_bytes() -> None:
+    bounds = QueueBounds(max_inflight=2, max_messages=3, max_bytes=30)
+    outbox = Outbox(bounds)
+    assert [outbox.offer(Queued("t", b"x" * 9, 1, False)) for _ in range(4)] == [True, True, True, False]
+    assert len(outbox) == 3 and outbox.nbytes == 30 and outbox.take().data == b"x" * 9
+    assert not outbox.offer(Queued("t", b"x" * 10, 1, False))  # 20 + 11 bytes: over
+    assert outbox.offer(Queued("t", b"x" * 9, 1, False))
+    assert window_open(1, bounds) and not window_open(2, bounds)
+    attributes: dict[str, object] = {}
+    assert outbox_of(attributes, bounds) is outbox_of(attributes, bounds)  # one per session, kept with it
 
 
 def test_the_summary_counts_what_the_broker_bounded() -> None:
