@@ -18,7 +18,9 @@ changes what is relied on here. Each is worth reporting upstream.
   Here it is the session's outbox: bounded in messages and bytes (past them dropped, counted), sent as the window
   frees and while the connection's unsent bytes allow (``outbound.paced``).
 * QoS 2 messages received and never released (PUBREL) are held one for one, up to 65,535 per device: here past
-  ``max_inflight`` awaiting PUBREL the connection is closed, counted, as Mosquitto 2.0 does.
+  ``max_inflight`` awaiting PUBREL the connection is closed, counted. (Mosquitto 2.0.11 holds 20 likewise, then
+  answers PUBREC to the others without keeping them: lost, and a 3.1.1 client cannot know. A closed connection
+  tells it, as ``outbound`` does for a slow consumer.)
 * At CONNECT amqtt awaits every in-flight message's acknowledgement (up to 10 s) before the session's message loop
   runs; here each is resent and awaited in a task of its own.
 * A connection that ends while amqtt resends in-flight messages at CONNECT leaves a session that never ends
@@ -54,7 +56,9 @@ from fleetsim.broker.embedded.outbound import BoundedWriter
 from fleetsim.broker.embedded.session_queue import QueueBounds, Queued, outbox_of, window_open
 
 log = logging.getLogger("fleetsim.broker.embedded")
-PACE_POLL_S = 0.002  # how often a paced sender looks at the connection's unsent bytes again (only while over)
+# How often a paced sender looks at the connection's unsent bytes again while they are over (``outbound.paced``):
+# from 2 ms, doubling up to 50 ms while the client does not read (a stalled client costs ~20 wakeups a second).
+PACE_POLL_S, PACE_POLL_MAX_S = 0.002, 0.05
 
 # The QoS a client published the message with that its connection's task is broadcasting now (None: none).
 _PUBLISHED_QOS: ContextVar[int | None] = ContextVar("fleetsim_amqtt_published_qos", default=None)
@@ -125,6 +129,7 @@ class ConformingHandler(BrokerProtocolHandler):
         """Send queued messages while the window has room and the connection's unsent bytes allow (``paced``)."""
         assert self.session is not None
         session, outbox = self.session, outbox_of(self.session.attributes, self._bounds)
+        poll = PACE_POLL_S
         while True:
             head = outbox.peek()
             if head is None or not window_open(len(session.inflight_out), self._bounds):
@@ -132,8 +137,10 @@ class ConformingHandler(BrokerProtocolHandler):
                 await outbox.wake.wait()
                 continue
             if isinstance(self.writer, BoundedWriter) and not self.writer.has_room(head.size):
-                await asyncio.sleep(PACE_POLL_S)
+                await asyncio.sleep(poll)
+                poll = min(2 * poll, PACE_POLL_MAX_S)
                 continue
+            poll = PACE_POLL_S
             queued = outbox.take()
             message = OutgoingApplicationMessage(session.next_packet_id, queued.topic, queued.qos, queued.data,
                                                  queued.retain)
@@ -177,7 +184,8 @@ class ConformingHandler(BrokerProtocolHandler):
 
     async def _handle_qos2_message_flow(self, app_message: Message) -> None:
         """An incoming QoS 2 PUBLISH that would take the messages awaiting PUBREL past the window closes the
-        connection, counted (Mosquitto 2.0 likewise past its receive maximum); a resent one (same packet id) is not
+        connection, counted (Mosquitto holds as many, then drops the others after their PUBREC); a resent one (same
+        packet id) is not
         new. amqtt held every one, 64 KiB each, up to 65,535 per device."""
         session = self.session
         if (app_message.direction == INCOMING and session is not None and app_message.packet_id is not None

@@ -16,8 +16,8 @@ again and again. Mosquitto's rules, which this follows:
   (``outbound.paced``): a return to more than ``max_queued_bytes`` queued is delivered in one connection.
 
 The same window bounds the other direction: incoming QoS 2 messages awaiting their PUBREL (a device that never
-sends it held each one, 65,535 x 64 KiB per device); past ``max_inflight`` the connection is closed, as Mosquitto
-2.0 does past its receive maximum.
+sends it held each one, 65,535 x 64 KiB per device); past ``max_inflight`` the connection is closed (Mosquitto
+2.0.11 holds 20 too, then answers PUBREC to the others without keeping them).
 
 Pure bookkeeping (no I/O); ``amqtt_fixes`` drives it from amqtt's protocol handler.
 """
