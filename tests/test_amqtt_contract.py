@@ -6,6 +6,9 @@ In fleetsim.broker.embedded:
 * ``amqtt_fixes`` overrides private methods of amqtt's Broker and broker protocol handler, and the front
   (``broker``) enforces keepalive and takeover because amqtt does not: the behaviour itself is tested end to
   end in tests/test_broker_conformance.py.
+* ``amqtt_fixes`` also takes over amqtt's outgoing QoS 1/2 flow (``mqtt_publish``, ``_retry_deliveries``, the
+  offline queue ``_retain_broadcast_message``) for the session's window and outbox (``session_queue``), completing
+  amqtt's acknowledgement waiters; ``outbound`` paces that outbox.
 * ``subscriptions`` replaces ``Broker._subscriptions`` and ``Broker._broadcast_queue`` (to route a message
   through the filters that can match it, and to count each client id's subscriptions); ``outbound`` judges
   each packet amqtt writes whole; the front's hold reads a session's ``delivered_message_queue``.
@@ -23,6 +26,7 @@ from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mqtt_raw import connect, field, packet, publish, subscribe
@@ -52,9 +56,14 @@ def _params(obj: object) -> list[str]:
     (Broker, "_broadcast_message", ["self", "session", "topic", "data", "force_qos"]),
     (Broker, "_delete_session", ["self", "client_id"]),
     (Broker, "_get_handler", ["self", "session"]),
-    (ProtocolHandler, "_handle_qos1_message_flow", ["self", "app_message"]),
+    (Broker, "_retain_broadcast_message", ["self", "broadcast", "qos", "target_session"]),
     (ProtocolHandler, "_handle_qos2_message_flow", ["self", "app_message"]),
+    (ProtocolHandler, "_handle_message_flow", ["self", "app_message"]),
+    (ProtocolHandler, "_retry_deliveries", ["self"]),
+    (ProtocolHandler, "_send_packet", ["self", "packet"]),
+    (ProtocolHandler, "mqtt_publish", ["self", "topic", "data", "qos", "retain", "ack_timeout"]),
     (ProtocolHandler, "start", ["self"]),
+    (BrokerProtocolHandler, "stop", ["self"]),
 ])
 def test_overridden_methods_keep_their_signatures(owner: type, name: str, params: list[str]) -> None:
     assert _params(getattr(owner, name)) == params, f"amqtt changed {owner.__name__}.{name}"
@@ -77,18 +86,48 @@ def test_the_session_flow_the_fixes_hook_into() -> None:
     assert "await self._broadcast_queue.put(broadcast)" in _source(Broker._broadcast_message)
 
 
-def test_redelivery_is_amqtts_retry_at_start() -> None:
+def test_outgoing_qos12_messages_all_pass_through_mqtt_publish() -> None:
+    """ConformingHandler.mqtt_publish puts every outgoing QoS 1/2 message in its session's outbox
+    (session_queue), and ConformingBroker._retain_broadcast_message every one for an offline session: amqtt must
+    reach a client only through those two."""
+    module = inspect.getsource(inspect.getmodule(Broker))  # type: ignore[arg-type]
+    assert "handler.mqtt_publish(" in _source(Broker._run_broadcast)
+    assert "await self._retain_broadcast_message(broadcast, qos, target_session)" in _source(Broker._run_broadcast)
+    assert "await target_session.retained_messages.put(retained_message)" in _source(Broker._retain_broadcast_message)
+    assert module.count("retained_messages.put(") == 1  # the offline queue is filled there only
+    assert "._handle_message_flow(" not in module and "_handle_qos1_message_flow" not in module
+    flow = _source(ProtocolHandler.mqtt_publish)
+    assert "await self._handle_message_flow(message)" in flow  # amqtt's own flow: the one the outbox replaces
+
+
+def test_the_acknowledgements_complete_amqtts_waiters() -> None:
+    """ConformingHandler._deliver awaits its PUBACK / PUBREC / PUBCOMP through amqtt's waiter dicts, which the
+    reader completes by packet id, and which stop() cancels (the flow ends, its message stays in flight)."""
+    for name, waiters in [("handle_puback", "_puback_waiters"), ("handle_pubrec", "_pubrec_waiters"),
+                          ("handle_pubcomp", "_pubcomp_waiters")]:
+        assert f"waiter = self.{waiters}[packet_id] waiter.set_result(" in _source(getattr(ProtocolHandler, name))
+    assert "self._puback_waiters.values(), self._pubcomp_waiters.values()" in _source(ProtocolHandler._stop_waiters)
+    assert "self._stop_waiters()" in _source(ProtocolHandler.stop)
+    assert "await super().stop()" in _source(BrokerProtocolHandler.stop)
+    assert "while self._packet_id in self.inflight_in or self._packet_id in self.inflight_out:" in _source(Session)
+
+
+def test_redelivery_is_at_start_and_incoming_qos2_waits_in_inflight_in() -> None:
+    """ConformingHandler replaces _retry_deliveries (called by start once the reader runs) and bounds the incoming
+    QoS 2 messages awaiting PUBREL, which amqtt's flow holds in session.inflight_in."""
     start = _source(ProtocolHandler.start)
     assert "self._reader_task = asyncio.create_task(self._reader_loop())" in start
     assert start.find("_reader_loop") < start.find("await self._retry_deliveries()")
     assert "self.session.inflight_out.values()" in _source(ProtocolHandler._retry_deliveries)
-    qos1, qos2 = _source(ProtocolHandler._handle_qos1_message_flow), _source(ProtocolHandler._handle_qos2_message_flow)
-    assert "build_publish_packet(dup=True)" in qos1 and "build_publish_packet(dup=True)" in qos2
-    # the defect ConformingHandler undoes: the flow forgets its message however it ends
-    assert "finally: self._puback_waiters.pop(app_message.packet_id, None) # Discard inflight message " \
-           "self.session.inflight_out.pop(app_message.packet_id, None)" in qos1
-    assert "self._reader_stopped.set()" in _source(ProtocolHandler._reader_loop)
+    qos2 = _source(ProtocolHandler._handle_qos2_message_flow)
+    assert "self.session.inflight_in[app_message.packet_id] = app_message" in qos2
+    assert "del self.session.inflight_in[app_message.packet_id]" in qos2
+    assert "await self._handle_message_flow(incoming_message)" in _source(ProtocolHandler.handle_publish)
+    reader = _source(ProtocolHandler._reader_loop)
+    assert "except asyncio.CancelledError: self.logger.debug(\"Task cancelled, reader loop ending\") break" in reader
+    assert "self._reader_stopped.set()" in reader
     assert "self._disconnect_waiter = asyncio.Future()" in _source(BrokerProtocolHandler.start)
+    assert "self.attributes: dict[str, Any] = {}" in _source(Session.__init__)  # where the outbox is kept
 
 
 def test_keepalive_and_will_are_left_to_the_front() -> None:

@@ -21,6 +21,13 @@ DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
 # any real device while one device can no longer fill the broker's table (84,000 of them raised everyone's
 # PUBACK median 100-fold).
 DEFAULT_MAX_SUBSCRIPTIONS = 1000
+# Each session's QoS 1/2 messages on the embedded broker (fleetsim.broker.embedded.session_queue): Mosquitto's
+# max_inflight_messages (20) awaiting acknowledgement each way, max_queued_messages (1,000) waiting behind them, and
+# at most 16 x DEFAULT_MAX_QUEUED_BYTES of them (Mosquitto's byte cap is off by default; a thousand messages of up to
+# 16 KiB, fleetsim's telemetry being under 1 KB).
+DEFAULT_MAX_INFLIGHT = 20
+DEFAULT_MAX_QUEUED_MESSAGES = 1000
+DEFAULT_MAX_SESSION_QUEUE_BYTES = 16 * DEFAULT_MAX_QUEUED_BYTES
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class BrokerOptions:
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes one connection may hold
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS  # embedded: per client id; past it SUBACK 0x80
+    max_inflight_messages: int = DEFAULT_MAX_INFLIGHT  # embedded: per session, QoS 1/2 awaiting acknowledgement
+    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES  # embedded: per session, queued behind them (or offline)
+    max_session_queue_bytes: int = DEFAULT_MAX_SESSION_QUEUE_BYTES  # embedded: the same queue, in bytes
 
 
 class BrokerHandle(Protocol):

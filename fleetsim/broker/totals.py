@@ -12,7 +12,7 @@ import psutil
 # Counters that grow within one process and add up across processes; everything else is the live process's.
 ADDITIVE = ("accepted", "authorized", "rejected", "rejected_total", "cpu_seconds", "dropped_revoked",
             "disconnected", "identity_mismatch", "reloads", "takeovers",
-            "qos0_discarded", "slow_consumers_dropped", "subscriptions_refused")
+            "qos0_discarded", "slow_consumers_dropped", "subscriptions_refused", "queued_dropped")
 
 
 def _add(a: Any, b: Any) -> Any:

@@ -140,12 +140,12 @@ def machine_rows(s: Summary) -> list[tuple[str, str]]:
 
 
 BOUNDS = (("qos0_discarded", "QoS 0 discarded"), ("slow_consumers_dropped", "slow consumers dropped"),
-          ("subscriptions_refused", "subscriptions refused"))
+          ("subscriptions_refused", "subscriptions refused"), ("queued_dropped", "queued messages dropped"))
 
 
 def _bounds_rows(b: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What the broker did to keep one device from hurting the others (fleetsim.broker.embedded.outbound,
-    .subscriptions); only a broker that counts them (the embedded one) has the row."""
+    .subscriptions, .session_queue); only a broker that counts them (the embedded one) has the row."""
     if not all(key in b for key, _ in BOUNDS):
         return []
     return [("broker: " + " / ".join(label for _, label in BOUNDS), " / ".join(f"{b[key]:,}" for key, _ in BOUNDS))]

@@ -130,6 +130,7 @@ class Broker(TypedDict, total=False):
     qos0_discarded: int
     slow_consumers_dropped: int
     subscriptions_refused: int
+    queued_dropped: int
     handshake_ms: dict[str, Any]
     members: list[dict[str, Any]]
     processes: list[dict[str, Any]]

@@ -32,7 +32,9 @@ reason ("certificate revoked", "peer did not return a certificate", ...) or the 
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...};
 qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded);
 subscriptions_refused (SUBACK 0x80: the client id holds ``max_subscriptions``; ``subscriptions`` indexes amqtt's
-table so a publish is matched only against filters that can match it).
+table so a publish is matched only against filters that can match it); queued_dropped (QoS 1/2 messages a session's
+full queue did not take: ``session_queue``; a connection holding too many QoS 2 messages without PUBREL is a
+``rejected`` reason).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -67,6 +69,7 @@ from fleetsim.broker.embedded.mqtt_wire import Connect, Violation
 from fleetsim.broker.embedded.outbound import BoundedWriter
 from fleetsim.broker.embedded.plugins import CURRENT_GATE, CURRENT_TOPICS
 from fleetsim.broker.embedded.process import EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded.session_queue import QueueBounds
 from fleetsim.broker.embedded.stats_http import start_json_server
 from fleetsim.broker.embedded.stream import ConnackWatch, PacketReader
 from fleetsim.broker.embedded.subscriptions import SubscriptionTable
@@ -88,6 +91,7 @@ IDENTIFIER_REJECTED = 2  # MQTT 3.1.1 CONNACK return code
 CLIENT_ID_HELD = "client id held on the certificate listener"
 WARNED_LIMIT = 10_000  # identities whose topic refusals were logged once; past it they are only counted
 RESUMPTION_OFF = "resumed session (resumption is off)"
+UNRELEASED = "QoS 2 messages awaiting PUBREL past max_inflight_messages"
 BACKLOG = 4096  # fleets connect in bursts; asyncio's default of 100 drops SYNs
 
 
@@ -173,7 +177,9 @@ class EmbeddedBroker:
         else:
             self._context = tls_context.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
-        self._amqtt = ConformingBroker(_amqtt_config(opts.plain_port is not None))
+        self._amqtt = ConformingBroker(
+            _amqtt_config(opts.plain_port is not None), on_queue_full=self._queue_full, on_unreleased=self._unreleased,
+            bounds=QueueBounds(opts.max_inflight_messages, opts.max_queued_messages, opts.max_session_queue_bytes))
         self._table = subscriptions.install(self._amqtt)
         await self._amqtt.start()
         try:
@@ -372,11 +378,10 @@ class EmbeddedBroker:
                     if self._amqtt is not None:
                         packets.hold_while(partial(self._backlog, connect.client_id),
                                            self.options.max_queued_bytes // self.options.max_packet_size)
-                        bounded = BoundedWriter(writer, unsent, self.options.max_queued_bytes,
-                                                on_discard=self._discarded,
+                        bounded = BoundedWriter(ConnackWatch(writer, timer.cancel), unsent,
+                                                self.options.max_queued_bytes, on_discard=self._discarded,
                                                 on_drop=partial(self._slow_consumer, peer, abort))
-                        await self._amqtt.external_connected(packets, ConnackWatch(bounded, timer.cancel),
-                                                             peer.listener)
+                        await self._amqtt.external_connected(packets, bounded, peer.listener)
             finally:
                 self._release(connect.client_id, holder)
         except Violation as exc:
@@ -501,6 +506,16 @@ class EmbeddedBroker:
     def _discarded(self) -> None:
         self.metrics.qos0_discarded += 1
 
+    def _queue_full(self) -> None:
+        """A QoS 1/2 message not queued: its session's outbox was full (session_queue). Counted, not logged: a
+        monitor offline on a busy fleet drops thousands."""
+        self.metrics.queued_dropped += 1
+
+    def _unreleased(self) -> None:
+        """A connection held max_inflight_messages QoS 2 messages without PUBREL and sent another: closed."""
+        self.metrics.reject(UNRELEASED)
+        log.warning("closing a connection: %s (over %d)", UNRELEASED, self.options.max_inflight_messages)
+
     def _slow_consumer(self, peer: Peer, abort: Callable[[], None]) -> None:
         """A packet other than QoS 0 found max_queued_bytes unsent before it (see outbound.py): closed."""
         self.metrics.slow_consumers_dropped += 1
@@ -562,5 +577,8 @@ class EmbeddedBroker:
             "connect_timeout_s": self.options.connect_timeout_s,
             "max_queued_bytes": self.options.max_queued_bytes,
             "max_subscriptions": self.options.max_subscriptions,
+            "max_inflight_messages": self.options.max_inflight_messages,
+            "max_queued_messages": self.options.max_queued_messages,
+            "max_session_queue_bytes": self.options.max_session_queue_bytes,
         })
         return snapshot

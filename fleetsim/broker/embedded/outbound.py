@@ -14,8 +14,13 @@ socket), and each packet is judged against what the connection's transport still
   slow consumer dropped: discarding those would break a promise the device was given without telling it, where a
   closed connection tells it (a persistent session keeps its QoS 1/2 messages for the next connection).
 
-The limit is ``BrokerOptions.max_queued_bytes`` (default 1 MiB, see ``handle``). Pure decision (``verdict``) apart
-from the adapter, so the rule is unit-testable.
+QoS 1/2 deliveries do not come here unpaced: a session's queued messages (``session_queue``) are sent only while
+what the connection holds unsent stays under half the limit (``paced``), so a device returning to more than the limit
+of queued messages gets them all in one connection, and the other half is left for what is not paced
+(acknowledgements, QoS 0).
+
+The limit is ``BrokerOptions.max_queued_bytes`` (default 1 MiB, see ``handle``). Pure decisions (``verdict``,
+``paced``) apart from the adapter, so the rules are unit-testable.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ def verdict(packet: bytes | bytearray, queued: int, limit: int) -> Verdict:
     return Verdict.DROP
 
 
+def paced(size: int, queued: int, limit: int) -> bool:
+    """Whether a paced packet of ``size`` may be written now, with ``queued`` bytes unsent: while it stays within half
+    the limit, or alone when nothing waits (a packet larger than half the limit is not held back for ever)."""
+    return queued == 0 or queued + size <= limit // 2
+
+
 class BoundedWriter(WrappedWriter):
     """amqtt's writer for one connection: writes within the bound, never blocks in ``drain`` (module docstring)."""
 
@@ -68,6 +79,10 @@ class BoundedWriter(WrappedWriter):
             case Verdict.DROP:
                 drop, self._on_drop = self._on_drop, None
                 drop()
+
+    def has_room(self, size: int) -> bool:
+        """Whether a paced packet of ``size`` may be written now (``paced``)."""
+        return paced(size, self._queued(), self._limit)
 
     async def drain(self) -> None:
         """Never waits: the bound in ``write`` replaces back-pressure (a waiting drain is what piled tasks up)."""
