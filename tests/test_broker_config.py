@@ -18,6 +18,8 @@ def test_shipped_template_loads() -> None:
     assert settings["device_topics"] == ("fleet/+/%m/%u/#",)
     assert settings["max_queued_bytes"] == BrokerOptions().max_queued_bytes  # the file states the default
     assert settings["max_subscriptions"] == BrokerOptions().max_subscriptions
+    assert settings["max_retained_per_client"] == BrokerOptions().max_retained_per_client
+    assert settings["max_retained_bytes"] == BrokerOptions().max_retained_bytes
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -27,6 +29,7 @@ def test_shipped_template_loads() -> None:
     ("port = ", "invalid TOML"),
     ("max_packet_size = 64", "out of range; use 1024 to"),
     ("max_queued_bytes = 1000", "out of range; use 65536 to"),
+    ("max_retained_per_client = -1", "out of range; use 0 to"),
     ("connect_timeout_s = true", "connect_timeout_s must be a number"),
     ('device_topics = ["fleet/#/%u"]', "not a valid MQTT topic filter"),
     ("device_topics = [1]", "must list strings"),

@@ -21,6 +21,13 @@ DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
 # any real device while one device can no longer fill the broker's table (84,000 of them raised everyone's
 # PUBACK median 100-fold).
 DEFAULT_MAX_SUBSCRIPTIONS = 1000
+# Retained messages on the embedded broker (fleetsim.broker.embedded.retained): a device keeps a handful (its
+# status, its last reading per kind); 100 topics per client id, with on average up to 10 KiB each (1 MiB a client
+# at the default), and 64 MiB for the whole broker (each message charged its topic, payload and ~640 bytes of the
+# broker's own objects: ~100,000 small ones). Past either, a retained PUBLISH is delivered but not kept, counted.
+DEFAULT_MAX_RETAINED_PER_CLIENT = 100
+RETAINED_BYTES_PER_TOPIC = 10 * 1024
+DEFAULT_MAX_RETAINED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class BrokerOptions:
     renew_crl: bool = True  # renew the PKI's CRL at half its validity (needs the issuing CA's key, i.e. a local PKI)
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # embedded: unsent bytes one connection may hold
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS  # embedded: per client id; past it SUBACK 0x80
+    max_retained_per_client: int = DEFAULT_MAX_RETAINED_PER_CLIENT  # embedded: retained topics per client id
+    max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES  # embedded: retained bytes in all (charged, see above)
 
 
 class BrokerHandle(Protocol):

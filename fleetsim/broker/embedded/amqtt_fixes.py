@@ -17,6 +17,8 @@ changes what is relied on here. Each is worth reporting upstream.
   (amqtt re-arms its disconnect waiter after the reader stopped); here it ends.
 * Delivered QoS (3.8.4): amqtt delivers at the subscription's QoS whatever the message's; here at the lower of the
   two (a QoS 0 message is not upgraded to QoS 1 and queued for an offline session).
+* Retained messages at SUBSCRIBE: matched against every retained message on the loop, once per filter, unbounded:
+  ``retained_replay.RetainedReplay``, which ConformingBroker builds on, indexes, paces and bounds them.
 * Retained messages at CONNECT (3.3.1-6): amqtt sends every connecting client the retained messages matching
   every subscription any session holds in the broker, without asking the topic plugin: a device connecting
   received another device's retained messages whenever a monitor had subscribed to them. Retained messages go to
@@ -33,9 +35,10 @@ import asyncio
 from contextvars import ContextVar
 from typing import Any, TypeAlias
 
-from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage, Session
+
+from fleetsim.broker.embedded.retained_replay import RetainedReplay
 
 # The QoS a client published the message with that its connection's task is broadcasting now (None: none).
 _PUBLISHED_QOS: ContextVar[int | None] = ContextVar("fleetsim_amqtt_published_qos", default=None)
@@ -92,7 +95,7 @@ class AtMostQos(dict[str, Any]):
         return super().get(key, default)
 
 
-class ConformingBroker(Broker):
+class ConformingBroker(RetainedReplay):
     """amqtt's Broker with the defects of the module docstring fixed."""
 
     async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,

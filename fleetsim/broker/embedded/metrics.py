@@ -38,6 +38,7 @@ class BrokerMetrics:
     qos0_discarded: int = 0  # QoS 0 messages not sent to a consumer whose unsent bytes reached max_queued_bytes
     slow_consumers_dropped: int = 0  # connections closed: any other packet past max_queued_bytes
     subscriptions_refused: int = 0  # SUBACK 0x80 because the client id held max_subscriptions already
+    retained_refused: int = 0  # retained PUBLISHes delivered but not kept: past the retained limits
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -72,6 +73,7 @@ class BrokerMetrics:
             "qos0_discarded": self.qos0_discarded,
             "slow_consumers_dropped": self.slow_consumers_dropped,
             "subscriptions_refused": self.subscriptions_refused,
+            "retained_refused": self.retained_refused,
             "handshake_ms": {
                 "count": self.handshake_count,
                 "mean": round(self.handshake_sum_ms / self.handshake_count, 3) if self.handshake_count else None,
