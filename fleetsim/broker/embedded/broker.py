@@ -15,7 +15,8 @@ plugin, decodes bad UTF-8 into text, reads a declared length whole):
   CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
   skipped the handshake's check); the password when configured; otherwise CONNACK 5;
 * topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all;
-* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will); a client id
+* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will), silence measured
+  on the time the loop could run (``loop_clock``: a stall of the broker is not the devices'); a client id
   that connects again closes its earlier connection, which amqtt winds down before it reads the new CONNECT
   (takeover, counted). amqtt's own session defects are fixed in ``amqtt_fixes``.
 
@@ -32,7 +33,9 @@ reason ("certificate revoked", "peer did not return a certificate", ...) or the 
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...};
 qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded);
 subscriptions_refused (SUBACK 0x80: the client id holds ``max_subscriptions``; ``subscriptions`` indexes amqtt's
-table so a publish is matched only against filters that can match it).
+table so a publish is matched only against filters that can match it, and delivered once per subscriber);
+retained {topics, bytes} and retained_refused (retained PUBLISHes past ``max_retained_per_client`` or
+``max_retained_bytes``, delivered but not kept: ``retained``, ``retained_replay``).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
