@@ -35,7 +35,8 @@ SEND_SLICE = 64  # messages started between two turns of the loop ...
 SEND_SLICE_BYTES = 256 * 1024  # ... or this many payload bytes
 REPLAY_RATE = 50_000.0  # work (trie nodes + messages) per second one client id's replays may take past ...
 REPLAY_BURST = 200_000.0  # ... this much at once: a device's own replay is ~1,000, a monitor's "#" over 50,000
-ROOM_POLL_S = 0.005  # how often a paced replay looks at its connection's unsent bytes again
+ROOM_POLL_S = 0.005
+PACE_POLL_S = 0.1  # a replay waiting for its budget looks this often whether its client is still connected  # how often a paced replay looks at its connection's unsent bytes again
 # The filters of the SUBSCRIBE being handled in this task, gathered for one replay (None: not in a SUBSCRIBE).
 _GATHERING: ContextVar[dict[str, int] | None] = ContextVar("fleetsim_retained_gathering", default=None)
 
@@ -138,6 +139,9 @@ class RetainedReplay(Broker):
 
     async def _pace(self, session: Session, work: int) -> None:
         """A turn of the loop for everybody else, and the client's budget: past it, wait."""
-        wait = self.replay_budget.take(session.client_id or "", work, asyncio.get_running_loop().time())
-        await asyncio.sleep(wait)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.replay_budget.take(session.client_id or "", work, loop.time())
+        await asyncio.sleep(0)
+        while loop.time() < until and session.transitions.state == "connected":  # a client gone ends its wait
+            await asyncio.sleep(min(until - loop.time(), PACE_POLL_S))
 
