@@ -10,7 +10,9 @@ In fleetsim.broker.embedded:
   offline queue ``_retain_broadcast_message``) for the session's window and outbox (``session_queue``), completing
   amqtt's acknowledgement waiters; ``outbound`` paces that outbox.
 * ``subscriptions`` replaces ``Broker._subscriptions`` and ``Broker._broadcast_queue`` (to route a message
-  through the filters that can match it, and to count each client id's subscriptions); ``outbound`` judges
+  through the filters that can match it, once per subscriber, and to count each client id's subscriptions);
+  ``retained_replay`` replaces ``Broker._retained_messages`` (``retained``: indexed, bounded) and the replay of
+  retained messages at SUBSCRIBE; ``outbound`` judges
   each packet amqtt writes whole; the front's hold reads a session's ``delivered_message_queue``.
 """
 
@@ -22,7 +24,7 @@ import logging
 import re
 
 import pytest
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
@@ -57,6 +59,10 @@ def _params(obj: object) -> list[str]:
     (Broker, "_delete_session", ["self", "client_id"]),
     (Broker, "_get_handler", ["self", "session"]),
     (Broker, "_retain_broadcast_message", ["self", "broadcast", "qos", "target_session"]),
+    (Broker, "_handle_subscription", ["self", "client_session", "handler", "subscribe_waiter"]),
+    (Broker, "retain_message", ["self", "source_session", "topic_name", "data", "qos"]),
+    (BrokerProtocolHandler, "mqtt_publish", ["self", "topic", "data", "qos", "retain", "ack_timeout"]),
+    (ProtocolHandler, "_handle_qos1_message_flow", ["self", "app_message"]),
     (ProtocolHandler, "_handle_qos2_message_flow", ["self", "app_message"]),
     (ProtocolHandler, "_handle_message_flow", ["self", "app_message"]),
     (ProtocolHandler, "_retry_deliveries", ["self"]),
@@ -175,6 +181,38 @@ def test_amqtt_adds_and_removes_subscribers_only_by_append_and_pop() -> None:
     assert len(re.findall(r"_subscriptions\[[^\]]+\]\.(\w+)\(", source)) == 1  # the append above, nothing else
 
 
+def test_the_retained_store_is_amqtts_dict_written_in_two_places() -> None:
+    """RetainedStore keeps its index and charges in __setitem__/__delitem__/clear: amqtt must change its retained
+    messages only there, through retain_message (asked first by RetainedReplay), and never replace the dict."""
+    source = inspect.getsource(inspect.getmodule(Broker))  # type: ignore[arg-type]
+    writes = re.findall(r"self\._retained_messages(\[\w+\] =|\.(?:clear|pop|update|setdefault)\(|: dict| = )", source)
+    assert sorted(writes) == sorted([": dict", ".clear(", ".clear(", "[topic_name] ="]), writes  # + del, below
+    assert source.count("del self._retained_messages[") == 1
+    retain = _source(Broker.retain_message)
+    assert "self._retained_messages[topic_name] = RetainedApplicationMessage(source_session, topic_name, data, qos)" \
+        in retain and "del self._retained_messages[topic_name]" in retain
+    assert "self.retain_message(client_session, app_message.topic, app_message.data, app_message.qos)" in _source(
+        Broker._handle_message_delivery)
+    assert "await self.retain_message(" in _source(Broker._handle_disconnect)  # a will with RETAIN
+    assert "self._retained_messages.items()" in _source(Broker._publish_retained_messages_for_subscription)
+    assert {"source_session", "data", "qos", "topic"} <= set(RetainedApplicationMessage.__slots__)
+
+
+def test_a_subscribe_acknowledges_then_replays_each_granted_filter_in_its_task() -> None:
+    """RetainedReplay gathers the filters of one SUBSCRIBE (a context variable set around amqtt's handling) and
+    replays them once, together: amqtt must call the per-filter replay from inside _handle_subscription, after the
+    SUBACK, only for granted filters, and nowhere else but the CONNECT-time replay ConformingBroker skips."""
+    handle = _source(Broker._handle_subscription)
+    ack, replay = handle.find("mqtt_acknowledge_subscription"), handle.find(
+        "await self._publish_retained_messages_for_subscription(subscription, client_session)")
+    assert -1 < ack < replay and "if return_codes[index] != AMQTT_MAGIC_VALUE_RET_SUBSCRIBED:" in handle
+    source = inspect.getsource(inspect.getmodule(Broker))  # type: ignore[arg-type]
+    assert source.count("self._publish_retained_messages_for_subscription(") == 2  # here and at CONNECT
+    assert "await self._handle_subscription(client_session, handler, subscribe_waiter)" in _source(
+        Broker._client_message_loop)
+    assert 'transitions.state != "connected"' in _source(Broker._run_broadcast)  # the state a replay stops at
+
+
 BARE = Broker.__new__(Broker)  # only for its _matches, amqtt's own rule
 BARE.logger = logging.getLogger("amqtt-contract")
 atoms = st.sampled_from(["a", "b", "", "$SYS", "x"])
@@ -232,8 +270,10 @@ def test_a_real_broker_routes_through_the_table_and_counts_per_client(pki: Pki) 
             assert (await _read(reader))[0] == 9
             assert table.held("c1") == 4 and table.holds("c1", "a/#")
             writer.write(publish("a/b/c", b"hello"))
-            got = [await asyncio.wait_for(_read(reader), 2) for _ in range(2)]  # amqtt: once per matching filter
-            assert [kind for kind, _ in got] == [3, 3] and shown == [2]  # two candidates shown, not four
+            got = await asyncio.wait_for(_read(reader), 2)  # once, though two filters match (amqtt: once each)
+            assert got[0] == 3 and shown == [1]  # one filter shown, holding the one subscriber
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(_read(reader), 0.3)
             session = b._amqtt.sessions["c1"][0]
             assert isinstance(session.delivered_message_queue, asyncio.Queue)  # what the front's hold reads
             writer.write(packet(0xA2, (2).to_bytes(2, "big") + field(b"z/z")))

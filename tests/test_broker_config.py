@@ -20,6 +20,8 @@ def test_shipped_template_loads() -> None:
     assert settings["max_subscriptions"] == BrokerOptions().max_subscriptions
     for key in ("max_inflight_messages", "max_queued_messages", "max_session_queue_bytes"):
         assert settings[key] == getattr(BrokerOptions(), key)
+    assert settings["max_retained_per_client"] == BrokerOptions().max_retained_per_client
+    assert settings["max_retained_bytes"] == BrokerOptions().max_retained_bytes
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -30,6 +32,7 @@ def test_shipped_template_loads() -> None:
     ("max_packet_size = 64", "out of range; use 1024 to"),
     ("max_queued_bytes = 1000", "out of range; use 65536 to"),
     ("max_inflight_messages = 0", "out of range; use 1 to"),
+    ("max_retained_per_client = -1", "out of range; use 0 to"),
     ("connect_timeout_s = true", "connect_timeout_s must be a number"),
     ('device_topics = ["fleet/#/%u"]', "not a valid MQTT topic filter"),
     ("device_topics = [1]", "must list strings"),

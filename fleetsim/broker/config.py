@@ -16,14 +16,15 @@ TYPES: dict[str, type | tuple[type, ...]] = {
     "password_file": str, "plain_port": int, "stats_port": int, "max_packet_size": int,
     "connect_timeout_s": (int, float), "device_topics": list, "renew_crl": bool, "max_queued_bytes": int,
     "max_subscriptions": int, "max_inflight_messages": int, "max_queued_messages": int,
-    "max_session_queue_bytes": int,
+    "max_session_queue_bytes": int, "max_retained_per_client": int, "max_retained_bytes": int,
 }
 
 # Keys with a range, so a typo (max_packet_size = 64) is refused here rather than closing every connection.
 RANGES: dict[str, tuple[float, float]] = {"max_packet_size": (1024, 268_435_460), "connect_timeout_s": (0.1, 3600),
                                           "max_queued_bytes": (65536, 1 << 34), "max_subscriptions": (1, 10_000_000),
                                           "max_inflight_messages": (1, 65_535), "max_queued_messages": (0, 10_000_000),
-                                          "max_session_queue_bytes": (0, 1 << 34)}
+                                          "max_session_queue_bytes": (0, 1 << 34),
+                                          "max_retained_per_client": (0, 1_000_000), "max_retained_bytes": (0, 1 << 34)}
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

@@ -28,6 +28,13 @@ DEFAULT_MAX_SUBSCRIPTIONS = 1000
 DEFAULT_MAX_INFLIGHT = 20
 DEFAULT_MAX_QUEUED_MESSAGES = 1000
 DEFAULT_MAX_SESSION_QUEUE_BYTES = 16 * DEFAULT_MAX_QUEUED_BYTES
+# Retained messages on the embedded broker (fleetsim.broker.embedded.retained): a device keeps a handful (its
+# status, its last reading per kind); 100 topics per client id, with on average up to 10 KiB each (1 MiB a client
+# at the default), and 64 MiB for the whole broker (each message charged its topic, payload and ~640 bytes of the
+# broker's own objects: ~100,000 small ones). Past either, a retained PUBLISH is delivered but not kept, counted.
+DEFAULT_MAX_RETAINED_PER_CLIENT = 100
+RETAINED_BYTES_PER_TOPIC = 10 * 1024
+DEFAULT_MAX_RETAINED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class BrokerOptions:
     max_inflight_messages: int = DEFAULT_MAX_INFLIGHT  # embedded: per session, QoS 1/2 awaiting acknowledgement
     max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES  # embedded: per session, queued behind them (or offline)
     max_session_queue_bytes: int = DEFAULT_MAX_SESSION_QUEUE_BYTES  # embedded: the same queue, in bytes
+    max_retained_per_client: int = DEFAULT_MAX_RETAINED_PER_CLIENT  # embedded: retained topics per client id
+    max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES  # embedded: retained bytes in all (charged, see above)
 
 
 class BrokerHandle(Protocol):

@@ -19,6 +19,8 @@ from fleetsim.broker.embedded.tls_context import FileStamp
 from fleetsim.broker.handle import (
     DEFAULT_MAX_PACKET,
     DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_RETAINED_BYTES,
+    DEFAULT_MAX_RETAINED_PER_CLIENT,
     DEFAULT_MAX_SUBSCRIPTIONS,
     BrokerOptions,
 )
@@ -56,6 +58,12 @@ def run(
     max_subscriptions: int = typer.Option(DEFAULT_MAX_SUBSCRIPTIONS, "--max-subscriptions", min=1, max=10_000_000,
                                           help="Subscriptions one client id may hold (embedded); past it SUBACK "
                                                "0x80."),
+    max_retained_per_client: int = typer.Option(DEFAULT_MAX_RETAINED_PER_CLIENT, "--max-retained-per-client", min=0,
+                                                max=1_000_000,
+                                                help="Retained topics one client id may hold (embedded); past it a "
+                                                     "retained PUBLISH is delivered, not kept."),
+    max_retained_bytes: int = typer.Option(DEFAULT_MAX_RETAINED_BYTES, "--max-retained-bytes", min=0, max=1 << 34,
+                                           help="Retained bytes the broker may hold in all (embedded)."),
     config: Path | None = typer.Option(None, "--config", help="Settings file (see brokers/embedded.toml); flags win."),
 ) -> None:
     """Run until Ctrl-C. New CRLs in DIR/crl.pem apply at once (also on SIGHUP)."""
@@ -64,7 +72,8 @@ def run(
         "drop_revoked": drop_revoked, "password_file": password_file, "plain_port": plain_port,
         "stats_port": stats_port, "max_packet_size": max_packet_size, "device_topics": DEVICE_TOPICS,
         "renew_crl": True, "max_queued_bytes": max_queued_bytes,
-        "max_subscriptions": max_subscriptions}
+        "max_subscriptions": max_subscriptions, "max_retained_per_client": max_retained_per_client,
+        "max_retained_bytes": max_retained_bytes}
     settings = {**DEFAULTS, **broker_config.load(config), **_explicit(given)} if config is not None else given
     if settings["tls_version"] not in TLS_VERSIONS:
         raise BrokerError(f"unknown TLS version {settings['tls_version']!r}",
@@ -83,7 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "kind": "embedded", "host": "127.0.0.1", "port": 8883, "tls_version": "any", "session_tickets": False,
     "drop_revoked": True, "password_file": None, "plain_port": None, "stats_port": 0,
     "max_packet_size": DEFAULT_MAX_PACKET, "device_topics": DEVICE_TOPICS, "renew_crl": True,
-    "max_queued_bytes": DEFAULT_MAX_QUEUED_BYTES, "max_subscriptions": DEFAULT_MAX_SUBSCRIPTIONS}
+    "max_queued_bytes": DEFAULT_MAX_QUEUED_BYTES, "max_subscriptions": DEFAULT_MAX_SUBSCRIPTIONS,
+    "max_retained_per_client": DEFAULT_MAX_RETAINED_PER_CLIENT, "max_retained_bytes": DEFAULT_MAX_RETAINED_BYTES}
 
 
 def _explicit(given: dict[str, object]) -> dict[str, object]:

@@ -27,6 +27,8 @@ changes what is relied on here. Each is worth reporting upstream.
   (amqtt re-arms its disconnect waiter after the reader stopped); here it ends.
 * Delivered QoS (3.8.4): amqtt delivers at the subscription's QoS whatever the message's; here at the lower of the
   two (a QoS 0 message is not upgraded to QoS 1 and queued for an offline session).
+* Retained messages at SUBSCRIBE: matched against every retained message on the loop, once per filter, unbounded:
+  ``retained_replay.RetainedReplay``, which ConformingBroker builds on, indexes, paces and bounds them.
 * Retained messages at CONNECT (3.3.1-6): amqtt sends every connecting client the retained messages matching
   every subscription any session holds in the broker, without asking the topic plugin: a device connecting
   received another device's retained messages whenever a monitor had subscribed to them. Retained messages go to
@@ -45,7 +47,6 @@ from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, TypeAlias
 
-from amqtt.broker import Broker
 from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -53,6 +54,7 @@ from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import INCOMING, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
 from fleetsim.broker.embedded.outbound import BoundedWriter
+from fleetsim.broker.embedded.retained_replay import RetainedReplay
 from fleetsim.broker.embedded.session_queue import QueueBounds, Queued, outbox_of, window_open
 
 log = logging.getLogger("fleetsim.broker.embedded")
@@ -226,14 +228,14 @@ class AtMostQos(dict[str, Any]):
         return super().get(key, default)
 
 
-class ConformingBroker(Broker):
+class ConformingBroker(RetainedReplay):
     """amqtt's Broker with the defects of the module docstring fixed. ``bounds``: each session's in-flight window
     and outbox (``session_queue``); ``on_queue_full`` is called for each message dropped from a full outbox,
     ``on_unreleased`` for each connection closed for holding too many QoS 2 messages without PUBREL."""
 
     def __init__(self, config: dict[str, Any], *, bounds: QueueBounds = QueueBounds(),
-                 on_queue_full: Callable[[], None] = _nothing, on_unreleased: Callable[[], None] = _nothing) -> None:
-        super().__init__(config)
+                 on_queue_full: Callable[[], None] = _nothing, on_unreleased: Callable[[], None] = _nothing, **retained: Any) -> None:
+        super().__init__(config, **retained)
         self.bounds = bounds
         self._on_queue_full = on_queue_full
         self._on_unreleased = on_unreleased

@@ -15,7 +15,8 @@ plugin, decodes bad UTF-8 into text, reads a declared length whole):
   CN and SPIFFE SAN agree; that name is the only client id; its serial is not on the CRL (a resumed session
   skipped the handshake's check); the password when configured; otherwise CONNACK 5;
 * topics (``topic_rules``, asked by amqtt's topic plugin): a device under its own subtree, a monitor reads all;
-* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will); a client id
+* sessions: a connection silent for 1.5 x its keepalive is closed (amqtt then publishes its will), silence measured
+  on the time the loop could run (``loop_clock``: a stall of the broker is not the devices'); a client id
   that connects again closes its earlier connection, which amqtt winds down before it reads the new CONNECT
   (takeover, counted). amqtt's own session defects are fixed in ``amqtt_fixes``.
 
@@ -32,9 +33,10 @@ reason ("certificate revoked", "peer did not return a certificate", ...) or the 
 histogram}; cpu_seconds (this process's user+system CPU); current_connections; dropped_revoked; takeovers; crl{...};
 qos0_discarded and slow_consumers_dropped (``outbound``: what one connection may hold unsent is bounded);
 subscriptions_refused (SUBACK 0x80: the client id holds ``max_subscriptions``; ``subscriptions`` indexes amqtt's
-table so a publish is matched only against filters that can match it); queued_dropped (QoS 1/2 messages a session's
-full queue did not take: ``session_queue``; a connection holding too many QoS 2 messages without PUBREL is a
-``rejected`` reason).
+table so a publish is matched only against filters that can match it, and delivered once per subscriber);
+queued_dropped (QoS 1/2 messages a session's full queue did not take: ``session_queue``; a connection holding too
+many QoS 2 messages without PUBREL is a ``rejected`` reason); retained {topics, bytes} and retained_refused (retained PUBLISHes past ``max_retained_per_client`` or
+``max_retained_bytes``, delivered but not kept: ``retained``, ``retained_replay``).
 
     async with EmbeddedBroker(pki_dir, BrokerOptions(port=0)) as broker:
         broker.port; broker.reload_crl(); broker.stats()
@@ -64,11 +66,13 @@ from fleetsim.broker.embedded.amqtt_fixes import ConformingBroker
 from fleetsim.broker.embedded.auth import MTLS, PLAIN, PasswordFile, Peer, Verdict, admit, connack
 from fleetsim.broker.embedded.cert_rules import CertRules, Refused
 from fleetsim.broker.embedded.crl import CrlKeeper
+from fleetsim.broker.embedded.loop_clock import LoopClock
 from fleetsim.broker.embedded.metrics import BrokerMetrics
 from fleetsim.broker.embedded.mqtt_wire import Connect, Violation
 from fleetsim.broker.embedded.outbound import BoundedWriter
 from fleetsim.broker.embedded.plugins import CURRENT_GATE, CURRENT_TOPICS
 from fleetsim.broker.embedded.process import EmbeddedProcess, start_embedded
+from fleetsim.broker.embedded.retained import Limits
 from fleetsim.broker.embedded.session_queue import QueueBounds
 from fleetsim.broker.embedded.stats_http import start_json_server
 from fleetsim.broker.embedded.stream import ConnackWatch, PacketReader
@@ -101,6 +105,7 @@ class Holder:
 
     peer: Peer
     abort: Callable[[], None]
+    unsent: Callable[[], int] = lambda: 0  # bytes written to the connection, not yet on the socket
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -145,6 +150,7 @@ class EmbeddedBroker:
         self._warned: set[tuple[str, str]] = set()
         self._amqtt: ConformingBroker | None = None
         self._table = SubscriptionTable()
+        self._clock: LoopClock | None = None  # made at start, on the broker's loop
         self._servers: list[asyncio.Server] = []
         self._live: dict[TlsConnection, Peer] = {}
         self._all: set[TlsConnection] = set()
@@ -177,9 +183,14 @@ class EmbeddedBroker:
         else:
             self._context = tls_context.build_context(self.layout, opts)
         self._passwords = PasswordFile.load(Path(opts.password_file)) if opts.password_file else None
+        self._clock = LoopClock(asyncio.get_running_loop().time)
+        self._clock.start(asyncio.get_running_loop())
         self._amqtt = ConformingBroker(
             _amqtt_config(opts.plain_port is not None), on_queue_full=self._queue_full, on_unreleased=self._unreleased,
-            bounds=QueueBounds(opts.max_inflight_messages, opts.max_queued_messages, opts.max_session_queue_bytes))
+            bounds=QueueBounds(opts.max_inflight_messages, opts.max_queued_messages, opts.max_session_queue_bytes),
+            limits=Limits.of(opts))
+        self._amqtt.unsent_of, self._amqtt.on_refused = self._unsent_of, self._retained_refused
+        self._amqtt.room = opts.max_queued_bytes // 2
         self._table = subscriptions.install(self._amqtt)
         await self._amqtt.start()
         try:
@@ -232,6 +243,8 @@ class EmbeddedBroker:
         """Stop listening, end every session, shut amqtt down. Safe to call twice."""
         notify.unregister(self._registration)
         self._registration = None
+        if self._clock is not None:
+            self._clock.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -354,7 +367,8 @@ class EmbeddedBroker:
                      unsent: Callable[[], int]) -> None:
         """Read and judge the whole CONNECT, then let amqtt run the session; amqtt never sees a packet this front
         has not read and checked (``stream``). The CONNECT timeout runs until amqtt's CONNACK."""
-        packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort))
+        packets = PacketReader(reader, self.options.max_packet_size, partial(self._violation, peer, abort),
+                               self._clock.available if self._clock is not None else None)
         timer = asyncio.get_running_loop().call_later(self.options.connect_timeout_s, self._connect_timed_out,
                                                       peer, abort)
         try:
@@ -371,7 +385,7 @@ class EmbeddedBroker:
                 writer.write(connack(IDENTIFIER_REJECTED))
                 await writer.drain()
                 return
-            holder = await self._take_over(connect.client_id, peer, abort)
+            holder = await self._take_over(connect.client_id, peer, abort, unsent)
             await self._claim(peer, connect.client_id)
             try:
                 with self._keepalive(packets, connect.keepalive, peer, abort):
@@ -398,12 +412,13 @@ class EmbeddedBroker:
             packets.close()
             await writer.close()
 
-    async def _take_over(self, client_id: str, peer: Peer, abort: Callable[[], None]) -> Holder:
+    async def _take_over(self, client_id: str, peer: Peer, abort: Callable[[], None],
+                         unsent: Callable[[], int]) -> Holder:
         """3.1.4-2: a client id already connected loses its connection to this one (admitted for that id, so on the
         certificate listener the same certificate: a device reconnecting, or a clone). The old connection is closed
         and its session wound down in amqtt (its will published, a persistent session left to resume) before amqtt
         reads this CONNECT. Counted: two live copies of one identity are a security event."""
-        holder = Holder(peer, abort)
+        holder = Holder(peer, abort, unsent)
         old = self._by_client.get(client_id)
         self._by_client[client_id] = holder
         if old is not None:
@@ -450,23 +465,25 @@ class EmbeddedBroker:
     def _keepalive(self, packets: PacketReader, keepalive: int, peer: Peer,
                    abort: Callable[[], None]) -> Iterator[None]:
         """3.1.2-24: no packet for 1.5 x the keepalive the client asked for, and the connection is closed as if
-        the network had failed (amqtt then publishes the will). amqtt's own read timeout does nothing."""
+        the network had failed (amqtt then publishes the will). amqtt's own read timeout does nothing. Silence is
+        measured on the time the loop could run (``loop_clock``): a stall of the broker is not the device's."""
         if keepalive <= 0:
             yield
             return
         loop, limit = asyncio.get_running_loop(), 1.5 * keepalive
+        clock = self._clock.available if self._clock is not None else loop.time
         handle: asyncio.TimerHandle | None = None
 
         def check() -> None:
             nonlocal handle
-            due = packets.last_packet_at + limit
-            if loop.time() < due:
-                handle = loop.call_at(due, check)
+            silent = clock() - packets.last_packet_at
+            if silent < limit:
+                handle = loop.call_later(limit - silent, check)
                 return
             log.info("%s (%s) sent nothing for %g s (1.5 x its keepalive): closed", peer.address, peer.name, limit)
             abort()
 
-        handle = loop.call_at(packets.last_packet_at + limit, check)
+        handle = loop.call_later(limit, check)
         try:
             yield
         finally:
@@ -502,6 +519,18 @@ class EmbeddedBroker:
         """PUBLISHes amqtt has read from this client id and not yet routed (its session's inbound queue)."""
         entry = self._amqtt.sessions.get(client_id) if self._amqtt is not None else None
         return entry[0].delivered_message_queue.qsize() if entry is not None else 0
+
+    def _unsent_of(self, client_id: str) -> int:
+        holder = self._by_client.get(client_id)
+        return holder.unsent() if holder is not None else 0
+
+    def _retained_refused(self, client_id: str, topic: str, reason: str) -> None:
+        """A retained PUBLISH past the retained limits (``retained``): delivered, not kept; counted, logged once."""
+        self.metrics.retained_refused += 1
+        if len(self._warned) < WARNED_LIMIT and (client_id, "retained") not in self._warned:
+            self._warned.add((client_id, "retained"))
+            log.warning("retained message from %s on %r not kept: %s (further ones are only counted)", client_id,
+                        topic, reason)
 
     def _discarded(self) -> None:
         self.metrics.qos0_discarded += 1
@@ -563,6 +592,8 @@ class EmbeddedBroker:
         """Broker-side counters as JSON-able data (see the module docstring for the keys)."""
         snapshot = self.metrics.snapshot(current_connections=len(self._live))
         snapshot["crl"] = self.crl.stats() if self.crl is not None else None
+        store = self._amqtt.retained_store if self._amqtt is not None else None
+        snapshot["retained"] = {"topics": len(store), "bytes": store.bytes} if store is not None else None
         snapshot.update({
             "kind": self.kind,
             "host": self.host,
@@ -580,5 +611,7 @@ class EmbeddedBroker:
             "max_inflight_messages": self.options.max_inflight_messages,
             "max_queued_messages": self.options.max_queued_messages,
             "max_session_queue_bytes": self.options.max_session_queue_bytes,
+            "max_retained_per_client": self.options.max_retained_per_client,
+            "max_retained_bytes": self.options.max_retained_bytes,
         })
         return snapshot

@@ -39,6 +39,7 @@ class BrokerMetrics:
     slow_consumers_dropped: int = 0  # connections closed: any other packet past max_queued_bytes
     subscriptions_refused: int = 0  # SUBACK 0x80 because the client id held max_subscriptions already
     queued_dropped: int = 0  # QoS 1/2 messages dropped: their session's queue held max_queued_messages or _bytes
+    retained_refused: int = 0  # retained PUBLISHes delivered but not kept: past the retained limits
     handshake_count: int = 0
     handshake_sum_ms: float = 0.0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_EDGES_MS) + 1))
@@ -74,6 +75,7 @@ class BrokerMetrics:
             "slow_consumers_dropped": self.slow_consumers_dropped,
             "subscriptions_refused": self.subscriptions_refused,
             "queued_dropped": self.queued_dropped,
+            "retained_refused": self.retained_refused,
             "handshake_ms": {
                 "count": self.handshake_count,
                 "mean": round(self.handshake_sum_ms / self.handshake_count, 3) if self.handshake_count else None,

@@ -35,8 +35,10 @@ BACKLOG_POLL_S = 0.002  # how often a held device's backlog is looked at again (
 class PacketReader(ReaderAdapter):
     """A device's stream, framed and checked packet by packet (see the module docstring)."""
 
-    def __init__(self, inner: ReaderAdapter, max_packet: int, on_violation: Callable[[Violation], None]) -> None:
+    def __init__(self, inner: ReaderAdapter, max_packet: int, on_violation: Callable[[Violation], None],
+                 clock: Callable[[], float] | None = None) -> None:
         self._inner = inner
+        self._clock = clock or asyncio.get_running_loop().time  # what last_packet_at is read on (loop_clock)
         self._max = max_packet
         self._on_violation = on_violation
         self._packet = b""  # the packet amqtt is reading, and how far it has read
@@ -44,7 +46,7 @@ class PacketReader(ReaderAdapter):
         self._first = True
         self._failed = False
         self._loading: asyncio.Task[tuple[Header, bytes]] | None = None
-        self.last_packet_at = asyncio.get_running_loop().time()
+        self.last_packet_at = self._clock()
         self._backlog: Callable[[], int] | None = None
         self._max_backlog = 0
 
@@ -82,7 +84,7 @@ class PacketReader(ReaderAdapter):
             check_body(header, body)
         self._first = False
         self._packet, self._pos = bytes(head) + body, 0
-        self.last_packet_at = asyncio.get_running_loop().time()
+        self.last_packet_at = self._clock()
         return header, body
 
     def _fail(self, violation: Violation, n: int) -> asyncio.IncompleteReadError:
@@ -98,7 +100,7 @@ class PacketReader(ReaderAdapter):
                 raise asyncio.IncompleteReadError(b"", n)
             while self._backlog is not None and self._backlog() >= self._max_backlog:
                 await asyncio.sleep(BACKLOG_POLL_S)
-                self.last_packet_at = asyncio.get_running_loop().time()  # the broker's wait is not the device's silence
+                self.last_packet_at = self._clock()  # the broker's wait is not the device's silence
             try:
                 await self._next()
             except Violation as exc:

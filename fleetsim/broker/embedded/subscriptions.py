@@ -8,9 +8,11 @@ changes no decision of amqtt's, only which filters it is shown:
 
 * ``SubscriptionTable`` replaces ``Broker._subscriptions`` (a dict filter -> [(session, qos)]). It keeps a trie
   of the filters' levels beside the dict; ``items()`` right after a broadcast was taken off the queue returns
-  only the filters the trie finds for that topic (a superset of the matches: amqtt still runs ``_matches`` on
-  each). Any other ``items()`` is the whole table, as a list (amqtt awaits inside that loop: iterating the live
-  dict could fail with "dictionary changed size during iteration", which it did under load).
+  only the filters that match that topic (amqtt still runs ``_matches`` on each), and each subscriber once
+  (``once_per_client``): amqtt delivers once per (filter, subscriber), so a device holding 1,000 overlapping
+  filters got 1,000 copies of each message; here it gets one, at the highest QoS of its matching filters (3.3.5,
+  what Mosquitto does). Any other ``items()`` is the whole table, as a list (amqtt awaits inside that loop:
+  iterating the live dict could fail with "dictionary changed size during iteration", which it did under load).
 * ``FocusQueue`` replaces ``Broker._broadcast_queue``: its ``get`` tells the table which topic is being routed.
 * the subscriber lists are ``Subscribers``, whose ``append``/``pop`` (amqtt's only ways to add and remove a
   subscriber) keep a count per client id, which ``held`` / ``holds`` read for the per-device limit.
@@ -135,7 +137,7 @@ class SubscriptionTable(dict[str, list[Entry]]):
         topic, self._focus = self._focus, None
         if topic is None:
             return list(super().items())
-        return [(f, self[f]) for f in self._trie.candidates(topic)]
+        return once_per_client(topic, [(f, self[f]) for f in self._trie.candidates(topic)])
 
     def focus(self, topic: str | None) -> None:
         """The next ``items()`` serves amqtt's routing of ``topic``."""
@@ -162,6 +164,27 @@ class SubscriptionTable(dict[str, list[Entry]]):
         for session, _ in super().__getitem__(topic_filter):
             self._removed(session.client_id, topic_filter)
         self._trie.remove(topic_filter)
+
+
+def once_per_client(topic: str, candidates: list[tuple[str, list[Entry]]]) -> list[tuple[str, list[Entry]]]:
+    """The filters that match ``topic`` with their subscribers, each client id under one of them only (its first),
+    at the highest QoS of its matching filters. A filter starting with a wildcard does not match a "$" topic
+    (4.7.2-1): amqtt would skip it, and the subscriber with it."""
+    best: dict[object, tuple[str, Entry]] = {}
+    for topic_filter, entries in candidates:
+        if topic.startswith("$") and topic_filter.startswith(("+", "#")):
+            continue
+        for session, qos in entries:
+            key = session.client_id or id(session)
+            held = best.get(key)
+            if held is None:
+                best[key] = (topic_filter, (session, qos))
+            elif qos > held[1][1]:
+                best[key] = (held[0], (session, qos))
+    grouped: dict[str, list[Entry]] = {}
+    for topic_filter, entry in best.values():
+        grouped.setdefault(topic_filter, []).append(entry)
+    return list(grouped.items())
 
 
 class FocusQueue(asyncio.Queue[dict[str, Any]]):
