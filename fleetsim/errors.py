@@ -46,6 +46,10 @@ class BrokerError(FleetsimError):
     """A broker cannot be started, reached or configured."""
 
 
+class TlsStackError(FleetsimError):
+    """A TLS stack cannot do what it was asked (a group or key type its OpenSSL lacks, a missing package)."""
+
+
 class RunInterrupted(FleetsimError):
     """Ctrl-C or SIGTERM ended a command after it kept what it had (a sweep's finished cells): exit 130 or 143."""
 

@@ -66,6 +66,8 @@ def test_defaults() -> None:
         ('[[fleet]]\nmodel = "heart-rate"\ncount = 1\n', "fleet[0].model: unknown value 'heart-rate'; did you mean"),
         ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nkey_type = "dsa"\n', "fleet[0].key_type: unknown key type"),
         ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nkey_type = "rsa-1024"\n', "weak_key"),
+        ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nkey_type = "ml-dsa-65"\n',
+         "fleet[0].key_type: ml-dsa-65 needs the bundled TLS stack, which runs cannot use yet"),
         ('[[fleet]]\nmodel = "thermometer"\ncount = 1\nsite = "a/b"\n', "fleet[0].site: 'a/b' is not a valid name"),
         ('[[fleet]]\nmodel = "thermometer"\n', "fleet[0].count: missing"),
         ("seed = 1\n", "x.toml: fleet: no device groups"),

@@ -227,7 +227,8 @@ class Pki:
     def client_context(self, device_id: str, *, tls_version: str = "any") -> ssl.SSLContext:
         """A client SSLContext that presents ``device_id``'s certificate chain and verifies the broker against
         this PKI (CERT_REQUIRED, hostname checked): for a client of your own, e.g. paho's ``tls_set_context``."""
-        self.device(device_id)  # one clear line for an unknown id
+        device = self.device(device_id)  # one clear line for an unknown id
+        self.check_system_stack(device.key_type)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
         if tls_version == "1.2":
@@ -235,6 +236,31 @@ class Pki:
         ctx.load_verify_locations(cafile=self.layout.ca_chain)
         ctx.load_cert_chain(self.layout.device_cert(device_id), self.layout.device_key(device_id))
         return ctx
+
+    def post_quantum_cas(self) -> list[str]:
+        """The CAs of this PKI (root, issuing) whose keys are ML-DSA, by file name: none for a classical PKI."""
+        found = []
+        for path in (self.layout.root_ca, self.layout.issuing_ca):
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # a missing or corrupt CA has its own error where it is used
+            if keys.post_quantum(cert.public_key()):
+                found.append(path.name)
+        return found
+
+    def check_system_stack(self, *key_types: str) -> None:
+        """One clear line when Python's ssl (the system OpenSSL, 3.0 here: no ML-DSA) cannot use this PKI's CAs or
+        the given device key types; the bundled stack (fleetsim.tls.bundled) can."""
+        pq = [k for k in key_types if k in keys.POST_QUANTUM_NAMES]
+        cas = self.post_quantum_cas()
+        if not pq and not cas:
+            return
+        what = f"an ML-DSA CA ({', '.join(cas)})" if cas else f"{pq[0]} device keys"
+        where = " (a PKI with an ML-DSA CA serves only the bundled stack: keep it in a directory of its own)" \
+            if cas else ""
+        raise PkiError(f"{self.root} has {what}, which Python's ssl ({ssl.OPENSSL_VERSION}) cannot use{where}",
+                       "use the bundled TLS stack (fleetsim.tls, tls_stack = \"bundled\") or a classical key type")
 
     def identity(self, device_id: str) -> tuple[bytes, bytes]:
         """A device's certificate chain and key, as PEM bytes, read fresh (it may have been re-enrolled)."""

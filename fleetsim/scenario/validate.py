@@ -420,6 +420,9 @@ def _key_type(w: _Where, t: Mapping[str, Any]) -> str:
         raise w.fail(
             "key_type", "rsa-1024 is only for the weak-key fault", "use [faults] weak_key = fraction"
         )
+    if kt.post_quantum:  # until runs can choose the bundled TLS stack (issue 26)
+        raise w.fail("key_type", f"{kt.value} needs the bundled TLS stack, which runs cannot use yet "
+                     f"(Python's ssl, OpenSSL 3.0 here, has no ML-DSA)", "use a classical key type such as ecdsa-p256")
     return kt.value
 
 

@@ -32,7 +32,7 @@ from fleetsim.results.summary import up_window
 from fleetsim.scenario import AUTHS, Arrival, Churn, Reconnect, Scenario
 from fleetsim.scenario.validate import validated
 
-KEY_TYPES = tuple(k.value for k in KeyType if k is not KeyType.RSA_1024)
+KEY_TYPES = tuple(k.value for k in KeyType if k is not KeyType.RSA_1024 and not k.post_quantum)  # the system stack's
 DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "auth": AUTHS,
     "key_type": KEY_TYPES,
