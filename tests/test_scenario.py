@@ -277,3 +277,11 @@ def test_a_shared_subscription_is_refused_when_an_override_picks_the_embedded_br
     sc = parse(subscribers('name = "n"\ntopics = ["$share/s/fleet/#"]\n', "[broker]\ntarget = 'mosquitto'\n"), "x.toml")
     with pytest.raises(ScenarioError, match=r"\(with overrides\): subscribers\[0\].topics: .* no shared subscriptions"):
         sc.with_overrides(broker="embedded")
+
+
+def test_payload_size_is_a_scenario_setting() -> None:
+    assert parse(MINIMAL, "x.toml").mqtt.payload_bytes == 0
+    sc = parse("[mqtt]\npayload_bytes = 1024\n" + MINIMAL, "x.toml")
+    assert sc.mqtt.payload_bytes == 1024 and parse(sc.to_toml(), "x.toml") == sc
+    assert "mqtt.payload_bytes: must be an integer from 0 to 60000, got 70000" in error(
+        "[mqtt]\npayload_bytes = 70000\n" + MINIMAL)

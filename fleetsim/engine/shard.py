@@ -540,7 +540,7 @@ class _Shard:
         if self.stopping or conn is None or stream is None or not conn.connected:
             return
         t = self.run_time()
-        msg = stream.next_message(t)
+        msg = stream.next_message(t, time.time_ns())  # the wall clock every process here shares: see trace()
         qos = self.sc.mqtt.qos_alarm if msg.kind == "alarm" else self.sc.mqtt.qos_telemetry
         name = topic(dev.spec.site, dev.spec.model, dev.spec.id, msg.kind)  # built per message: ~0.3 KB less a device
         if conn.publish(name, msg.payload, qos):
@@ -633,7 +633,7 @@ class _Shard:
 
     def _stream(self, dev: _Device) -> TelemetryStream:
         if dev.stream is None:
-            dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed)
+            dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed, self.sc.mqtt.payload_bytes)
         return dev.stream
 
     async def _ticker(self) -> None:

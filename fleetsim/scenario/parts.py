@@ -43,6 +43,7 @@ class FleetGroup:
     site: str = "site-1"
 
 
+MAX_PAYLOAD = 60_000  # bytes: a padded payload stays well inside either broker's 64 KiB packet limit
 MAX_SUBSCRIBERS = 1_000  # subscriber instances of all [[subscribers]] groups together
 
 
@@ -101,6 +102,7 @@ class MqttSpec:
     clean_session: bool = True
     qos_telemetry: int = 0
     qos_alarm: int = 1
+    payload_bytes: int = 0  # every payload padded to at least this size; 0: each model's own (telemetry.MODELS)
 
 
 @dataclass(frozen=True)

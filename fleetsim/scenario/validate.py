@@ -33,6 +33,7 @@ from fleetsim.scenario.parts import (
     FAULTS,
     MAX_DEVICES,
     MAX_DURATION,
+    MAX_PAYLOAD,
     MAX_SUBSCRIBERS,
     MAX_WORKERS,
     MQTT_VERSIONS,
@@ -325,7 +326,8 @@ def _check_target(w: _Where, target: str, allow_remote: bool) -> None:
 
 
 def _mqtt(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> MqttSpec:
-    t = _table(top, data, "mqtt", ("version", "keepalive", "clean_session", "qos_telemetry", "qos_alarm"))
+    t = _table(top, data, "mqtt", ("version", "keepalive", "clean_session", "qos_telemetry", "qos_alarm",
+                                   "payload_bytes"))
     w = top.sub("mqtt")
     version = t.get("version", "3.1.1")
     if version == 5 and not isinstance(version, bool):
@@ -336,6 +338,7 @@ def _mqtt(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> MqttSpec:
         clean_session=_bool(w, t, "clean_session", True),
         qos_telemetry=_int(w, t, "qos_telemetry", 0, 0, 2),
         qos_alarm=_int(w, t, "qos_alarm", 1, 0, 2),
+        payload_bytes=_int(w, t, "payload_bytes", 0, 0, MAX_PAYLOAD),
     )
     if spec.version == "5" and broker.kind == "embedded":
         raise w.fail(
