@@ -266,6 +266,8 @@ def test_subscriber_groups_parse_round_trip_and_name_each_instance() -> None:
         (subscribers('name = "n"\ntopics = ["fleet/#"]\n', "[broker]\nauth = 'tls'\n"),
          "broker.auth: 'tls': subscribers connect with monitor certificates"),
         ("subscribers = 3\n" + MINIMAL, "subscribers: must be [[subscribers]] tables"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\n', "[broker]\nprocesses = 2\n"),
+         "broker.processes: 2 separate brokers forward no messages to one another"),
     ],
 )
 def test_subscriber_errors_are_one_line_each(text: str, expected: str) -> None:

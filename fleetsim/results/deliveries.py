@@ -41,11 +41,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetsim.engine.rowlog import PUBLISHED, RECEIVED
 from fleetsim.results.summary import distribution
 from fleetsim.topics import covers, shared
 
-PUBLISH_COLUMNS = ("device", "seq", "kind", "qos", "topic", "published_at", "acked")
-DELIVERY_COLUMNS = ("subscriber", "device", "seq", "kind", "qos", "published_at", "received_at", "duplicate")
+PUBLISH_COLUMNS = (*PUBLISHED.names, "acked")  # the workers' log of publishes, each marked acknowledged or not
+DELIVERY_COLUMNS = tuple(RECEIVED.names)  # the subscribers' log, as written
 PAIR_COLUMNS = ("audience", "device", "qos", "owed", "delivered", "duplicated", "out_of_order", "lost",
                 "unconfirmed")
 COUNTS = PAIR_COLUMNS[3:]

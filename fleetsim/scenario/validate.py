@@ -507,6 +507,10 @@ def _subscribers(top: _Where, data: Mapping[str, Any], broker: BrokerSpec, fleet
         raise top.fail("subscribers", f"must be [[subscribers]] tables, got {_show(raw)}",
                        "write each group as [[subscribers]]")
     groups = tuple(_subscriber(top.sub(f"subscribers[{i}]"), t, broker, fleet) for i, t in enumerate(raw))
+    if groups and broker.processes > 1:
+        raise top.sub("broker").fail("processes", f"{broker.processes} separate brokers forward no messages to one "
+                                     "another: a subscriber of one would miss what devices send the others",
+                                     "set processes = 1, or leave out [[subscribers]]")
     if groups and broker.auth != "mtls":
         raise top.sub("broker").fail("auth", f"{broker.auth!r}: subscribers connect with monitor certificates of "
                                      "their own, which need mTLS", 'set auth = "mtls", or leave out [[subscribers]]')
