@@ -60,3 +60,18 @@ def test_every_acknowledged_qos1_message_reaches_the_subscriber(tmp_path: Path, 
     assert figures["subscribers"]["station-001"]["connects"] == 1
     assert figures["alarms"]["expected"] == figures["alarms"]["received"]
     assert Pki.open(tmp_path / "pki").device("station-001").role == "monitor"
+
+
+@pytest.mark.mosquitto
+def test_a_shared_subscription_gets_each_message_once_across_its_members(tmp_path: Path) -> None:
+    text = SCENARIO.format(target="mosquitto").replace(
+        'name = "station"\ntopics = ["fleet/icu/#"]', 'name = "station"\ncount = 2\ntopics = ["$share/st/fleet/icu/#"]')
+    run_dir, _ = run_scenario(parse(text, "shared.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
+    pub = pq.read_table(run_dir / "publishes.parquet").to_pydict()
+    rx = pq.read_table(run_dir / "deliveries.parquet").to_pydict()
+    got = list(zip(rx["device"], rx["seq"], strict=True))
+    assert len(got) == len(set(got)) == len(pub["device"]) >= 60  # once to the group, not once to each member
+    assert set(rx["subscriber"]) == {"station-001", "station-002"}  # Mosquitto shares them out
+    figures = json.loads((run_dir / "deliveries.json").read_text())
+    assert figures["totals"]["qos1"]["delivered"] == len(got) and figures["totals"]["qos1"]["lost"] == 0
+    assert figures["fan_out"] == {"telemetry": 1.0}

@@ -25,8 +25,13 @@ class RowLog:
         self._cols: list[list[Any]] = [[] for _ in schema.names]
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0  # written or held
+        self.closed = False
+        self.late = 0  # rows offered after close: counted, never written (a new writer would truncate the file)
 
     def append(self, *row: Any) -> None:
+        if self.closed:
+            self.late += 1
+            return
         for col, value in zip(self._cols, row, strict=True):
             col.append(value)
         self.rows += 1
@@ -44,7 +49,10 @@ class RowLog:
 
     def close(self) -> None:
         """Write what is held and close the file (an empty file with the schema when nothing was logged)."""
+        if self.closed:
+            return
         self.flush()
+        self.closed = True
         if self._writer is not None:
             self._writer.close()
             self._writer = None
