@@ -75,3 +75,20 @@ def test_a_shared_subscription_gets_each_message_once_across_its_members(tmp_pat
     figures = json.loads((run_dir / "deliveries.json").read_text())
     assert figures["totals"]["qos1"]["delivered"] == len(got) and figures["totals"]["qos1"]["lost"] == 0
     assert figures["fan_out"] == {"telemetry": 1.0}
+
+
+@pytest.mark.mosquitto
+def test_a_persistent_subscriber_loses_nothing_at_qos1_across_a_broker_restart(tmp_path: Path) -> None:
+    """Mosquitto is started with persistence when a subscriber's session is persistent: its subscription and
+    what is queued for it survive the restart, and the devices resend what was not acknowledged."""
+    text = SCENARIO.format(target="mosquitto").replace("duration = 6", "duration = 8").replace(
+        "qos_alarm = 1\n", "qos_alarm = 1\nclean_session = false\n[reconnect]\ninitial = 0.2\ncap = 1\n").replace(
+        "qos = 1\n", "qos = 1\nclean_session = false\n[[events]]\nat = 3\naction = \"restart-broker\"\n")
+    run_dir, summary = run_scenario(parse(text, "restart.toml"), pki=tmp_path / "pki", out_dir=tmp_path / "out")
+    assert [e["action"] for e in summary["events"]] == ["restart-broker"]
+    pub = pq.read_table(run_dir / "publishes.parquet").to_pydict()
+    figures = json.loads((run_dir / "deliveries.json").read_text())
+    qos1 = figures["totals"]["qos1"]
+    assert qos1["owed"] == len(pub["device"]) >= 100 and qos1["lost"] == qos1["unconfirmed"] == 0
+    assert qos1["delivered"] == qos1["owed"]
+    assert figures["subscribers"]["station-001"]["connects"] == 2  # it was cut by the restart and came back
