@@ -10,10 +10,15 @@ e.g. ``fleet/ward-a/pulse-oximeter/dev-000042/alarm``. A subscriber watches a wh
 
 Payload (JSON, UTF-8)::
 
-    {"id": "dev-000042", "model": "pulse-oximeter", "seq": 7, "t": 35.012,
+    {"id": "dev-000042", "model": "pulse-oximeter", "seq": 7, "t": 35.012, "ts_ns": 1796380000123456789,
      "values": {"spo2": 96, "pulse": 81, "pi": 3.2}, "unit": {"spo2": "%", "pulse": "bpm", "pi": "%"}}
 
-``t`` is seconds since the run started, ``seq`` counts the device's messages from 0. An alarm message has
+``t`` is seconds since the run started, ``seq`` counts the device's messages from 0 and ``ts_ns`` is the wall
+clock (``time.time_ns()``) when the device published it: ``id``, ``seq`` and ``ts_ns`` make every message
+traceable, so that a subscriber's copy says which publish it is and how long it took (:func:`trace` reads them
+back, cheaply). The wall clock is the one every process on one machine shares; across machines each worker's
+skew must be measured and corrected. ``pad_to`` pads a message to at least that many bytes (a ``"pad"`` field
+last), for a payload size of the scenario's choosing. An alarm message has
 the same fields plus ``"alarm": {"codes": [...], "active": [...]}``; it is sent instead of the sample at which
 a condition starts (edge-triggered, so a device in a long episode does not flood the broker).
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -191,6 +197,47 @@ class Message:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What a received payload says about its publish: the device, its sequence number, when it was published."""
+
+    device: str
+    seq: int
+    ts_ns: int
+
+
+# The head of every payload next_message writes, in its order: read without decoding the whole JSON (an ECG
+# message is ~850 bytes, and a subscriber of the whole fleet reads thousands a second).
+_HEAD = re.compile(rb'\{"id":"([^"\\]*)","model":"[^"\\]*","seq":(\d+),"t":[-0-9.eE+]+,"ts_ns":(\d+)[,}]')
+
+
+def trace(payload: bytes) -> Trace | None:
+    """The device, seq and publish time a payload carries, or None when it carries none (not fleetsim's)."""
+    m = _HEAD.match(payload)
+    if m is not None:
+        return Trace(m.group(1).decode(), int(m.group(2)), int(m.group(3)))
+    try:  # another field order or spacing: decode it all
+        doc = json.loads(payload)
+        device, seq, ts_ns = doc["id"], doc["seq"], doc["ts_ns"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(device, str) or type(seq) is not int or type(ts_ns) is not int:
+        return None
+    return Trace(device, seq, ts_ns)
+
+
+_PAD_FIELD = b',"pad":""}'  # what a "pad" field costs, its value empty
+
+
+def _padded(payload: bytes, size: int) -> bytes:
+    """``payload`` (a JSON object) with a last field ``"pad"`` making it at least ``size`` bytes; as it is when
+    it already is, or ``size`` is 0."""
+    if size <= len(payload):
+        return payload
+    fill = max(0, size - len(payload) - len(_PAD_FIELD) + 1)  # the "}" it replaces
+    return payload[:-1] + b',"pad":"' + b"x" * fill + b'"}'
+
+
 def _ecg_template() -> np.ndarray:
     """One heartbeat (PQRST as Gaussians), 512 points over the phase 0..1, in microvolts."""
     x = np.linspace(0.0, 1.0, 512, endpoint=False)
@@ -255,12 +302,13 @@ class TelemetryStream:
     """
 
     __slots__ = ("_active", "_base", "_ecg_phase", "_episode", "_episode_left", "_glucose_prev", "_key",
-                 "_last_t", "_pump", "_seq", "_x", "device_id", "interval", "model", "model_name", "phase", "seed")
+                 "_last_t", "_pump", "_seq", "_x", "device_id", "interval", "model", "model_name", "pad_to", "phase",
+                 "seed")
 
-    def __init__(self, model_name: str, device_id: str, seed: int) -> None:
+    def __init__(self, model_name: str, device_id: str, seed: int, pad_to: int = 0) -> None:
         if model_name not in MODELS:
             raise ValueError(f"unknown device model {model_name!r} (choose one of: {', '.join(MODELS)})")
-        self.model_name, self.device_id, self.seed = model_name, device_id, seed
+        self.model_name, self.device_id, self.seed, self.pad_to = model_name, device_id, seed, pad_to
         self.model = MODELS[model_name]
         self.interval = self.model.interval
         self._key = (seed % (1 << 64)) << 64 | zlib.crc32(device_id.encode())
@@ -284,8 +332,10 @@ class TelemetryStream:
     def _rng(self, counter: int) -> np.random.Generator:
         return np.random.Generator(np.random.Philox(counter=counter, key=self._key))
 
-    def next_message(self, t: float) -> Message:
-        """The device's next publish at run time ``t`` (s): a telemetry sample, or an alarm if one starts now."""
+    def next_message(self, t: float, ts_ns: int | None = None) -> Message:
+        """The device's next publish at run time ``t`` (s): a telemetry sample, or an alarm if one starts now.
+        ``ts_ns``: the wall clock of the publish (``time.time_ns()``), written as the payload's ``ts_ns``; left
+        out, the payload has none (and is reproducible byte for byte)."""
         dt = 0.0 if self._last_t is None else max(t - self._last_t, 0.0)
         self._last_t = t
         rng = self._rng(self._seq << 64)
@@ -294,16 +344,16 @@ class TelemetryStream:
         codes = self._alarms(values)
         new = codes - self._active
         self._active = codes
-        doc: dict[str, object] = {
-            "id": self.device_id, "model": self.model_name, "seq": self._seq, "t": round(t, 3),
-            "values": values, "unit": self.model.unit,
-        }  # fmt: skip
+        doc: dict[str, object] = {"id": self.device_id, "model": self.model_name, "seq": self._seq, "t": round(t, 3)}
+        if ts_ns is not None:
+            doc["ts_ns"] = ts_ns
+        doc["values"], doc["unit"] = values, self.model.unit
         doc.update(extra)
         kind = "telemetry"
         if new:
             kind = "alarm"
             doc["alarm"] = {"codes": sorted(new), "active": sorted(codes)}
-        msg = Message(kind, json.dumps(doc, separators=(",", ":")).encode(), t, self._seq)
+        msg = Message(kind, _padded(json.dumps(doc, separators=(",", ":")).encode(), self.pad_to), t, self._seq)
         self._seq += 1
         return msg
 

@@ -94,3 +94,22 @@ def test_a_healthy_device_an_earlier_run_revoked_is_re_enrolled(tmp_path):
     assert again == first
     d = Pki.open(pki.root).device(victim)
     assert d.status == "valid" and d.serial != old_serial
+
+
+def test_subscribers_get_monitor_identities_of_their_own(tmp_path):
+    import pytest
+
+    from fleetsim.errors import PkiError
+
+    pki = Pki.init(tmp_path / "pki")
+    provision.provision_monitors(pki, ["station-001", "station-002"])
+    held = Pki.open(pki.root).inventory.devices
+    assert {held[i].role for i in ("station-001", "station-002")} == {"monitor"}
+    provision.provision_monitors(Pki.open(pki.root), ["station-001"])  # held already: nothing issued
+    assert Pki.open(pki.root).inventory.devices["station-001"].serial == held["station-001"].serial
+    pki.issue(ids=["dev-1"], model="thermometer", workers=1)
+    with pytest.raises(PkiError, match="holds dev-1 as a device, not a subscriber's monitor identity"):
+        provision.provision_monitors(Pki.open(pki.root), ["dev-1"])
+    pki.revoke(device_ids=["station-002"])
+    with pytest.raises(PkiError, match="the subscriber identity station-002 is revoked"):
+        provision.provision_monitors(Pki.open(pki.root), ["station-002"])

@@ -216,3 +216,76 @@ def test_a_shorter_run_names_the_timed_events_it_drops() -> None:
     assert drill.events_dropped_by(drill.with_overrides(duration=25)) is not None
     assert drill.events_dropped_by(drill.with_overrides(duration=40)) is None
     assert drill.events_dropped_by(drill) is None
+
+
+SUBSCRIBED = MINIMAL + 'site = "icu"\n'
+
+
+def subscribers(body: str, broker: str = "") -> str:
+    return broker + SUBSCRIBED + "[[subscribers]]\n" + body
+
+
+def test_subscriber_groups_parse_round_trip_and_name_each_instance() -> None:
+    text = subscribers('name = "nurse"\ncount = 2\ntopics = ["fleet/icu/+/+/alarm", "$share/s/fleet/+/+/+/telemetry"]\n'
+                       "qos = 2\nclean_session = false\n", "[broker]\ntarget = 'mosquitto'\n")
+    sc = parse(text, "x.toml")
+    g, = sc.subscribers
+    assert (g.name, g.count, g.qos, g.clean_session) == ("nurse", 2, 2, False)
+    assert g.topics == ("fleet/icu/+/+/alarm", "$share/s/fleet/+/+/+/telemetry")
+    assert sc.subscriber_ids == ["nurse-001", "nurse-002"] and sc.devices == 10  # counted apart from the fleet
+    assert parse(sc.to_toml(), "x.toml") == sc
+    one = parse(subscribers('name = "dash"\ntopics = ["fleet/#"]\n'), "x.toml").subscribers[0]
+    assert (one.count, one.qos, one.clean_session) == (1, 1, True)
+    assert "subscribers" not in parse(MINIMAL, "x.toml").to_dict()  # scenarios without them are written as before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (subscribers('topics = ["fleet/#"]\n'), "subscribers[0].name: missing"),
+        (subscribers('name = "n"\n'), "subscribers[0].topics: missing"),
+        (subscribers('name = "n"\ntopics = []\n'), "topics: must be a non-empty list of topic filters"),
+        (subscribers('name = "n"\ntopics = "fleet/#"\n'), "topics: must be a non-empty list"),
+        (subscribers('name = "n"\ntopics = ["fleet/#/alarm"]\n'), "'fleet/#/alarm' is not a valid topic filter"),
+        (subscribers('name = "n"\ntopics = ["fleet/ic+/#"]\n'), "is not a valid topic filter"),
+        (subscribers('name = "n"\ntopics = ["fleet/ward/#"]\n'), "'fleet/ward/#' matches nothing this fleet publishes"),
+        (subscribers('name = "n"\ntopics = ["fleet/+/+/alarm"]\n'), "matches nothing this fleet publishes"),
+        (subscribers('name = "n"\ntopics = ["fleet/#", "fleet/+/+/+/alarm"]\n'), "overlap: a message matching both"),
+        (subscribers('name = "n"\ntopics = ["$share/s/fleet/#"]\n'),
+         "the embedded broker (amqtt, MQTT 3.1.1) has no shared subscriptions"),
+        (subscribers('name = "n"\ntopics = ["$share//fleet/#"]\n', "[broker]\ntarget = 'mosquitto'\n"),
+         "has no share name"),
+        (subscribers('name = "n"\ntopics = ["$share/a+/fleet/#"]\n', "[broker]\ntarget = 'mosquitto'\n"),
+         "a share name may not hold + or #"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\nqos = 3\n'), "subscribers[0].qos: must be an integer from 0 to 2"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\ncount = 0\n'), "subscribers[0].count: must be a positive"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\ncount = 1001\n'), "count: must be at most 1000"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\nclean_sesion = true\n'),
+         "unknown key 'clean_sesion' in subscribers[0]; did you mean 'clean_session'?"),
+        (subscribers('name = "a/b"\ntopics = ["fleet/#"]\n'), "subscribers[0].name: 'a/b' is not a valid name"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\n[[subscribers]]\nname = "n"\ntopics = ["fleet/#"]\n'),
+         "subscribers[1].name: 'n' names an earlier group too"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\n', "[broker]\nauth = 'tls'\n"),
+         "broker.auth: 'tls': subscribers connect with monitor certificates"),
+        ("subscribers = 3\n" + MINIMAL, "subscribers: must be [[subscribers]] tables"),
+        (subscribers('name = "n"\ntopics = ["fleet/#"]\n', "[broker]\nprocesses = 2\n"),
+         "broker.processes: 2 separate brokers forward no messages to one another"),
+    ],
+)
+def test_subscriber_errors_are_one_line_each(text: str, expected: str) -> None:
+    message = error(text)
+    assert expected in message and ";" in message
+
+
+def test_a_shared_subscription_is_refused_when_an_override_picks_the_embedded_broker() -> None:
+    sc = parse(subscribers('name = "n"\ntopics = ["$share/s/fleet/#"]\n', "[broker]\ntarget = 'mosquitto'\n"), "x.toml")
+    with pytest.raises(ScenarioError, match=r"\(with overrides\): subscribers\[0\].topics: .* no shared subscriptions"):
+        sc.with_overrides(broker="embedded")
+
+
+def test_payload_size_is_a_scenario_setting() -> None:
+    assert parse(MINIMAL, "x.toml").mqtt.payload_bytes == 0
+    sc = parse("[mqtt]\npayload_bytes = 1024\n" + MINIMAL, "x.toml")
+    assert sc.mqtt.payload_bytes == 1024 and parse(sc.to_toml(), "x.toml") == sc
+    assert "mqtt.payload_bytes: must be an integer from 0 to 60000, got 70000" in error(
+        "[mqtt]\npayload_bytes = 70000\n" + MINIMAL)

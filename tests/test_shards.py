@@ -95,3 +95,17 @@ def test_a_pool_sums_its_members_and_keeps_each() -> None:
     p = pooled([a, b])
     assert p["accepted"] == 7 and p["cpu_seconds"] == 2.0 and p["rejected"] == {"x": 3, "y": 1}
     assert [m["port"] for m in p["members"]] == [1, 2] and [x["pid"] for x in p["processes"]] == [10, 11]
+
+
+def test_subscribers_are_dealt_to_the_workers_round_robin() -> None:
+    from fleetsim.runner.shards import with_subscribers
+
+    sc = parse(SCENARIO + '[[subscribers]]\nname = "st"\ncount = 5\ntopics = ["fleet/+/+/+/alarm"]\nqos = 2\n'
+               '[[subscribers]]\nname = "dash"\ntopics = ["fleet/site-1/#"]\nclean_session = false\n', "deal.toml")
+    fleet = [provision.Provisioned(s, f"d{i}") for i, s in enumerate(provision.plan(sc))]
+    shards = with_subscribers(deal(sc, fleet, ShardSpec(index=0, devices=(), host="127.0.0.1", port=1), workers=3), sc)
+    assert [[s.id for s in shard.subscribers] for shard in shards] == [
+        ["st-001", "st-004"], ["st-002", "st-005"], ["st-003", "dash-001"]]
+    dash = shards[2].subscribers[1]
+    assert (dash.topics, dash.qos, dash.clean_session) == (("fleet/site-1/#",), 1, False)
+    assert sum(len(s.devices) for s in shards) == 10  # counted apart from the devices

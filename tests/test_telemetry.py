@@ -124,3 +124,42 @@ def test_generation_is_fast() -> None:
             s.next_message(float(k))
     per_message = (time.perf_counter() - start) / (20 * len(streams))
     assert per_message < 200e-6  # measured ~15 us (ECG ~35 us); generous for loaded CI machines
+
+
+@pytest.mark.parametrize("model", NAMES)
+def test_every_message_carries_its_device_seq_and_publish_time(model: str) -> None:
+    from fleetsim.telemetry import trace
+
+    stream = TelemetryStream(model, "ward-a-dev-7", 3)
+    for seq in range(20):
+        ts = time.time_ns()
+        msg = stream.next_message(seq * 1.0, ts)
+        doc = json.loads(msg.payload)
+        assert (doc["id"], doc["seq"], doc["ts_ns"]) == ("ward-a-dev-7", seq, ts)
+        found = trace(msg.payload)
+        assert found is not None and (found.device, found.seq, found.ts_ns) == ("ward-a-dev-7", seq, ts)
+    assert "ts_ns" not in json.loads(TelemetryStream(model, "d", 3).next_message(0.0).payload)  # reproducible
+
+
+def test_trace_reads_any_field_order_and_refuses_what_is_not_fleetsims() -> None:
+    from fleetsim.telemetry import trace
+
+    other = json.dumps({"ts_ns": 5, "seq": 2, "id": "x", "values": {}}, indent=1).encode()
+    assert trace(other) is not None and (trace(other).device, trace(other).seq) == ("x", 2)  # type: ignore[union-attr]
+    for payload in (b"", b"hello", b"{}", b'{"id": "x", "seq": "2", "ts_ns": 1}', b'{"id": 1, "seq": 2, "ts_ns": 1}',
+                    b'[1, 2]'):
+        assert trace(payload) is None
+
+
+@pytest.mark.parametrize("size", [0, 100, 171, 2000, 60_000])
+def test_payload_size_is_configurable(size: int) -> None:
+    stream = TelemetryStream("pulse-oximeter", "dev-1", 1, pad_to=size)
+    natural = TelemetryStream("pulse-oximeter", "dev-1", 1)
+    for i in range(10):
+        msg, plain = stream.next_message(i * 5.0, 1), natural.next_message(i * 5.0, 1)
+        doc = json.loads(msg.payload)
+        if size <= len(plain.payload):
+            assert msg.payload == plain.payload
+        else:
+            assert len(msg.payload) == max(size, len(plain.payload) + 9) and set(doc["pad"]) <= {"x"}
+            assert {k: v for k, v in doc.items() if k != "pad"} == json.loads(plain.payload)

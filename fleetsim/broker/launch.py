@@ -70,12 +70,13 @@ def probe(host: str, port: int) -> None:
 
 
 def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file: Path | None = None,
-                 dynsec_admin: str | None = None) -> BrokerHandle:
+                 dynsec_admin: str | None = None, persistence: bool = False) -> BrokerHandle:
     """Start the embedded broker or Mosquitto from the PKI, or name an external one.
 
     ``log_file`` takes the embedded broker's log (Mosquitto keeps its own, see its stats()["log"]).
     ``dynsec_admin``: Mosquitto only, load its dynamic-security plugin with this identity as admin, so live
-    clients can be cut by name (MosquittoBroker.disconnect).
+    clients can be cut by name (MosquittoBroker.disconnect). ``persistence``: Mosquitto only, keep sessions,
+    subscriptions and queued messages across a restart (the embedded broker keeps sessions in memory only).
     """
     if target == "embedded":
         from fleetsim.broker.embedded.process import start_embedded
@@ -85,6 +86,6 @@ def start_broker(target: str, pki_dir: Path, options: BrokerOptions, *, log_file
         from fleetsim.broker.mosquitto.broker import start_mosquitto
         from fleetsim.broker.mosquitto.config import Extras
 
-        return start_mosquitto(pki_dir, options, extras=Extras(dynsec_admin=dynsec_admin))
+        return start_mosquitto(pki_dir, options, extras=Extras(dynsec_admin=dynsec_admin, persistence=persistence))
     host, port = parse_address(target)
     return ExternalBroker(host, port)

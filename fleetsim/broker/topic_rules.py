@@ -6,7 +6,8 @@ certificate carries (= its client id, cert_rules) and ``%m`` (fleetsim's own) by
 pump, and subscribe only to filters they cover entirely with ``%m`` read as ``+`` (whatever the model level says,
 only the device itself can publish under its id), so ``#``, ``$SYS/#`` and another device's subtree are refused.
 The site level is bound to nothing: the PKI does not know a device's site (a scenario's group names it). A monitor
-may subscribe to everything and publish nothing.
+may subscribe to everything and publish nothing. The matching itself (``covers``, ``valid_filter``) is
+:mod:`fleetsim.topics`', the one matcher fleetsim has.
 """
 
 from __future__ import annotations
@@ -15,38 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleetsim.pki.certs import DEVICE, MONITOR
+from fleetsim.topics import covers, valid_filter
 
 # Devices publish on fleet/<site>/<model>/<device-id>/<kind>; each is confined to its own subtree, under its model.
 DEVICE_TOPICS: tuple[str, ...] = ("fleet/+/%m/%u/#",)
 _PLACEHOLDERS = ("%u", "%c")  # Mosquitto's: username, client id; both are the certificate's name here
 MODEL = "%m"  # fleetsim's: the certificate's model (OU); Mosquitto's ACL has no such placeholder (mosquitto/config)
-
-
-def covers(allowed: str, requested: str) -> bool:
-    """Whether every topic the filter ``requested`` can match is matched by the filter ``allowed`` (4.7).
-
-    A topic name is a filter without wildcards, so this is also "does ``allowed`` match topic ``requested``".
-    ``#`` matches its parent level too; filters starting with a wildcard never match ``$`` topics (4.7.2).
-    """
-    want, have = requested.split("/"), allowed.split("/")
-    if want[0].startswith("$") and have[0] in ("+", "#"):
-        return False
-    for i, level in enumerate(have):
-        if level == "#":
-            return True
-        if i >= len(want) or want[i] == "#":
-            return False
-        if level != "+" and level != want[i]:
-            return False
-    return len(want) == len(have)
-
-
-def valid_filter(text: str) -> bool:
-    """4.7.1: ``#`` only as the last level, ``+`` only as a whole level, and not empty."""
-    levels = text.split("/")
-    return bool(text) and all(
-        ("#" not in lv or (lv == "#" and i == len(levels) - 1)) and ("+" not in lv or lv == "+")
-        for i, lv in enumerate(levels))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 SockLike = socket.socket | ssl.SSLSocket
 AckCallback = Callable[[int, float], None]  # (qos, latency ms)
+SeqAckCallback = Callable[[str, int], None]  # (client id, seq of the message acknowledged)
 
 
 KEEP_ALIVE_TIMEOUT = 141  # the reason code paho reports when it gives up waiting for PINGRESP (any MQTT version)
@@ -131,6 +132,7 @@ class MqttConnection:
         "_inflight",
         "_lost_cb",
         "_sent_at",
+        "_seq_ack_cb",
         "client",
         "connack_at",
         "connected",
@@ -139,6 +141,7 @@ class MqttConnection:
         "last_session",
         "loop",
         "lost",
+        "name",
         "port",
         "resume",
         "sock",
@@ -146,8 +149,10 @@ class MqttConnection:
 
     def __init__(self, client_id: str, *, host: str, port: int, version: str = "3.1.1", keepalive: int = 60,
                  clean_session: bool = True, on_ack: AckCallback | None = None,
-                 username: str | None = None, password: str | None = None, resume: bool = True) -> None:
+                 username: str | None = None, password: str | None = None, resume: bool = True,
+                 on_seq_ack: SeqAckCallback | None = None) -> None:
         v5 = version == "5"
+        self.name = client_id
         self.client = _Paho(client_id, mqtt.MQTTv5 if v5 else mqtt.MQTTv311, None if v5 else clean_session)
         self._clean_start = clean_session
         if username is not None:
@@ -155,7 +160,8 @@ class MqttConnection:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.loop = asyncio.get_running_loop()
         self._ack_cb = on_ack
-        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (qos, perf_counter at publish)
+        self._seq_ack_cb = on_seq_ack  # traced runs: which message (by its seq) the broker acknowledged
+        self._inflight: dict[int, tuple[int, float, int]] = {}  # mid -> (qos, perf_counter at publish, seq)
         self._sent_at = 0.0
         self._fd = -1
         self._first = True
@@ -269,22 +275,27 @@ class MqttConnection:
                     self.last_session = sess
 
     # -- messages --------------------------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        """Queue one message; False when paho refused it (not connected)."""
+    def publish(self, topic: str, payload: bytes, qos: int, seq: int = -1) -> bool:
+        """Queue one message (``seq``: the device's number for it, handed back on its acknowledgement); False
+        when paho refused it (not connected)."""
         info = self.client.publish(topic, payload, qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             return False
-        self._inflight[info.mid] = (qos, time.perf_counter())
+        self._inflight[info.mid] = (qos, time.perf_counter(), seq)
         return True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         hit = self._inflight.pop(mid, None)
-        if hit is not None and self._ack_cb is not None:
+        if hit is None:
+            return
+        if self._ack_cb is not None:
             self._ack_cb(hit[0], (time.perf_counter() - hit[1]) * 1000.0)
+        if self._seq_ack_cb is not None:
+            self._seq_ack_cb(self.name, hit[2])
 
     def unacked(self) -> int:
         """QoS>0 messages published and not acknowledged yet (paho keeps them for a resend)."""
-        return sum(1 for qos, _ in self._inflight.values() if qos > 0)
+        return sum(1 for qos, _, _ in self._inflight.values() if qos > 0)
 
     def tick(self) -> None:
         """Keepalive: call about once a second while connected."""

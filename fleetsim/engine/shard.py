@@ -47,10 +47,13 @@ from fleetsim.engine.identity import (
 from fleetsim.engine.monitor import CPU_COLUMN, CPU_MAX_COLUMN, LAG_COLUMN, LoopMonitor
 from fleetsim.engine.outcome import Drop, Failure, Phase, classify, classify_connack, describe, drop_cause
 from fleetsim.engine.phase_histogram import PhaseHistogram
+from fleetsim.engine.rowlog import ACKED, PUBLISHED, RECEIVED, SUBSCRIBED, RowLog
+from fleetsim.engine.subscriber import Subscriber, SubscriberSpec, Where, start_all
 from fleetsim.engine.timeline import Bins
 from fleetsim.telemetry import TelemetryStream, topic
 
 DRAIN_S = 2.0  # after the stop, how long connected devices wait for outstanding acknowledgements
+DELIVERY_GRACE_S = 0.5  # then how long subscribers go on listening for the last copies on their way
 PROGRESS_EVERY_S = 0.5
 ADJUST_EVERY_S = 0.1  # admission limit follows the loop lag at this period
 SETUP_SAMPLE = 16  # devices timed to size the lead before t0
@@ -94,6 +97,8 @@ class ShardSpec:
     source_address: str | None = None  # optional local address (other 127.x.y.z give more source ports)
     targets: tuple[tuple[str, int], ...] = ()  # a pool of brokers: device d connects to targets[d.target]
     in_flight_cap: int | None = None  # at most this many attempts at once (brokers on this machine)
+    subscribers: tuple[SubscriberSpec, ...] = ()  # monitors this worker runs beside its devices
+    rows_dir: Path | None = None  # traced runs: where each message published, acknowledged, received is logged
 
 
 @dataclass
@@ -310,6 +315,8 @@ class _Shard:
         self.up_at_end: set[str] = set()
         self.stop_fut: asyncio.Future[None] | None = None
         self.prepared = 0  # devices set up before t0
+        self.logs = _logs(shard.rows_dir, shard.index) if shard.rows_dir is not None else None
+        self.subscribers: list[Subscriber] = []
 
     # -- timing --------------------------------------------------------------------------------------------
     def _setup_clock(self) -> None:
@@ -404,7 +411,8 @@ class _Shard:
             dev.conn = MqttConnection(dev.spec.id, host=self.spec.host, port=self.spec.port, version=m.version,
                                       keepalive=m.keepalive, clean_session=m.clean_session, on_ack=self.on_ack,
                                       username=user, password=self.spec.password if user else None,
-                                      resume=self.sc.broker.session_resumption)
+                                      resume=self.sc.broker.session_resumption,
+                                      on_seq_ack=self.logs["acked"].append if self.logs is not None else None)
         return dev.conn
 
     async def attempt(self, dev: _Device, due: float | None = None) -> bool:
@@ -540,10 +548,13 @@ class _Shard:
         if self.stopping or conn is None or stream is None or not conn.connected:
             return
         t = self.run_time()
-        msg = stream.next_message(t)
+        ts_ns = time.time_ns()  # the wall clock every process here shares: see telemetry.trace()
+        msg = stream.next_message(t, ts_ns)
         qos = self.sc.mqtt.qos_alarm if msg.kind == "alarm" else self.sc.mqtt.qos_telemetry
         name = topic(dev.spec.site, dev.spec.model, dev.spec.id, msg.kind)  # built per message: ~0.3 KB less a device
-        if conn.publish(name, msg.payload, qos):
+        if conn.publish(name, msg.payload, qos, msg.seq):
+            if self.logs is not None:
+                self.logs["published"].append(dev.spec.id, msg.seq, msg.kind, qos, name, ts_ns)
             self.msg[f"published_qos{qos}"] += 1
             self.msg[f"published_{msg.kind}"] += 1
             self.bins.add("published", t)
@@ -584,6 +595,7 @@ class _Shard:
         self._setup_clock()
         self._prepare()
         self.monitor.start()
+        listening = await self._start_subscribers()
         tasks = [asyncio.create_task(self.device_life(d, off)) for d, off in zip(self.devices, self._offsets(),
                                                                                   strict=True)]
         ticker = asyncio.create_task(self._ticker())
@@ -605,6 +617,39 @@ class _Shard:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             self.monitor.stop()
+            await self._stop_subscribers(listening)
+
+    async def _start_subscribers(self) -> list[asyncio.Task[None]]:
+        """The shard's subscribers started, and waited for until each has subscribed or t0 comes: the devices'
+        arrival starts at t0, and what is published before a subscription holds is not owed to it."""
+        if not self.spec.subscribers:
+            return []
+        assert self.logs is not None, "subscribers need a rows_dir for what they receive"
+        logs, spec = self.logs, self.spec
+        where = Where(spec.host, spec.port, spec.server_hostname, spec.source_address)
+        ctxs = ContextFactory(spec.ca_pem, self.sc.broker.tls_version)
+        self.subscribers, tasks = start_all(spec.subscribers, lambda s: Subscriber(
+            s, self.sc, where, ctxs, self.ids, logs["received"], logs["subscribed"],
+            np.random.default_rng([self.sc.seed, 0x5B5, spec.index])))
+        ready = [asyncio.ensure_future(s.subscribed.wait()) for s in self.subscribers]
+        await asyncio.wait(ready, timeout=max(0.0, self.loop_t0 - self.loop.time()))
+        for fut in ready:
+            fut.cancel()
+        return tasks
+
+    async def _stop_subscribers(self, tasks: list[asyncio.Task[None]]) -> None:
+        """After the devices' drain, a moment for the last copies on their way, then every subscriber stopped and
+        every log closed."""
+        if tasks:
+            await asyncio.sleep(DELIVERY_GRACE_S)
+            for s in self.subscribers:
+                s.stop()
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for t in pending:
+                t.cancel()
+        if self.logs is not None:
+            for log in self.logs.values():
+                log.close()
 
     def prepares(self) -> bool:
         return sets_up_ahead(self.sc, len(self.devices))
@@ -633,7 +678,7 @@ class _Shard:
 
     def _stream(self, dev: _Device) -> TelemetryStream:
         if dev.stream is None:
-            dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed)
+            dev.stream = TelemetryStream(dev.spec.model, dev.spec.id, self.sc.seed, self.sc.mqtt.payload_bytes)
         return dev.stream
 
     async def _ticker(self) -> None:
@@ -697,8 +742,18 @@ class _Shard:
                 "admission_peak_in_flight": self.admission.peak_in_flight, "admission_cap": self.spec.in_flight_cap,
                 "admission_ceiling": self.admission.ceiling,
                 "prepared": self.prepared, "to_prepare": len(self.devices) if self.prepares() else 0}
+        meta: dict[str, Any] = {"devices": len(self.devices), "failures": dict(self.failures)}
+        if self.subscribers:
+            meta["subscribers"] = {s.spec.id: dict(s.counts) for s in self.subscribers}
         return ShardResult(self.spec.index, self.cols, self.sessions, devices, self.bins.columns(), messages,
-                           loop, {"devices": len(self.devices), "failures": dict(self.failures)})
+                           loop, meta)
+
+
+def _logs(rows_dir: Path, index: int) -> dict[str, RowLog]:
+    """A traced shard's logs: every message its devices published and had acknowledged, every copy its
+    subscribers received, and the spans their subscriptions held; one file each per shard."""
+    return {name: RowLog(rows_dir / f"{name}-{index}.parquet", schema) for name, schema in
+            (("published", PUBLISHED), ("acked", ACKED), ("received", RECEIVED), ("subscribed", SUBSCRIBED))}
 
 
 def keepalive_slices(devices: int, every_s: float) -> Iterator[slice]:

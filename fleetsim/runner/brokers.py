@@ -63,10 +63,13 @@ def start_brokers(scenario: Scenario, pki: Pki, auth: Auth, broker_log: Path) ->
         nodes = [ExternalBroker(h, p) for h, p in b.addresses]
         return nodes[0] if len(nodes) == 1 else BrokerPool(nodes)
     admin = kick_admin(scenario, pki)
+    # a subscriber with a persistent session is owed what is published while it is away, a broker restart
+    # included: Mosquitto keeps that only with persistence on
+    persistence = any(not g.clean_session for g in scenario.subscribers)
 
     def one(options: BrokerOptions, i: int) -> BrokerHandle:
         log = broker_log if i == 0 else broker_log.with_name(f"broker-{i + 1}.log")
-        return start_broker(b.target, pki.root, options, log_file=log, dynsec_admin=admin)
+        return start_broker(b.target, pki.root, options, log_file=log, dynsec_admin=admin, persistence=persistence)
 
     return start_pool(b.processes, auth.options, one)
 

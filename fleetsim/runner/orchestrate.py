@@ -29,14 +29,14 @@ from fleetsim.results.rows import Merged
 from fleetsim.results.series import run_series
 from fleetsim.results.summary import Ending, Machine, assemble, summarise
 from fleetsim.results.thresholds import Rule
-from fleetsim.runner import placement, progress, provision
+from fleetsim.runner import delivery_logs, placement, progress, provision
 from fleetsim.runner.brokers import Auth, broker_auth, keep_log, pool_targets, safe_stats, start_brokers
 from fleetsim.runner.events import EventRunner
 from fleetsim.runner.executors import Executor, executor_for, shard_identities
 from fleetsim.runner.open_files import check_broker_fds, fd_workers, raise_fd_limit
 from fleetsim.runner.progress import Progress, Reporter, Silent
 from fleetsim.runner.samples import CORES, SAMPLE_EVERY_S, broker_sample, machine_sample
-from fleetsim.runner.shards import deal, merge_results, with_in_flight_caps, with_sources
+from fleetsim.runner.shards import deal, merge_results, with_in_flight_caps, with_sources, with_subscribers
 from fleetsim.scenario import Scenario
 from fleetsim.scenario.schema import strategy_of
 from fleetsim.scenario.validate import is_loopback
@@ -230,15 +230,20 @@ def _run(scenario: Scenario, pki: Pki, fleet: list[provision.Provisioned], out_d
     healthy = {p.device_id: (p.slot.lot, p.slot.model) for p in fleet if p.slot.fault is None}
     if scenario.revocation is not None and scenario.revocation.crl_prefill:
         _prefill_crl(pki, scenario.revocation.crl_prefill, reporter)
+    rows_dir = run_dir / ".rows" if scenario.subscribers else None  # the workers' message logs, gathered after
     with tempfile.TemporaryDirectory(prefix="fleetsim-secrets-") as secrets_dir:  # lives as long as the broker
         auth = broker_auth(scenario, Path(secrets_dir), [p.device_id for p in fleet])
         with placement.on_cores(cores.broker):  # the broker, its restarts and this mostly idle process
             outcome, broker_stats, t0, kind = _run_against_broker(scenario, fleet, pki, auth, workers, reporter,
                                                                   healthy, run_dir / "broker.log", cores, broker,
-                                                                  executor)
+                                                                  executor, rows_dir)
     files.write_json(run_dir / "meta.json", {**meta, **executor.facts()})  # a Dask cluster's skew: as shards start
     summary = _write(run_dir, scenario, outcome, broker_stats, t0=t0, workers=workers, kind=kind,
                      healthy=list(healthy), rules=rules)
+    if rows_dir is not None:
+        reporter.step("accounting deliveries")
+        counts = {k: v for r in outcome.results.values() for k, v in r.meta.get("subscribers", {}).items()}
+        delivery_logs.gather(rows_dir, run_dir, scenario, counts)
     return run_dir, summary
 
 
@@ -249,7 +254,11 @@ def _provision(pki: Pki, scenario: Scenario, reporter: Reporter) -> list[provisi
     def tell(done: int, total: int) -> None:
         reporter.step(f"issuing device identities: {done:,} / {total:,}")
 
-    return provision.provision(pki, provision.plan(scenario), progress=tell)
+    fleet = provision.provision(pki, provision.plan(scenario), progress=tell)
+    if scenario.subscribers:
+        reporter.step("checking subscriber identities")
+        provision.provision_monitors(pki, scenario.subscriber_ids)
+    return fleet
 
 
 def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
@@ -262,8 +271,8 @@ def _prefill_crl(pki: Pki, entries: int, reporter: Reporter) -> None:
 
 def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], pki: Pki, auth: Auth,
                         workers: int, reporter: Reporter, healthy: dict[str, tuple[str, str]], broker_log: Path,
-                        cores: placement.Placement, given: BrokerHandle | None, executor: Executor
-                        ) -> tuple[Outcome, dict[str, Any], float, str]:
+                        cores: placement.Placement, given: BrokerHandle | None, executor: Executor,
+                        rows_dir: Path | None = None) -> tuple[Outcome, dict[str, Any], float, str]:
     if given is None:
         reporter.step(f"starting the {scenario.broker.target} broker"
                       + (f"s ({scenario.broker.processes})" if scenario.broker.processes > 1 else ""))
@@ -274,8 +283,10 @@ def _run_against_broker(scenario: Scenario, fleet: list[provision.Provisioned], 
         template = ShardSpec(index=0, devices=(), host=broker.host, port=port or broker.port,
                              server_hostname="" if scenario.broker.kind == "external" else "localhost",
                              ca_pem=pki.layout.ca_chain.read_bytes(),
-                             pki_dir=pki.root, password=auth.password, targets=targets)
+                             pki_dir=pki.root, password=auth.password, targets=targets, rows_dir=rows_dir)
         shards = deal(scenario, fleet, template, workers)
+        if scenario.subscribers:
+            shards = with_subscribers(shards, scenario)
         biggest = max(shards, key=lambda s: len(s.devices))
         prepare = prepare_time(len(biggest.devices), setup_seconds(scenario, biggest, shard_identities(biggest)))
         t0 = time.time() + executor.lead_s + prepare  # the workers start, then set their devices up

@@ -23,6 +23,7 @@ import numpy as np
 
 from fleetsim.errors import PkiError
 from fleetsim.pki import Device, Fault, Pki
+from fleetsim.pki.certs import MONITOR
 from fleetsim.scenario import FAULTS, Scenario, assign_faults
 
 REVOKED = "revoked"
@@ -164,3 +165,20 @@ def _issue_missing(pki: Pki, missing: dict[tuple[str, str, str, str | None], lis
         pki.issue(ids=group, model=model, lot=lot, key_type="ecdsa-p256" if key_type == WEAK_KEY_TYPE else key_type,
                   fault=fault, workers=workers, progress=tell)
         done += len(group)
+
+
+def provision_monitors(pki: Pki, ids: Sequence[str]) -> None:
+    """Make the PKI hold a valid monitor identity for each subscriber id (``Scenario.subscriber_ids``): issue
+    the missing; refuse in one line an id the PKI holds as a device, or as a revoked monitor. Done
+    before a broker starts: Mosquitto's ACL names the PKI's monitors when it is rendered."""
+    held = pki.inventory.devices
+    for monitor_id in ids:
+        d = held.get(monitor_id)
+        if d is None:
+            pki.issue_monitor(monitor_id)
+        elif d.role != MONITOR:
+            raise PkiError(f"{pki.root} holds {monitor_id} as a device, not a subscriber's monitor identity",
+                           "give the [[subscribers]] group another name, or run with --pki on another directory")
+        elif d.status == "revoked":  # Pki.reenroll would give it back as a device (it does not keep the role)
+            raise PkiError(f"{pki.root}: the subscriber identity {monitor_id} is revoked",
+                           "give the [[subscribers]] group another name, or run with --pki on another directory")

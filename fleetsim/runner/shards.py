@@ -10,6 +10,7 @@ import numpy as np
 
 from fleetsim.engine import timeline
 from fleetsim.engine.shard import DeviceSpec, ShardResult, ShardSpec
+from fleetsim.engine.subscriber import SubscriberSpec
 from fleetsim.results.rows import Merged
 from fleetsim.runner import provision
 from fleetsim.scenario import Scenario, arrival_times
@@ -40,6 +41,12 @@ def deal(scenario: Scenario, fleet: list[provision.Provisioned], template: Shard
         for i in range(workers)
         if specs[i::workers]
     ]
+
+
+def with_subscribers(shards: list[ShardSpec], scenario: Scenario) -> list[ShardSpec]:
+    """Deal the scenario's subscriber instances round-robin over the shards (workers, never the orchestrator)."""
+    specs = [SubscriberSpec(i, g.topics, g.qos, g.clean_session) for g in scenario.subscribers for i in g.client_ids()]
+    return [dataclasses.replace(s, subscribers=tuple(specs[k::len(shards)])) for k, s in enumerate(shards)]
 
 
 def _concat(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:

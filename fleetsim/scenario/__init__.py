@@ -17,6 +17,7 @@ from fleetsim.scenario.parts import (
     FAULTS,
     MAX_DEVICES,
     MAX_DURATION,
+    MAX_SUBSCRIBERS,
     MAX_WORKERS,
     MQTT_VERSIONS,
     PATTERNS,
@@ -30,10 +31,12 @@ from fleetsim.scenario.parts import (
     MqttSpec,
     Reconnect,
     Revocation,
+    SubscriberGroup,
 )
 from fleetsim.scenario.schema import Scenario, load, parse
 from fleetsim.scenario.timing import arrival_times, assign_faults, backoff
 
-__all__ = ["ACTIONS", "AUTHS", "FAULTS", "MAX_DEVICES", "MAX_DURATION", "MAX_WORKERS", "MQTT_VERSIONS", "PATTERNS",
-           "TARGETS", "TLS_VERSIONS", "Arrival", "BrokerSpec", "Churn", "Event", "FleetGroup", "Group", "MqttSpec",
-           "Reconnect", "Revocation", "Scenario", "arrival_times", "assign_faults", "backoff", "load", "parse"]
+__all__ = ["ACTIONS", "AUTHS", "FAULTS", "MAX_DEVICES", "MAX_DURATION", "MAX_SUBSCRIBERS", "MAX_WORKERS",
+           "MQTT_VERSIONS", "PATTERNS", "TARGETS", "TLS_VERSIONS", "Arrival", "BrokerSpec", "Churn", "Event", "FleetGroup",
+           "Group", "MqttSpec", "Reconnect", "Revocation", "Scenario", "SubscriberGroup", "arrival_times",
+           "assign_faults", "backoff", "load", "parse"]

@@ -43,6 +43,28 @@ class FleetGroup:
     site: str = "site-1"
 
 
+MAX_PAYLOAD = 60_000  # bytes: a padded payload stays well inside either broker's 64 KiB packet limit
+MAX_SUBSCRIBERS = 1_000  # subscriber instances of all [[subscribers]] groups together
+
+
+@dataclass(frozen=True)
+class SubscriberGroup:
+    """``count`` subscribers alike (a nurse station, a dashboard), each an identity of its own: a monitor
+    certificate of the PKI, client id ``<name>-NNN`` (:meth:`client_ids`), which the broker lets read and never
+    write. Each subscribes to ``topics`` (filters; ``$share/<group>/<filter>`` where the broker supports shared
+    subscriptions) at ``qos``, with a clean session or a persistent one (``clean_session = false``)."""
+
+    name: str
+    topics: tuple[str, ...]
+    count: int = 1
+    qos: int = 1
+    clean_session: bool = True
+
+    def client_ids(self) -> list[str]:
+        """Each instance's client id (= its certificate's name): the group's name and its number from 1."""
+        return [f"{self.name}-{n:03d}" for n in range(1, self.count + 1)]
+
+
 @dataclass(frozen=True)
 class BrokerSpec:
     """Which broker the fleet targets and how it authenticates devices."""
@@ -80,6 +102,7 @@ class MqttSpec:
     clean_session: bool = True
     qos_telemetry: int = 0
     qos_alarm: int = 1
+    payload_bytes: int = 0  # every payload padded to at least this size; 0: each model's own (telemetry.MODELS)
 
 
 @dataclass(frozen=True)

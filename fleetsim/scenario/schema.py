@@ -28,6 +28,7 @@ from fleetsim.scenario.parts import (
     MqttSpec,
     Reconnect,
     Revocation,
+    SubscriberGroup,
 )
 from fleetsim.scenario.validate import overridden, read_text, toml_data, validated
 from fleetsim.words import count
@@ -62,6 +63,7 @@ class Scenario:
     events: Sequence[Event] = ()
     revocation: Revocation | None = None
     source_addresses: tuple[str, ...] = ()  # local addresses the devices connect from (default: chosen as needed)
+    subscribers: tuple[SubscriberGroup, ...] = ()  # who reads the fleet's messages: counted apart from the fleet
     source: str = field(default=API_SOURCE, compare=False)  # where it came from, for error messages
 
     def __post_init__(self) -> None:
@@ -71,6 +73,11 @@ class Scenario:
     @property
     def devices(self) -> int:
         return sum(g.count for g in self.fleet)
+
+    @property
+    def subscriber_ids(self) -> list[str]:
+        """Every subscriber instance's client id (= its monitor certificate's name), group by group."""
+        return [i for g in self.subscribers for i in g.client_ids()]
 
     def with_overrides(
         self,
@@ -109,7 +116,7 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, TOML-ready (None fields left out); parse(to_toml()) gives back an equal Scenario."""
-        churn = _fields(self.churn)
+        churn, subs = _fields(self.churn), self.subscribers
         if isinstance(churn, dict) and isinstance(churn.get("downtime"), tuple):
             churn["downtime"] = list(churn["downtime"])
         return {
@@ -130,6 +137,8 @@ class Scenario:
             else self.events,
             **({"revocation": _revocation_data(self.revocation)} if self.revocation is not None else {}),
             **({"source_addresses": list(self.source_addresses)} if self.source_addresses else {}),
+            **({"subscribers": [_subscriber_data(g) for g in subs] if isinstance(subs, list | tuple) else subs}
+               if subs else {}),
         }
 
     def to_toml(self) -> str:
@@ -149,6 +158,13 @@ def _fields(obj: Any) -> Any:
         return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
     return obj
 
+
+
+def _subscriber_data(g: Any) -> Any:
+    data = _fields(g)
+    if isinstance(data, dict) and isinstance(data.get("topics"), tuple):
+        data["topics"] = list(data["topics"])
+    return data
 
 
 def _without_none(table: Any) -> Any:

@@ -33,6 +33,8 @@ from fleetsim.scenario.parts import (
     FAULTS,
     MAX_DEVICES,
     MAX_DURATION,
+    MAX_PAYLOAD,
+    MAX_SUBSCRIBERS,
     MAX_WORKERS,
     MQTT_VERSIONS,
     PATTERNS,
@@ -46,8 +48,10 @@ from fleetsim.scenario.parts import (
     MqttSpec,
     Reconnect,
     Revocation,
+    SubscriberGroup,
 )
-from fleetsim.telemetry import MODELS
+from fleetsim.telemetry import MODELS, topic
+from fleetsim.topics import SHARE_PREFIX, overlap, shared_problem, valid_filter
 
 # ---------------------------------------------------------------- loading
 
@@ -218,7 +222,7 @@ def _choose(value: str, choices: Sequence[str]) -> str:
 
 
 _TOP = ("name", "description", "seed", "duration", "connect_timeout", "workers", "revocation", "source_addresses",
-        "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events")  # fmt: skip
+        "broker", "mqtt", "arrival", "churn", "reconnect", "fleet", "faults", "events", "subscribers")  # fmt: skip
 
 
 def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -246,6 +250,7 @@ def validated(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         "events": _events(top, data, duration, fleet),
         "revocation": _revocation(top, data, duration, fleet, broker),
         "source_addresses": _sources(top, data, broker),
+        "subscribers": _subscribers(top, data, broker, fleet),
     }
 
 
@@ -321,7 +326,8 @@ def _check_target(w: _Where, target: str, allow_remote: bool) -> None:
 
 
 def _mqtt(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> MqttSpec:
-    t = _table(top, data, "mqtt", ("version", "keepalive", "clean_session", "qos_telemetry", "qos_alarm"))
+    t = _table(top, data, "mqtt", ("version", "keepalive", "clean_session", "qos_telemetry", "qos_alarm",
+                                   "payload_bytes"))
     w = top.sub("mqtt")
     version = t.get("version", "3.1.1")
     if version == 5 and not isinstance(version, bool):
@@ -332,6 +338,7 @@ def _mqtt(top: _Where, data: Mapping[str, Any], broker: BrokerSpec) -> MqttSpec:
         clean_session=_bool(w, t, "clean_session", True),
         qos_telemetry=_int(w, t, "qos_telemetry", 0, 0, 2),
         qos_alarm=_int(w, t, "qos_alarm", 1, 0, 2),
+        payload_bytes=_int(w, t, "payload_bytes", 0, 0, MAX_PAYLOAD),
     )
     if spec.version == "5" and broker.kind == "embedded":
         raise w.fail(
@@ -488,6 +495,89 @@ def _event(w: _Where, t: Any, duration: float, lots: set[str]) -> Event:
     return Event(at=at, action=action, fraction=fraction, lot=lot)
 
 
+
+
+MAX_FILTERS = 16  # topic filters per [[subscribers]] group
+_SUBSCRIBER_KEYS = ("name", "count", "topics", "qos", "clean_session")
+
+
+def _subscribers(top: _Where, data: Mapping[str, Any], broker: BrokerSpec, fleet: Sequence[FleetGroup]
+                 ) -> tuple[SubscriberGroup, ...]:
+    """The [[subscribers]] groups: unique names, filters that are valid, do not overlap within a group (a message
+    matching two would arrive twice and read as a duplicate) and can match something this fleet publishes."""
+    raw = data.get("subscribers", [])
+    if not isinstance(raw, list):
+        raise top.fail("subscribers", f"must be [[subscribers]] tables, got {_show(raw)}",
+                       "write each group as [[subscribers]]")
+    groups = tuple(_subscriber(top.sub(f"subscribers[{i}]"), t, broker, fleet) for i, t in enumerate(raw))
+    if groups and broker.processes > 1:
+        raise top.sub("broker").fail("processes", f"{broker.processes} separate brokers forward no messages to one "
+                                     "another: a subscriber of one would miss what devices send the others",
+                                     "set processes = 1, or leave out [[subscribers]]")
+    if groups and broker.auth != "mtls":
+        raise top.sub("broker").fail("auth", f"{broker.auth!r}: subscribers connect with monitor certificates of "
+                                     "their own, which need mTLS", 'set auth = "mtls", or leave out [[subscribers]]')
+    seen: set[str] = set()
+    for i, g in enumerate(groups):
+        if g.name in seen:
+            raise top.sub(f"subscribers[{i}]").fail("name", f"{g.name!r} names an earlier group too",
+                                                    "give each [[subscribers]] group a name of its own")
+        seen.add(g.name)
+    total = sum(g.count for g in groups)
+    if total > MAX_SUBSCRIBERS:
+        raise top.fail("subscribers", f"{total} subscribers in total, more than {MAX_SUBSCRIBERS}", "lower the counts")
+    return groups
+
+
+def _subscriber(w: _Where, t: Any, broker: BrokerSpec, fleet: Sequence[FleetGroup]) -> SubscriberGroup:
+    if not isinstance(t, dict):
+        raise ScenarioError(f"{w.source}: {w.path}: must be a table, got {_show(t)}", "write it as [[subscribers]]")
+    _check_keys(w, t, _SUBSCRIBER_KEYS, w.path)
+    for key, fix in (("name", 'add name = "nurse-station"'), ("topics", 'add topics = ["fleet/+/+/+/alarm"]')):
+        if key not in t:
+            raise w.fail(key, "missing", fix)
+    name = _name(w, t, "name", "")
+    if len(name) > 60:
+        raise w.fail("name", f"{len(name)} characters, more than 60", "shorten it: each instance's client id adds -NNN")
+    return SubscriberGroup(name=name, topics=_filters(w, t.get("topics"), broker, fleet),
+                           count=_int(w, t, "count", 1, 1, MAX_SUBSCRIBERS), qos=_int(w, t, "qos", 1, 0, 2),
+                           clean_session=_bool(w, t, "clean_session", True))
+
+
+def _filters(w: _Where, value: Any, broker: BrokerSpec, fleet: Sequence[FleetGroup]) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+        raise w.fail("topics", f"must be a non-empty list of topic filters, got {_show(value)}",
+                     'e.g. topics = ["fleet/+/+/+/alarm"]')
+    if len(value) > MAX_FILTERS:
+        raise w.fail("topics", f"{len(value)} filters, more than {MAX_FILTERS}", "use wildcards (+, #) instead")
+    plain = [_filter(w, f, broker, fleet) for f in value]
+    for i, a in enumerate(plain):
+        for j in range(i):
+            if overlap(a, plain[j]):
+                raise w.fail("topics", f"{value[j]!r} and {value[i]!r} overlap: a message matching both would "
+                             "arrive twice and read as a duplicate", "keep one, or split them into two groups")
+    return tuple(value)
+
+
+def _filter(w: _Where, text: str, broker: BrokerSpec, fleet: Sequence[FleetGroup]) -> str:
+    """The filter ``text`` subscribes to (a shared subscription's without its ``$share/<name>/``), checked."""
+    plain = text
+    if text.startswith(SHARE_PREFIX):
+        problem = shared_problem(text)
+        if problem is not None:
+            raise w.fail("topics", problem, "e.g. $share/stations/fleet/+/+/+/alarm")
+        if broker.kind == "embedded":
+            raise w.fail("topics", f"{text!r}: the embedded broker (amqtt, MQTT 3.1.1) has no shared subscriptions",
+                         'set target = "mosquitto" in [broker], or subscribe without $share/<name>/')
+        plain = text[len(SHARE_PREFIX):].partition("/")[2]
+    elif not valid_filter(text):
+        raise w.fail("topics", f"{text!r} is not a valid topic filter",
+                     "+ and # stand for whole levels, # only last: e.g. fleet/+/+/+/alarm or fleet/ward-a/#")
+    published = {topic(g.site, g.model, "+", "+") for g in fleet}
+    if not any(overlap(plain, p) for p in published):
+        raise w.fail("topics", f"{text!r} matches nothing this fleet publishes",
+                     "devices publish on " + topic("<site>", "<model>", "<device-id>", "telemetry|alarm"))
+    return plain
 
 
 def overridden(data: Mapping[str, Any], source: str, *, devices: int | None, duration: float | None,
